@@ -1,0 +1,256 @@
+"""One typed, frozen settings object, read once from the environment (and an optional ``.env``).
+
+Every variable is ``STREAMPROC_<FIELD>`` (``STREAMPROC_PARTITIONS=12``). ``REDIS_URL`` is accepted as
+an alias of ``STREAMPROC_REDIS_URL``. Only ``cli.py`` calls :func:`load_settings`; everything else
+receives a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from streamproc.errors import ConfigError
+
+ENV_PREFIX = "STREAMPROC_"
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration_seconds(text: str) -> int:
+    """``"15m"`` -> 900. Accepts whole numbers with one unit of s, m, h, d or w."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration like 30s, 15m, 1h, 1d: {text!r}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of streamproc. Field descriptions are the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- connections -----------------------------------------------------------------------
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (`host:port,...`). Unset: the running `streamproc dev` "
+        "broker, else `127.0.0.1:9092`.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STREAMPROC_REDIS_URL", "REDIS_URL"),
+        description="Redis URL (`REDIS_URL` is accepted too). Unset: the running `streamproc dev` "
+        "Redis, else `redis://127.0.0.1:6379/0`.",
+    )
+    namespace: str = Field(
+        default="streamproc",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of every Redis key and of the Kafka consumer group; give each "
+        "deployment, replay and backfill its own.",
+    )
+
+    # --- topics ----------------------------------------------------------------------------
+    topic_clickstream: str = Field(default="shop.clickstream", description="Clickstream topic.")
+    topic_cart: str = Field(default="shop.cart", description="Cart and checkout topic.")
+    topic_orders: str = Field(default="shop.orders", description="Order lifecycle topic.")
+    topic_tickets: str = Field(default="shop.tickets", description="Support tickets topic.")
+    topic_dlq: str = Field(default="shop.dlq", description="Dead-letter topic for rejected input.")
+    partitions: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Partitions of each input topic (all four must match) when streamproc "
+        "creates them.",
+    )
+    replication_factor: int = Field(
+        default=1, ge=1, le=16, description="Replication factor of topics streamproc creates."
+    )
+
+    # --- event contract --------------------------------------------------------------------
+    max_message_bytes: int = Field(
+        default=65536, ge=1024, description="Larger messages are rejected (`too_large`)."
+    )
+    max_future_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="Events further than this in the future are rejected (`future_time`).",
+    )
+    reporting_currency: str = Field(
+        default="USD",
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code all money KPIs are reported in.",
+    )
+    fx_rates: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=dict,
+        description="Conversion rates into the reporting currency, `EUR=1.08,GBP=1.27` (1 EUR = "
+        "1.08 USD). A currency without a rate is rejected (`unknown_currency`).",
+    )
+
+    # --- windows and state -----------------------------------------------------------------
+    windows: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["1m", "5m", "15m", "1h", "1d"],
+        description="Reported window sizes, comma-separated, whole multiples of 1m.",
+    )
+    allowed_lateness_seconds: int = Field(
+        default=120,
+        ge=0,
+        description="The watermark trails the highest event time of a partition by this much.",
+    )
+    max_lateness_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="A late event still amends its closed window up to this far behind the "
+        "watermark; later ones go to the dead-letter topic (`too_late`).",
+    )
+    idle_timeout_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="After this long without events a partition's watermark advances with the "
+        "wall clock, so windows, sessions and carts close when traffic stops.",
+    )
+    session_timeout_seconds: int = Field(
+        default=1800, ge=60, description="Inactivity (event time) that ends a session."
+    )
+    abandonment_timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        description="A cart with no order this long after its last event is abandoned.",
+    )
+    dedup_horizon_seconds: int = Field(
+        default=86400,
+        ge=60,
+        description="A repeated `event_id` within this horizon is dropped as a duplicate.",
+    )
+    max_stores: int = Field(
+        default=50,
+        ge=1,
+        description="Distinct `store_id` label values; further stores fold into `other`.",
+    )
+
+    # --- processes -------------------------------------------------------------------------
+    bind: str = Field(
+        default="127.0.0.1", description="Address the worker and exporter HTTP servers bind to."
+    )
+    worker_port: int = Field(
+        default=6066, ge=0, le=65535, description="Worker `/metrics` port (0: any free port)."
+    )
+    exporter_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Exporter `/metrics` and `/api/kpis` port (0: any free port).",
+    )
+    state_dir: Path = Field(
+        default=Path(".streamproc"),
+        description="Where `streamproc dev` keeps pids, ports and logs, and workers their state.",
+    )
+    dev_broker_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the embedded broker started by `streamproc dev up` (0: a free port).",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level: debug, info, warning or error."
+    )
+
+    @field_validator("windows", mode="before")
+    @classmethod
+    def _windows_csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_valid(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one window size is required")
+        for text in value:
+            seconds = parse_duration_seconds(text)
+            if seconds < 60 or seconds % 60:
+                raise ValueError(f"window {text!r} is not a whole number of minutes")
+        return value
+
+    @field_validator("fx_rates", mode="before")
+    @classmethod
+    def _fx_rates_csv(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        rates: dict[str, str] = {}
+        for part in _split_csv(value):
+            code, sep, rate = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected CODE=RATE, got {part!r}")
+            rates[code.strip().upper()] = rate.strip()
+        return rates
+
+    @field_validator("fx_rates")
+    @classmethod
+    def _fx_rates_valid(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for code, rate in value.items():
+            if not re.fullmatch(r"[A-Z]{3}", code):
+                raise ValueError(f"not an ISO 4217 code: {code!r}")
+            if not rate.is_finite() or rate <= 0:
+                raise ValueError(f"rate for {code} must be a positive number, got {rate}")
+        return value
+
+    @property
+    def input_topics(self) -> tuple[str, str, str, str]:
+        return (self.topic_clickstream, self.topic_cart, self.topic_orders, self.topic_tickets)
+
+    @property
+    def window_seconds(self) -> tuple[int, ...]:
+        return tuple(parse_duration_seconds(text) for text in self.windows)
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read settings from the environment and ``env_file``; raise ConfigError naming the variable."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            name = env_name(field.split(".")[0])
+            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, in declaration order."""
+    rows = []
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            shown = ",".join(str(item) for item in default)
+        elif isinstance(default, dict):
+            shown = ",".join(f"{key}={val}" for key, val in default.items())
+        elif default is None:
+            shown = "(unset)"
+        else:
+            shown = str(default)
+        rows.append((env_name(name), shown or "(empty)", info.description or ""))
+    return rows

@@ -1,0 +1,48 @@
+"""Exceptions raised by streamproc.
+
+    StreamprocError
+    ├── ConfigError          a setting is missing or malformed
+    ├── InvalidEvent         one message breaks the event contract (goes to the dead-letter topic)
+    └── DevStackError        the embedded broker or Redis could not be started or reached
+        └── DevStackTimeout  a component started but did not answer in time (retriable)
+
+Transient errors set the class attribute ``retriable = True``.
+"""
+
+from __future__ import annotations
+
+
+class StreamprocError(Exception):
+    """Root of every error streamproc raises on purpose."""
+
+    retriable = False
+
+
+class ConfigError(StreamprocError):
+    """A setting is missing or malformed."""
+
+
+class InvalidEvent(StreamprocError):
+    """A message that does not satisfy the event contract.
+
+    Attributes:
+        reason: stable, machine-readable code (``missing_field``, ``future_time``, ...).
+        field: the offending field as a JSON path (``$.items[0].quantity``), or None.
+        detail: a human-readable explanation.
+    """
+
+    def __init__(self, reason: str, detail: str, *, field: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.field = field
+
+
+class DevStackError(StreamprocError):
+    """The embedded broker or Redis could not be started, stopped or reached."""
+
+
+class DevStackTimeout(DevStackError):
+    """A component was started but did not answer within its deadline."""
+
+    retriable = True

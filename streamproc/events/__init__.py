@@ -1,0 +1,1 @@
+"""The event contract: typed event structs and the decoder that validates them."""
