@@ -1,14 +1,14 @@
 """One typed, frozen settings object, read once from the environment (and an optional ``.env``).
 
-Every variable is ``STREAMPROC_<FIELD>`` (``STREAMPROC_PARTITIONS=12``). ``REDIS_URL`` is accepted as
-an alias of ``STREAMPROC_REDIS_URL``. Only ``cli.py`` calls :func:`load_settings`; everything else
-receives a :class:`Settings`.
+Every variable is ``STREAMPROC_<FIELD>`` (``STREAMPROC_PARTITIONS=12``). ``REDIS_URL`` is accepted
+as an alias of ``STREAMPROC_REDIS_URL``. Only ``cli.py`` calls :func:`load_settings`; everything
+else receives a :class:`Settings`.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     # --- connections -----------------------------------------------------------------------
     bootstrap_servers: str | None = Field(
         default=None,
-        description="Kafka bootstrap servers (`host:port,...`). Unset: the running `streamproc dev` "
-        "broker, else `127.0.0.1:9092`.",
+        description="Kafka bootstrap servers (`host:port,...`). Unset: the running "
+        "`streamproc dev` broker, else `127.0.0.1:9092`.",
     )
     redis_url: str | None = Field(
         default=None,
@@ -227,9 +227,9 @@ def env_name(field: str) -> str:
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
-    """Read settings from the environment and ``env_file``; raise ConfigError naming the variable."""
+    """Read the environment and ``env_file``; on error raise ConfigError naming the variable."""
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -50,9 +50,8 @@ class Reason(enum.StrEnum):
 
 # ISO 4217 currencies whose minor unit is not 1/100.
 _MINOR_UNIT_EXPONENT: Final = {
-    **dict.fromkeys(
-        "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split(), 0
-    ),
+    **dict.fromkeys("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF".split(), 0),
+    "XPF": 0,
     **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
     **dict.fromkeys("CLF UYW".split(), 4),
 }
@@ -137,7 +136,9 @@ def _dec_hook(type_: type, obj: Any) -> Any:
 _AT_PATH = re.compile(r" - at `(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 _INVALID_TAG = re.compile(r"^Invalid value '(?P<value>.*)'$", re.DOTALL)
-_CONSTRAINT = re.compile(r"^Expected `(?P<type>\w+)` (?:of length )?(?P<op>[<>]=) (?P<bound>-?\d+)$")
+_CONSTRAINT = re.compile(
+    r"^Expected `(?P<type>\w+)` (?:of length )?(?P<op>[<>]=) (?P<bound>-?\d+)$"
+)
 _OWN_REASON = re.compile(r"^(?P<reason>[a-z_]+): (?P<detail>.*)$", re.DOTALL)
 _REASON_VALUES = frozenset(reason.value for reason in Reason)
 _QUANTITY_FIELDS = frozenset({"quantity"})
@@ -165,7 +166,7 @@ def _from_validation_error(message: str, family: m.Family) -> InvalidEvent:
         if other is not None:
             return InvalidEvent(
                 Reason.WRONG_TOPIC,
-                f"`{value}` is a {other} event, not a {family} event",
+                f"`{value}` is a {other} event; it does not belong on the {family} topic",
                 field=path,
             )
         return InvalidEvent(
@@ -173,9 +174,8 @@ def _from_validation_error(message: str, family: m.Family) -> InvalidEvent:
         )
     if path == "$" and text.startswith("Expected `object`"):
         return InvalidEvent(Reason.NOT_OBJECT, "the message is not a JSON object", field=None)
-    if own := _OWN_REASON.match(text):
-        if own.group("reason") in _REASON_VALUES:
-            return InvalidEvent(own.group("reason"), own.group("detail"), field=path)
+    if (own := _OWN_REASON.match(text)) and own.group("reason") in _REASON_VALUES:
+        return InvalidEvent(own.group("reason"), own.group("detail"), field=path)
     leaf = _leaf(path)
     if constraint := _CONSTRAINT.match(text):
         kind, op, bound = constraint.group("type", "op", "bound")
@@ -288,8 +288,7 @@ class EventDecoder:
             ahead = (event.event_time - now_ms) / 1000
             raise InvalidEvent(
                 Reason.FUTURE_TIME,
-                f"event_time is {ahead:.0f} s in the future "
-                f"(limit {self.max_future_ms // 1000} s)",
+                f"event_time is {ahead:.0f} s in the future (limit {self.max_future_ms // 1000} s)",
                 field="$.event_time",
             )
         if event.device_type is not None:

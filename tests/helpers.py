@@ -1,0 +1,102 @@
+"""Test helpers: one valid example of every event type of the contract."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from streamproc.events.models import FAMILY_OF_TYPE, Family
+
+T0_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+NOW_MS = T0_MS + 3_600_000
+
+_ENVELOPE: dict[str, Any] = {
+    "event_time": "2026-09-21T14:13:20.250Z",
+    "store_id": "store-01",
+    "visitor_id": "v-1",
+    "session_id": "s-1",
+    "device_type": "mobile",
+}
+
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "session_start": {
+        "channel_group": "email",
+        "session_index": 1,
+        "utm_source": "newsletter",
+        "country": "DE",
+    },
+    "page_view": {"page_type": "product", "page_path": "/p/1"},
+    "product_view": {"product_id": "p-1", "price_minor": 1999, "currency": "USD"},
+    "page_ping": {"engagement_ms": 15000},
+    "add_to_cart": {
+        "cart_id": "c-1",
+        "product_id": "p-1",
+        "quantity": 2,
+        "unit_price_minor": 1999,
+        "currency": "USD",
+    },
+    "remove_from_cart": {"cart_id": "c-1", "product_id": "p-1", "quantity": 1},
+    "checkout_started": {"cart_id": "c-1"},
+    "payment_failed": {"cart_id": "c-1", "error_code": "card_declined"},
+    "order_placed": {
+        "order_id": "o-1",
+        "total_minor": 4498,
+        "currency": "USD",
+        "cart_id": "c-1",
+        "customer_order_index": 1,
+        "items": [{"product_id": "p-1", "quantity": 2, "unit_price_minor": 1999}],
+        "shipping_minor": 500,
+        "tax_minor": 0,
+        "discount_minor": 0,
+    },
+    "order_refunded": {"order_id": "o-1", "refund_minor": 1999, "currency": "USD"},
+    "order_cancelled": {"order_id": "o-1"},
+    "ticket_opened": {"ticket_id": "t-1", "channel": "chat", "priority": "high", "category": "x"},
+    "message_added": {"ticket_id": "t-1", "author_type": "agent"},
+    "ticket_escalated": {"ticket_id": "t-1"},
+    "ticket_resolved": {"ticket_id": "t-1", "opened_at": "2026-09-21T13:00:00Z"},
+    "ticket_reopened": {"ticket_id": "t-1"},
+    "survey_response": {"survey_type": "nps", "score": 9, "ticket_id": "t-1"},
+}
+
+# Required fields per event type, beyond event_id / event_type / event_time.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "session_start": ("visitor_id", "session_id"),
+    "page_view": ("visitor_id", "session_id"),
+    "product_view": ("visitor_id", "session_id"),
+    "page_ping": ("visitor_id", "session_id"),
+    "add_to_cart": ("visitor_id", "session_id", "cart_id"),
+    "remove_from_cart": ("visitor_id", "session_id", "cart_id"),
+    "checkout_started": ("visitor_id", "session_id", "cart_id"),
+    "payment_failed": ("visitor_id", "session_id", "cart_id"),
+    "order_placed": ("order_id", "total_minor", "currency"),
+    "order_refunded": ("order_id", "refund_minor", "currency"),
+    "order_cancelled": ("order_id",),
+    "ticket_opened": ("ticket_id",),
+    "message_added": ("ticket_id", "author_type"),
+    "ticket_escalated": ("ticket_id",),
+    "ticket_resolved": ("ticket_id",),
+    "ticket_reopened": ("ticket_id",),
+    "survey_response": ("survey_type", "score"),
+}
+
+
+def make_event(kind: str, /, **overrides: Any) -> dict[str, Any]:
+    """A valid event of type ``kind``; ``overrides`` replace fields (value None removes one)."""
+    event: dict[str, Any] = {"event_id": f"e-{kind}", "event_type": kind}
+    event.update(_ENVELOPE)
+    event.update(EXAMPLES[kind])
+    for key, value in overrides.items():
+        if value is None:
+            event.pop(key, None)
+        else:
+            event[key] = value
+    return event
+
+
+def family(event_type: str) -> Family:
+    return FAMILY_OF_TYPE[event_type]
+
+
+def dumps(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
