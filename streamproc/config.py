@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamproc.errors import ConfigError
+from streamproc.events.models import Family
 
 ENV_PREFIX = "STREAMPROC_"
 
@@ -146,6 +147,29 @@ class Settings(BaseSettings):
         description="Distinct `store_id` label values; further stores fold into `other`.",
     )
 
+    # --- worker ----------------------------------------------------------------------------
+    batch_max_events: int = Field(
+        default=2000,
+        ge=1,
+        le=100_000,
+        description="Most events an agent takes per batch (state is written once per batch).",
+    )
+    batch_max_wait_ms: int = Field(
+        default=200, ge=1, description="Longest an agent waits to fill a batch."
+    )
+    group_session_timeout_seconds: int = Field(
+        default=10,
+        ge=3,
+        description="Kafka consumer-group session timeout: how fast a dead worker's partitions "
+        "move to the others.",
+    )
+    group_heartbeat_interval_seconds: int = Field(
+        default=1, ge=1, description="Consumer-group heartbeat interval."
+    )
+    group_rebalance_timeout_seconds: int = Field(
+        default=10, ge=1, description="How long a rebalance waits for members to rejoin."
+    )
+
     # --- processes -------------------------------------------------------------------------
     bind: str = Field(
         default="127.0.0.1", description="Address the worker and exporter HTTP servers bind to."
@@ -215,6 +239,15 @@ class Settings(BaseSettings):
     @property
     def input_topics(self) -> tuple[str, str, str, str]:
         return (self.topic_clickstream, self.topic_cart, self.topic_orders, self.topic_tickets)
+
+    @property
+    def topics_by_family(self) -> dict[Family, str]:
+        return {
+            Family.CLICKSTREAM: self.topic_clickstream,
+            Family.CART: self.topic_cart,
+            Family.ORDERS: self.topic_orders,
+            Family.TICKETS: self.topic_tickets,
+        }
 
     @property
     def window_seconds(self) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from streamproc.events.models import FAMILY_OF_TYPE, Family
+from streamproc.events.models import FAMILY_OF_TYPE, MONEY_FIELDS, Family
 
 T0_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 NOW_MS = T0_MS + 3_600_000
@@ -92,6 +92,53 @@ def make_event(kind: str, /, **overrides: Any) -> dict[str, Any]:
         else:
             event[key] = value
     return event
+
+
+def wrong_value(field: str, value: Any) -> Any:
+    """A value of the wrong JSON type for ``field``."""
+    if field in {"event_time", "opened_at"}:
+        return [value]
+    if isinstance(value, bool | int):
+        return "12"
+    if isinstance(value, str):
+        return 12345
+    if isinstance(value, list):
+        return "not-a-list"
+    return 1
+
+
+def invalid_variants(kind: str, *, future_ms: int) -> list[tuple[str, bytes, str]]:
+    """(label, message bytes, expected reason) for every way an event of ``kind`` can be bad."""
+    cases: list[tuple[str, bytes, str]] = []
+    for field in ("event_id", "event_type", "event_time", *REQUIRED[kind]):
+        cases.append(
+            (f"{kind} without {field}", dumps(make_event(kind, **{field: None})), "missing_field")
+        )
+    for field, value in make_event(kind).items():
+        if field != "event_type":
+            bad = make_event(kind, **{field: wrong_value(field, value)})
+            cases.append((f"{kind} {field} wrong type", dumps(bad), "wrong_type"))
+    for field in EXAMPLES[kind]:
+        if field in MONEY_FIELDS:
+            cases.append(
+                (f"{kind} {field} < 0", dumps(make_event(kind, **{field: -1})), "negative_money")
+            )
+    if "currency" in EXAMPLES[kind]:
+        cases.append(
+            (f"{kind} in CHF", dumps(make_event(kind, currency="CHF")), "unknown_currency")
+        )
+    if kind == "survey_response":
+        for survey, score in (("csat", 0), ("csat", 6), ("nps", 11)):
+            bad = make_event(kind, survey_type=survey, score=score)
+            cases.append((f"{survey} score {score}", dumps(bad), "score_out_of_range"))
+    cases.append(
+        (f"{kind} in the future", dumps(make_event(kind, event_time=future_ms)), "future_time")
+    )
+    oversize = make_event(kind, padding="x" * 70_000)
+    cases.append((f"{kind} oversize", dumps(oversize), "too_large"))
+    cases.append((f"{kind} not JSON", b'{"event_type": "' + kind.encode() + b'", ', "not_json"))
+    cases.append((f"{kind} not an object", b'["' + kind.encode() + b'"]', "not_object"))
+    return cases
 
 
 def family(event_type: str) -> Family:

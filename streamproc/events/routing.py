@@ -4,8 +4,9 @@ These rules work on the raw JSON object, so that tools can route events without 
 a bad event still reaches the topic where the processor will dead-letter it.
 
 An events file (JSONL) holds one event object per line. A line may instead be a *raw message*
-``{"__raw__": "<payload text>", "__family__": "clickstream", "__key__": "k"}``: the payload is sent
-as-is, which is how the simulator injects messages that are not even JSON.
+``{"__raw__": "<payload text>", "__family__": "clickstream", "__key__": "k"}`` (or
+``"__raw_b64__": "<base64 bytes>"`` for payloads that are not UTF-8): the payload is sent as-is,
+which is how the simulator injects messages that are not even JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from streamproc.events.models import FAMILY_OF_TYPE, Family
 
 RAW_PAYLOAD = "__raw__"
+RAW_PAYLOAD_B64 = "__raw_b64__"
 RAW_FAMILY = "__family__"
 RAW_KEY = "__key__"
 

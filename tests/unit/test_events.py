@@ -7,7 +7,17 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import EXAMPLES, NOW_MS, REQUIRED, T0_MS, dumps, family, make_event
+from helpers import (
+    EXAMPLES,
+    NOW_MS,
+    REQUIRED,
+    T0_MS,
+    dumps,
+    family,
+    invalid_variants,
+    make_event,
+    wrong_value,
+)
 
 from streamproc.errors import InvalidEvent
 from streamproc.events import models as m
@@ -60,25 +70,13 @@ def test_missing_required_field(event_type: str, field: str) -> None:
     assert field in error.detail
 
 
-def _wrong_value(field: str, value: Any) -> Any:
-    if field in {"event_time", "opened_at"}:
-        return [value]
-    if isinstance(value, bool | int):
-        return "12"
-    if isinstance(value, str):
-        return 12345
-    if isinstance(value, list):
-        return "not-a-list"
-    return 1
-
-
 @pytest.mark.parametrize(
     ("event_type", "field"),
     [(t, f) for t in ALL_TYPES for f in make_event(t) if f != "event_type"],
 )
 def test_wrong_type(event_type: str, field: str) -> None:
     event = make_event(event_type)
-    event[field] = _wrong_value(field, event[field])
+    event[field] = wrong_value(field, event[field])
     error = rejected(event, event_type)
     assert error.reason == Reason.WRONG_TYPE, error
     assert error.field == f"$.{field}"
@@ -315,3 +313,12 @@ def test_unknown_fields_are_ignored() -> None:
 def test_routing_keys(event_type: str, overrides: dict[str, Any], key: str | None) -> None:
     event = json.loads(dumps(make_event(event_type, **overrides)))
     assert key_for(event, family(event_type)) == key
+
+
+@pytest.mark.parametrize("event_type", ALL_TYPES)
+def test_invalid_variants_matrix(event_type: str) -> None:
+    """The matrix the integration test sends through the worker gives the reasons it expects."""
+    for label, raw, reason in invalid_variants(event_type, future_ms=NOW_MS + 86_400_000):
+        with pytest.raises(InvalidEvent) as info:
+            DECODER.decode(raw, family(event_type), now_ms=NOW_MS)
+        assert info.value.reason == reason, label

@@ -1,0 +1,87 @@
+"""The first step of every batch: decode messages, split valid events from dead letters.
+
+Pure: the Faust agent hands in the messages of a batch and sends the dead letters it gets back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from streamproc.deadletter import DeadLetter
+from streamproc.errors import InvalidEvent
+from streamproc.events.models import Event, Family
+from streamproc.events.parse import EventDecoder, Reason
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A consumed Kafka message, reduced to what the processor needs."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A valid event with the coordinates of the message it came from."""
+
+    event: Event
+    message: Message
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    events: list[Decoded] = field(default_factory=list)
+    dead_letters: list[tuple[Message, DeadLetter]] = field(default_factory=list)
+
+
+class BatchDecoder:
+    """Decodes the messages of one topic family; logs the first rejection of each reason."""
+
+    def __init__(self, decoder: EventDecoder, family: Family) -> None:
+        self._decoder = decoder
+        self._family = family
+        self._logged: set[str] = set()
+
+    def decode(self, messages: list[Message], *, now_ms: int) -> DecodedBatch:
+        batch = DecodedBatch()
+        decode = self._decoder.decode
+        family = self._family
+        for message in messages:
+            try:
+                if message.value is None:
+                    raise InvalidEvent(Reason.NOT_JSON, "empty message (no value)")
+                event = decode(message.value, family, now_ms=now_ms)
+            except InvalidEvent as exc:
+                batch.dead_letters.append((message, self._dead_letter(message, exc)))
+                continue
+            batch.events.append(Decoded(event, message))
+        return batch
+
+    def _dead_letter(self, message: Message, exc: InvalidEvent) -> DeadLetter:
+        letter = DeadLetter(
+            reason=exc.reason,
+            detail=exc.detail,
+            field=exc.field,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            timestamp_ms=message.timestamp_ms,
+        )
+        if exc.reason not in self._logged:
+            self._logged.add(exc.reason)
+            logger.warning(
+                "dead letter %s: %s: %s (further %s rejections are counted, not logged)",
+                letter.source,
+                exc.reason,
+                exc.detail,
+                exc.reason,
+            )
+        return letter
