@@ -1,0 +1,97 @@
+"""Settings: typed, validated, documented."""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from streamproc.config import describe_settings, load_settings, parse_duration_seconds
+from streamproc.errors import ConfigError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("STREAMPROC_") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    settings = load_settings(env_file=None)
+    assert settings.topic_clickstream == "shop.clickstream"
+    assert settings.window_seconds == (60, 300, 900, 3600, 86400)
+    assert settings.fx_rates == {}
+    assert settings.bootstrap_servers is None
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMPROC_PARTITIONS", "12")
+    monkeypatch.setenv("STREAMPROC_FX_RATES", "eur=1.08, GBP=1.27")
+    monkeypatch.setenv("STREAMPROC_WINDOWS", "1m,1h")
+    monkeypatch.setenv("REDIS_URL", "redis://example:6379/1")
+    settings = load_settings(env_file=None)
+    assert settings.partitions == 12
+    assert settings.fx_rates == {"EUR": Decimal("1.08"), "GBP": Decimal("1.27")}
+    assert settings.window_seconds == (60, 3600)
+    assert settings.redis_url == "redis://example:6379/1"
+
+
+def test_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("STREAMPROC_NAMESPACE=from-file\nSTREAMPROC_MAX_STORES=7\n")
+    settings = load_settings(env_file=env_file)
+    assert (settings.namespace, settings.max_stores) == ("from-file", 7)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("STREAMPROC_PARTITIONS", "many", "valid integer"),
+        ("STREAMPROC_PARTITIONS", "0", "greater than or equal to 1"),
+        ("STREAMPROC_WINDOWS", "90s", "whole number of minutes"),
+        ("STREAMPROC_WINDOWS", "1 fortnight", "not a duration"),
+        ("STREAMPROC_FX_RATES", "EUR", "CODE=RATE"),
+        ("STREAMPROC_FX_RATES", "EUR=-1", "positive"),
+        ("STREAMPROC_FX_RATES", "EURO=1", "ISO 4217"),
+        ("STREAMPROC_REPORTING_CURRENCY", "usd", "pattern"),
+        ("STREAMPROC_NAMESPACE", "has space", "pattern"),
+        ("STREAMPROC_LOG_LEVEL", "loud", "debug"),
+    ],
+)
+def test_errors_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env_file=None)
+    assert name in str(info.value)
+    assert message in str(info.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(env_file=None)
+    with pytest.raises(ValueError, match="frozen"):
+        settings.partitions = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("15m", 900), ("2h", 7200), ("1d", 86400), ("1w", 604800)]
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration_seconds(text) == seconds
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = README.read_text()
+    for name, default, _ in describe_settings():
+        row = re.search(rf"^\| `{name}` \| `([^`]*)` \|", readme, re.MULTILINE)
+        assert row is not None, f"{name} is not in the README settings table"
+        assert row.group(1) == default, (
+            f"{name}: README says {row.group(1)!r}, default is {default!r}"
+        )
