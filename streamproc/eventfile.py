@@ -22,6 +22,7 @@ from streamproc.events.routing import (
     RAW_KEY,
     RAW_PAYLOAD,
     RAW_PAYLOAD_B64,
+    RAW_TIMESTAMP,
     family_of,
     key_for,
 )
@@ -68,7 +69,14 @@ def _raw_record(obj: dict[str, Any], line_no: int) -> FileRecord | Unroutable:
     else:
         value = str(obj[RAW_PAYLOAD]).encode()
     key = obj.get(RAW_KEY)
-    return FileRecord(family, key if isinstance(key, str) else None, value, None, line_no)
+    timestamp = obj.get(RAW_TIMESTAMP)
+    return FileRecord(
+        family,
+        key if isinstance(key, str) else None,
+        value,
+        timestamp if type(timestamp) is int else None,
+        line_no,
+    )
 
 
 def parse_line(line: bytes, line_no: int) -> FileRecord | Unroutable | None:

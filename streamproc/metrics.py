@@ -11,6 +11,7 @@ Workers export counters and histograms only; ratios come from recording rules. E
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc import __version__
 from streamproc.events.models import FAMILY_TYPES, Family
@@ -74,6 +76,47 @@ class WorkerMetrics(NamedTuple):
 
 def all_reasons() -> list[str]:
     return [reason.value for reason in Reason]
+
+
+class Sample(NamedTuple):
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class Scrape(NamedTuple):
+    """The samples of one ``/metrics`` page."""
+
+    samples: list[Sample]
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of the samples called ``name`` whose labels include ``labels``."""
+        return sum(
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        """Sum of ``name`` per value of one label."""
+        sums: dict[str, float] = {}
+        for s in self.samples:
+            if s.name == name and label in s.labels:
+                sums[s.labels[label]] = sums.get(s.labels[label], 0.0) + s.value
+        return sums
+
+
+def scrape(url: str, *, timeout: float = 2.0) -> Scrape:
+    """Read and parse a ``/metrics`` page."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    return Scrape(
+        [
+            Sample(sample.name, dict(sample.labels), sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+    )
 
 
 class MetricsServer(NamedTuple):

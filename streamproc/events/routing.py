@@ -4,9 +4,10 @@ These rules work on the raw JSON object, so that tools can route events without 
 a bad event still reaches the topic where the processor will dead-letter it.
 
 An events file (JSONL) holds one event object per line. A line may instead be a *raw message*
-``{"__raw__": "<payload text>", "__family__": "clickstream", "__key__": "k"}`` (or
-``"__raw_b64__": "<base64 bytes>"`` for payloads that are not UTF-8): the payload is sent as-is,
-which is how the simulator injects messages that are not even JSON.
+``{"__raw__": "<payload text>", "__family__": "clickstream", "__key__": "k", "__timestamp__": ms}``
+(or ``"__raw_b64__": "<base64 bytes>"`` for payloads that are not UTF-8): the payload is sent as-is
+with that key and Kafka timestamp, which is how the simulator injects messages that are not even
+JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ RAW_PAYLOAD = "__raw__"
 RAW_PAYLOAD_B64 = "__raw_b64__"
 RAW_FAMILY = "__family__"
 RAW_KEY = "__key__"
+RAW_TIMESTAMP = "__timestamp__"
 
 
 def family_of(event: Mapping[str, Any]) -> Family | None:

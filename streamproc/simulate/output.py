@@ -16,6 +16,7 @@ from streamproc.events.routing import (
     RAW_KEY,
     RAW_PAYLOAD,
     RAW_PAYLOAD_B64,
+    RAW_TIMESTAMP,
     family_of,
     key_for,
 )
@@ -119,6 +120,7 @@ def raw_line(record: SimRecord) -> bytes:
         wrapper[RAW_PAYLOAD_B64] = base64.b64encode(record.value).decode()
     if record.key is not None:
         wrapper[RAW_KEY] = record.key
+    wrapper[RAW_TIMESTAMP] = record.timestamp_ms
     return _encode(wrapper) + b"\n"
 
 

@@ -1,0 +1,47 @@
+"""The ``streamproc`` command. Each module registers its sub-commands on ``common.app``; the
+commands only parse options, load settings and call the library, they hold no logic."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from streamproc import __version__
+from streamproc.cli import demo, dev, pipeline, simulate  # noqa: F401  (registers the sub-commands)
+from streamproc.cli.common import app, err, out
+from streamproc.config import describe_settings
+from streamproc.errors import StreamprocError
+
+
+@app.command("settings")
+def settings_command(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
+) -> None:
+    """List every setting: environment variable, default and meaning."""
+    rows = describe_settings()
+    if markdown:
+        lines = ["| variable | default | meaning |", "|---|---|---|"]
+        lines += [f"| `{name}` | `{default}` | {text} |" for name, default, text in rows]
+        out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table("variable", "default", "meaning")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except StreamprocError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,120 @@
+"""Shared by the sub-commands: consoles, logging, settings, endpoints and progress display."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from streamproc import devstack
+from streamproc.config import Settings, load_settings
+
+app = typer.Typer(
+    name="streamproc",
+    help="Real-time e-commerce KPIs from Kafka event streams.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console()
+log = logging.getLogger("streamproc.cli")
+
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Rich output on a terminal; plain lines (the format Faust's worker logs use) otherwise."""
+    if err.is_terminal:
+        handler: logging.Handler = RichHandler(console=err, show_path=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def settings() -> Settings:
+    loaded = load_settings()
+    configure_logging(loaded.log_level)
+    return loaded
+
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class Endpoints(NamedTuple):
+    bootstrap_servers: str
+    redis_url: str
+
+
+def endpoints(loaded: Settings) -> Endpoints:
+    """Explicit settings first, then the running `streamproc dev` stack, then localhost."""
+    stack = None
+    if loaded.bootstrap_servers is None or loaded.redis_url is None:
+        stack = devstack.running_stack(loaded.state_dir)
+        if stack is not None:
+            log.info("using the dev stack in %s", loaded.state_dir)
+    return Endpoints(
+        loaded.bootstrap_servers or (stack.bootstrap_servers if stack else DEFAULT_BOOTSTRAP),
+        loaded.redis_url or (stack.redis_url if stack else devstack.DEFAULT_REDIS_URL),
+    )
+
+
+def bootstrap_servers(loaded: Settings) -> str:
+    return endpoints(loaded).bootstrap_servers
+
+
+def input_topics(loaded: Settings) -> dict[str, int]:
+    topics = {name: loaded.partitions for name in loaded.input_topics}
+    topics[loaded.topic_dlq] = loaded.partitions
+    return topics
+
+
+async def ensure_topics(loaded: Settings, servers: str) -> None:
+    from streamproc import broker
+
+    await broker.ensure_topics(
+        servers,
+        input_topics(loaded),
+        replication_factor=loaded.replication_factor,
+        co_partitioned=loaded.input_topics,
+    )
+
+
+def progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[events]:>10,} events"),
+        TextColumn("{task.fields[rate]:>8,.0f}/s"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+def summary(title: str, sent: Mapping[str, int], elapsed: float, extra: str = "") -> None:
+    out.print(f"[bold]{title}[/]")
+    table = Table(show_footer=True)
+    total = sum(sent.values())
+    table.add_column("topic", footer="total")
+    table.add_column("messages", justify="right", footer=f"{total:,}")
+    for topic, count in sorted(sent.items()):
+        table.add_row(topic, f"{count:,}")
+    out.print(table)
+    rate = total / elapsed if elapsed > 0 else 0.0
+    out.print(f"{total:,} messages in {elapsed:.1f} s ({rate:,.0f}/s){extra}")

@@ -1,0 +1,108 @@
+"""``streamproc worker`` and ``streamproc produce``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamproc.cli.common import (
+    app,
+    bootstrap_servers,
+    ensure_topics,
+    log,
+    progress,
+    settings,
+    summary,
+)
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """Run a worker: consume the input topics, dead-letter bad input, serve /metrics."""
+    import faust.worker
+    from prometheus_client import CollectorRegistry
+
+    from streamproc import app as worker_app
+    from streamproc import metrics
+    from streamproc.events.parse import decoder_from_settings
+
+    loaded = settings()
+    servers = bootstrap_servers(loaded)
+    asyncio.run(ensure_topics(loaded, servers))
+    registry = CollectorRegistry()
+    worker_metrics = metrics.WorkerMetrics.create(
+        registry, topics=loaded.topics_by_family, dlq_reasons=metrics.all_reasons()
+    )
+    server = metrics.serve(registry, bind=loaded.bind, port=loaded.worker_port)
+    log.info("worker metrics on http://%s:%d/metrics", loaded.bind, server.port)
+    faust_app = worker_app.create_app(
+        loaded,
+        bootstrap_servers=servers,
+        decoder=decoder_from_settings(loaded),
+        metrics=worker_metrics,
+    )
+    faust.worker.Worker(
+        faust_app, loglevel=loaded.log_level, redirect_stdouts=False, quiet=True
+    ).execute_from_commandline()
+
+
+@app.command("produce")
+def produce_command(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="Events file, one JSON per line."
+        ),
+    ],
+) -> None:
+    """Publish an events file to the input topics, keyed and time-stamped per the contract."""
+    from streamproc import broker
+    from streamproc.eventfile import FileRecord, Unroutable, read_records
+
+    loaded = settings()
+    servers = bootstrap_servers(loaded)
+    unroutable: list[Unroutable] = []
+    size = path.stat().st_size
+
+    async def run(lines: Iterable[bytes], on_line: Callable[[int], None]) -> broker.ProduceStats:
+        await ensure_topics(loaded, servers)
+
+        def routed() -> Iterator[FileRecord]:
+            for record in read_records(lines):
+                if isinstance(record, Unroutable):
+                    unroutable.append(record)
+                else:
+                    yield record
+
+        async with broker.Producer(servers) as producer:
+            await broker.publish(
+                routed(), producer, loaded.topics_by_family, on_sent=lambda r: on_line(len(r.value))
+            )
+        return producer.stats
+
+    started = time.monotonic()
+    with path.open("rb") as lines, progress() as bar:
+        task = bar.add_task(path.name, total=size, events=0, rate=0.0)
+        count = 0
+
+        def on_line(nbytes: int) -> None:
+            nonlocal count
+            count += 1
+            if count % 2000 == 0:
+                rate = count / max(time.monotonic() - started, 1e-9)
+                bar.update(task, completed=lines.tell(), events=count, rate=rate)
+
+        stats = asyncio.run(run(lines, on_line))
+        rate = count / max(time.monotonic() - started, 1e-9)
+        bar.update(task, completed=size, events=count, rate=rate)
+    elapsed = time.monotonic() - started
+    extra = ""
+    if unroutable:
+        shown = ", ".join(f"line {u.line_no} ({u.why})" for u in unroutable[:5])
+        extra = f"; skipped {len(unroutable):,} unroutable lines: {shown}"
+    summary(f"produced {path.name}", stats.sent, elapsed, extra)

@@ -1,0 +1,163 @@
+"""``streamproc demo``: the whole pipeline on one machine, started and stopped as one.
+
+A dedicated embedded stack (in ``state_dir/demo``), a worker and the live simulator run as child
+processes with their logs in ``state_dir/demo/logs``; :class:`Demo` starts them, reports their
+health and stops everything, including the stack, when the demo ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from streamproc import devstack
+from streamproc.config import Settings
+from streamproc.errors import StreamprocError
+
+logger = logging.getLogger(__name__)
+
+
+class DemoError(StreamprocError):
+    """A demo process could not start or died."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    sessions_per_minute: float = 120.0
+    malformed_share: float = 0.005
+    duplicate_share: float = 0.005
+    out_of_order_share: float = 0.01
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+def _free_port(preferred: int, bind: str) -> int:
+    """``preferred`` when it is free, else (and for 0) any free port."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, preferred))
+        except OSError:
+            sock.bind((bind, 0))
+        return int(sock.getsockname()[1])
+
+
+class Demo:
+    """Start the stack and the processes; ``stop()`` ends them all (idempotent)."""
+
+    def __init__(self, settings: Settings, options: DemoOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.dir = Path(settings.state_dir).absolute() / "demo"
+        self.stack = devstack.DevStack(self.dir, redis_url=settings.redis_url)
+        self.children: list[Child] = []
+        self.info: devstack.StackInfo | None = None
+        self.worker_port = _free_port(settings.worker_port, settings.bind)
+
+    @property
+    def worker_metrics_url(self) -> str:
+        return f"http://{self.settings.bind}:{self.worker_port}/metrics"
+
+    def env(self) -> dict[str, str]:
+        assert self.info is not None
+        return {
+            "STREAMPROC_BOOTSTRAP_SERVERS": self.info.bootstrap_servers,
+            "STREAMPROC_REDIS_URL": self.info.redis_url,
+            "STREAMPROC_STATE_DIR": str(self.dir),
+            "STREAMPROC_WORKER_PORT": str(self.worker_port),
+        }
+
+    def start(self) -> None:
+        self.info = self.stack.up()
+        options = self.options
+        self._spawn("worker", ["worker"])
+        self._spawn(
+            "simulator",
+            [
+                "simulate",
+                "--live",
+                "--rate",
+                str(options.sessions_per_minute),
+                "--malformed",
+                str(options.malformed_share),
+                "--duplicates",
+                str(options.duplicate_share),
+                "--out-of-order",
+                str(options.out_of_order_share),
+            ],
+        )
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log_path = self.dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamproc", *args],
+            env={**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.children.append(Child(name, proc, log_path, log_file))
+        logger.info("started %s (pid %d), log %s", name, proc.pid, log_path)
+
+    def check(self) -> None:
+        """Raise DemoError with the log tail when a child has died."""
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None:
+                raise DemoError(
+                    f"the {child.name} exited with status {code}; last lines of "
+                    f"{child.log_path}:\n{child.tail()}"
+                )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in reversed(self.children):
+            try:
+                child.proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in time; killing it", child.name)
+                os.killpg(child.proc.pid, signal.SIGKILL)
+                child.proc.wait()
+            child.log_file.close()
+        self.children.clear()
+        self.stack.down()
+
+
+@contextmanager
+def running(settings: Settings, options: DemoOptions) -> Iterator[Demo]:
+    demo = Demo(settings, options)
+    try:
+        demo.start()
+        yield demo
+    finally:
+        demo.stop()
+
+
+def rate(previous: float, current: float, seconds: float) -> float:
+    """Per-second increase of a counter between two scrapes (0 after a reset)."""
+    return max(current - previous, 0.0) / seconds if seconds > 0 else 0.0
