@@ -1,0 +1,1 @@
+"""The KPI engine's pure core: records, contributions, windows and formulas (stdlib + msgspec)."""

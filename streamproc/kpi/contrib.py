@@ -1,0 +1,280 @@
+"""What a record adds to the window partials at a given watermark (docs/semantics.md).
+
+``contribute(record, watermark)`` is a pure function; the partial of a (minute, store) cell is the
+sum over records of their contributions, so a changed record changes the partials by
+``contribute(new) - contribute(old)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from streamproc.kpi import counters as c
+from streamproc.kpi.histogram import bucket_of
+from streamproc.kpi.records import (
+    CHECKOUT,
+    NONE,
+    PAYMENT_FAILED,
+    Cart,
+    Order,
+    Segment,
+    SessionRecord,
+    TicketRecord,
+)
+from streamproc.kpi.windows import minute_of
+
+Presence = tuple[int, str, str, str]  # (minute, store, dimension or "", visitor)
+NEVER = 2**62
+
+
+@dataclass
+class Contribution:
+    cells: c.Cells = field(default_factory=dict)
+    presence: set[Presence] = field(default_factory=set)
+    open_tickets: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    next_change: int = NEVER  # the watermark at which this contribution next changes
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    session_ms: int
+    abandonment_ms: int
+    max_lateness_ms: int
+
+
+def _dims(segment: Segment, settled: bool) -> tuple[str, str, bool]:
+    """(channel_group, device_type, known).
+
+    Known = no later event can change them: a session_start with a device_type was seen, or the
+    session is settled (no accepted event can reach it any more). Visitor sketches cannot forget,
+    so a session's visitors count in its breakdowns only once its dimensions are known.
+    """
+    start = segment.start_event
+    channel = start.text if start is not None else "other"
+    if start is not None and start.extra:
+        device = start.extra
+    elif segment.device is not None:
+        device = segment.device.text
+    else:
+        device = "other"
+    return channel, device, (start is not None and bool(start.extra)) or settled
+
+
+def _present(
+    out: Contribution, minute: int, store: str, visitor: str, dims: tuple[str, str, bool]
+) -> None:
+    if not visitor:
+        return
+    # Marks the cell as holding visitors even when nothing else is counted in it, so that its
+    # window exists; the distinct count itself comes from the sketches.
+    c.bump(c.cell(out.cells, minute, store), c.VISITOR_MARKS)
+    out.presence.add((minute, store, "", visitor))
+    if dims[2]:
+        out.presence.add((minute, store, f"channel_group={dims[0]}", visitor))
+        out.presence.add((minute, store, f"device_type={dims[1]}", visitor))
+
+
+def _owner(segments: list[Segment], t: int, timeout_ms: int) -> int | None:
+    for index, segment in enumerate(segments):
+        if segment.start <= t < segment.end + timeout_ms:
+            return index
+    return None
+
+
+def contribute_session(
+    record: SessionRecord, watermark: int, timeouts: Timeouts, *, sessionless: bool = False
+) -> Contribution:
+    """A session id's record (or, ``sessionless``, an order id's: orders without a session)."""
+    out = Contribution()
+    segments = record.segments
+    placed = sorted((o for o in record.orders if o.placed is not None), key=_order_key)
+    owners = [_owner(segments, o.placed.t, timeouts.session_ms) for o in placed]  # type: ignore[union-attr]
+    with_orders = [0] * len(segments)
+    for owner in owners:
+        if owner is not None:
+            with_orders[owner] += 1
+    dims = []
+    for index, segment in enumerate(segments):
+        close_at = segment.end + timeouts.session_ms
+        settle_at = close_at + timeouts.max_lateness_ms
+        closed = watermark >= close_at
+        for moment in (close_at, settle_at):
+            if watermark < moment:
+                out.next_change = min(out.next_change, moment)
+        dims.append(_dims(segment, watermark >= settle_at))
+        _segment_cells(out, segment, dims[-1], closed, with_orders[index])
+    for order, owner in zip(placed, owners, strict=True):
+        assert order.placed is not None
+        if owner is not None:
+            _order_cells(out, order, dims[owner])
+            continue
+        # A session could still grow to cover it until no event for that time is accepted.
+        settle_at = NONE if sessionless else order.placed.t + timeouts.max_lateness_ms
+        if watermark < settle_at:
+            out.next_change = min(out.next_change, settle_at)
+        _order_cells(out, order, ("other", order.placed.extra or "other", watermark >= settle_at))
+    for refund in record.refunds:
+        cell = c.cell(out.cells, minute_of(refund.t), refund.store)
+        c.bump(cell, c.REFUNDS)
+        c.bump(cell, c.REFUNDED, refund.amount)
+    for visit in record.visits:
+        _present(out, visit.minute, visit.store, visit.visitor, ("other", visit.device, True))
+    _cart_cells(out, record.carts, placed, watermark, timeouts.abandonment_ms)
+    return out
+
+
+def _order_key(order: Order) -> tuple[int, str]:
+    assert order.placed is not None
+    return order.placed.t, order.placed.eid
+
+
+def _segment_cells(
+    out: Contribution, segment: Segment, dims: tuple[str, str, bool], closed: bool, orders: int
+) -> None:
+    channel, device, _ = dims
+    first = segment.first
+    cell = c.cell(out.cells, minute_of(segment.start), first.store)
+    c.add_dimensioned(cell, c.SESSIONS, 1, channel=channel, device=device)
+    c.bump(cell, c.SESSIONS_WITH_ORDER, int(orders > 0))
+    c.bump(cell, c.SESSIONS_WITH_CART, int(segment.adds > 0))
+    index = segment.start_event.number if segment.start_event is not None else NONE
+    c.bump(cell, c.SESSIONS_WITH_INDEX, int(index != NONE))
+    c.bump(cell, c.SESSIONS_NEW_VISITOR, int(index == 1))
+    if closed:
+        c.bump(cell, c.SESSIONS_CLOSED)
+        c.bump(cell, c.SESSIONS_CLOSED_PAGE_VIEWS, segment.page_views)
+        c.bump(
+            cell, c.SESSIONS_BOUNCED, int(segment.page_views == 1 and segment.others + orders == 0)
+        )
+        c.bump(cell, c.SESSIONS_DURATION, segment.end - segment.start)
+    else:
+        c.bump(cell, c.SESSIONS_OPEN)
+    for key, views in segment.cells.items():
+        minute_text, store, visitor = key.split("|", 2)
+        minute = int(minute_text)
+        c.add_dimensioned(
+            c.cell(out.cells, minute, store), c.PAGE_VIEWS, views, channel=channel, device=device
+        )
+        _present(out, minute, store, visitor, dims)
+
+
+def _order_cells(out: Contribution, order: Order, dims: tuple[str, str, bool]) -> None:
+    placed = order.placed
+    assert placed is not None
+    minute = minute_of(placed.t)
+    cell = c.cell(out.cells, minute, placed.store)
+    c.add_dimensioned(cell, c.ORDERS, 1, channel=dims[0], device=dims[1])
+    c.add_dimensioned(cell, c.REVENUE, order.total, channel=dims[0], device=dims[1])
+    c.bump(cell, c.UNITS, order.units)
+    c.bump(cell, c.ORDERS_WITH_INDEX, int(placed.number != NONE))
+    c.bump(cell, c.ORDERS_NEW_CUSTOMER, int(placed.number == 1))
+    _present(out, minute, placed.store, placed.text, dims)
+    cancel = order.cancelled
+    if cancel is not None:
+        c.bump(c.cell(out.cells, minute_of(cancel.t), cancel.store), c.CANCELLED, order.total)
+
+
+def _abandoned_at(cart: Cart, created: int, timeout_ms: int) -> int:
+    """When the cart's first gap of ``timeout_ms`` after creation decides it abandoned."""
+    times = sorted({e.t for e in cart.events if e.t >= created})
+    for current, following in itertools.pairwise(times):
+        if following - current >= timeout_ms:
+            return current + timeout_ms
+    return times[-1] + timeout_ms
+
+
+def _cart_cells(
+    out: Contribution, carts: list[Cart], orders: list[Order], watermark: int, timeout_ms: int
+) -> None:
+    for cart in carts:
+        for event in cart.events:
+            if event.kind in (CHECKOUT, PAYMENT_FAILED):
+                name = c.CHECKOUTS if event.kind == CHECKOUT else c.PAYMENT_FAILURES
+                c.bump(c.cell(out.cells, minute_of(event.t), event.store), name)
+    live = [cart for cart in carts if cart.created is not None]
+    window = {
+        cart.cart_id: (cart.created.t, _abandoned_at(cart, cart.created.t, timeout_ms))  # type: ignore[union-attr]
+        for cart in live
+    }
+    converted: dict[str, int] = {}  # cart id -> time of the order that converted it
+    for order in orders:
+        t = order.placed.t  # type: ignore[union-attr]
+        open_ids = [
+            cid for cid, (start, end) in window.items() if start < t < end and cid not in converted
+        ]
+        if order.cart_id is not None:
+            if order.cart_id in open_ids:
+                converted[order.cart_id] = t
+        elif open_ids:
+            by_id = {cart.cart_id: cart for cart in live}
+            newest = max(open_ids, key=lambda cid: (by_id[cid].created.t, cid))  # type: ignore[union-attr]
+            converted[newest] = t
+    for cart in live:
+        created = cart.created
+        assert created is not None
+        cell = c.cell(out.cells, minute_of(created.t), created.store)
+        c.bump(cell, c.CARTS_CREATED)
+        # a checkout counts while the cart is open: before its order or its abandonment
+        decided = converted.get(cart.cart_id, window[cart.cart_id][1])
+        checkout = any(e.kind == CHECKOUT and created.t <= e.t < decided for e in cart.events)
+        c.bump(cell, c.CARTS_CHECKOUT, int(checkout))
+        if cart.cart_id in converted:
+            c.bump(cell, c.CARTS_CONVERTED)
+            continue
+        abandon_at = window[cart.cart_id][1]
+        if watermark >= abandon_at:
+            c.bump(cell, c.CARTS_ABANDONED)
+            c.bump(cell, c.CARTS_CHECKOUT_ABANDONED, int(checkout))
+        else:
+            c.bump(cell, c.CARTS_UNDECIDED)
+            out.next_change = min(out.next_change, abandon_at)
+
+
+def contribute_ticket(record: TicketRecord) -> Contribution:
+    """Ticket outcomes and surveys; these do not wait for the watermark."""
+    out = Contribution()
+    for opening in record.openings:
+        cell = c.cell(out.cells, minute_of(opening.t), opening.store)
+        c.bump(cell, c.TICKETS_OPENED)
+        c.bump(cell, c.dim(c.TICKETS_OPENED, f"channel={opening.channel}"))
+    for survey in record.surveys:
+        _survey_cells(out, survey.t, survey.store, survey.kind, survey.score)
+    for visit in record.visits:
+        _present(out, visit.minute, visit.store, visit.visitor, ("other", visit.device, True))
+    opened = record.opened
+    store = opened.store if opened is not None else record.first.store if record.first else ""
+    opening_t = opened.t if opened is not None else record.opened_at
+    if opening_t != NONE:
+        reply = next((t for t in record.agent_replies if t >= opening_t), None)
+        if reply is not None:
+            _duration(out, c.FIRST_RESPONSE, reply, store, reply - opening_t)
+        resolved = next((t for t in record.resolutions if t >= opening_t), None)
+        if resolved is not None:
+            _duration(out, c.RESOLUTION, resolved, store, resolved - opening_t)
+    if record.escalated != NONE:
+        c.bump(c.cell(out.cells, minute_of(record.escalated), store), c.TICKETS_ESCALATED)
+    if record.lifecycle is not None and record.lifecycle.text == "open":
+        channel = opened.text if opened is not None else "other"
+        priority = opened.extra if opened is not None else "other"
+        out.open_tickets[(store, channel, priority)] = 1
+    return out
+
+
+def _duration(out: Contribution, name: str, t: int, store: str, duration_ms: int) -> None:
+    cell = c.cell(out.cells, minute_of(t), store)
+    c.bump(cell, f"{name}_bucket|{bucket_of(duration_ms)}")
+    c.bump(cell, f"{name}_sum_ms", duration_ms)
+    c.bump(cell, f"{name}_count")
+
+
+def _survey_cells(out: Contribution, t: int, store: str, kind: str, score: int) -> None:
+    cell = c.cell(out.cells, minute_of(t), store)
+    if kind == "csat":
+        c.bump(cell, c.CSAT_RESPONSES)
+        c.bump(cell, c.CSAT_SUM, score)
+        c.bump(cell, c.CSAT_POSITIVE, int(score >= 4))
+    elif kind == "nps":
+        c.bump(cell, c.NPS_RESPONSES)
+        c.bump(cell, c.NPS_PROMOTERS, int(score >= 9))
+        c.bump(cell, c.NPS_DETRACTORS, int(score <= 6))

@@ -1,0 +1,398 @@
+"""The partition engine: events in, records and window partials out. Pure; the Faust agent wraps it.
+
+Per partition, persisted state is records (with per-topic offset markers), a meta record
+(watermark inputs, eviction cursor) and the frozen contributions of evicted records. The window
+partials are a projection kept in memory: ``frozen + sum(contribute(record, watermark))``, rebuilt
+from the store after a restart or rebalance, so they are exact whatever was re-processed.
+
+One batch for one partition: ``on_time, late = engine.read(...)``; the caller drops duplicates; then
+``plan = engine.apply(...)`` computes everything; the caller publishes ``plan`` (Redis) and then
+stores ``plan.writes`` in order.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streamproc.events import models as m
+from streamproc.kpi import absorb
+from streamproc.kpi import counters as c
+from streamproc.kpi.contrib import (
+    NEVER,
+    Contribution,
+    Presence,
+    Timeouts,
+    contribute_session,
+    contribute_ticket,
+)
+from streamproc.kpi.records import (
+    NONE,
+    TOPICS,
+    Frozen,
+    Meta,
+    SessionRecord,
+    TicketRecord,
+    decode_frozen,
+    decode_meta,
+    decode_session,
+    decode_ticket,
+    encode,
+    new_offsets,
+)
+
+Record = SessionRecord | TicketRecord
+CLICKSTREAM, CART, ORDERS, TICKETS = range(TOPICS)
+FAMILY_INDEX = {m.Family.CLICKSTREAM: 0, m.Family.CART: 1, m.Family.ORDERS: 2, m.Family.TICKETS: 3}
+
+
+class Store(Protocol):
+    """Synchronous key-value state of the partitions (a Faust table in the worker)."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def scan(self) -> Iterable[str]:
+        """Every key in the store."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    session_timeout_ms: int = 1_800_000
+    abandonment_timeout_ms: int = 1_800_000
+    allowed_lateness_ms: int = 120_000
+    max_lateness_ms: int = 3_600_000
+    idle_timeout_ms: int = 60_000
+    order_retention_ms: int = 7 * 86_400_000
+    ticket_retention_ms: int = 14 * 86_400_000
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(self.session_timeout_ms, self.abandonment_timeout_ms, self.max_lateness_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """An accepted event with its coordinates, ready to apply."""
+
+    event: m.Event
+    topic: int  # CLICKSTREAM, CART, ORDERS or TICKETS
+    offset: int
+    store: str  # the store label (capped)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the caller knows of a partition's input topics besides the events."""
+
+    backlog: frozenset[int] = frozenset()  # topics with unread messages
+    ended: frozenset[int] = frozenset()  # topics read to their known end
+    wall_ms: int = 0
+
+
+@dataclass
+class Plan:
+    """The outcome of one batch or tick of one partition."""
+
+    partition: int
+    writes: list[tuple[str, bytes | None]] = field(default_factory=list)  # in order; None deletes
+    cells: dict[c.CellKey, c.Counters] = field(default_factory=dict)  # changed cells, whole values
+    presence: set[Presence] = field(default_factory=set)  # visitor sketches to add to
+    open_tickets: dict[tuple[str, str, str], int] | None = None  # whole gauge, when it changed
+    watermark: int = NONE
+    evicted: int = 0
+
+
+def record_key(item: Item) -> str:
+    """The record an event belongs to (docs/semantics.md: what meets on one partition)."""
+    event = item.event
+    if item.topic in (CLICKSTREAM, CART):
+        return f"s:{event.session_id}"
+    if item.topic == ORDERS:
+        return f"s:{event.session_id}" if event.session_id else f"o:{event.order_id}"  # type: ignore[attr-defined]
+    ticket = getattr(event, "ticket_id", None)
+    if ticket:
+        return f"t:{ticket}"
+    return f"v:{event.customer_id or event.event_id}"
+
+
+def _decode(key: str, raw: bytes) -> Record:
+    return decode_session(raw) if key[0] in "so" else decode_ticket(raw)
+
+
+def _new(key: str) -> Record:
+    return SessionRecord(new_offsets()) if key[0] in "so" else TicketRecord(new_offsets())
+
+
+class PartitionEngine:
+    """The in-memory projection and the logic of one partition."""
+
+    def __init__(self, partition: int, settings: EngineSettings, store: Store) -> None:
+        self.partition = partition
+        self.settings = settings
+        self.prefix = f"{partition}|"
+        self.meta = Meta([NONE] * TOPICS)
+        self.sums: dict[c.CellKey, c.Counters] = {}
+        self.refs: dict[c.CellKey, int] = {}
+        self.open_tickets: dict[tuple[str, str, str], int] = {}
+        self.heap: list[tuple[int, str]] = []
+        self.last_event_wall_ms = 0
+        self._load(store)
+
+    # --- contributions --------------------------------------------------------------------
+
+    def contribution(self, key: str, record: Record, watermark: int) -> Contribution:
+        if isinstance(record, SessionRecord):
+            sessionless = key.startswith("o:")
+            return contribute_session(
+                record, watermark, self.settings.timeouts, sessionless=sessionless
+            )
+        return contribute_ticket(record)
+
+    def deadline(self, key: str, record: Record) -> int:
+        """After this watermark no accepted event can change the record: it may be evicted."""
+        s = self.settings
+        if isinstance(record, SessionRecord):
+            times = [seg.end for seg in record.segments]
+            times += [e.t for cart in record.carts for e in cart.events]
+            times += [r.t for r in record.refunds]
+            latest = max(times, default=NONE) + max(s.session_timeout_ms, s.abandonment_timeout_ms)
+            for order in record.orders:
+                for moment in (order.placed, order.cancelled):
+                    if moment is not None:
+                        latest = max(latest, moment.t + s.order_retention_ms)
+            return latest + s.max_lateness_ms
+        times = [o.t for o in record.openings] + record.agent_replies + record.resolutions
+        times += [sv.t for sv in record.surveys] + [record.escalated]
+        if record.lifecycle is not None:
+            times.append(record.lifecycle.t)
+        retention = s.ticket_retention_ms if key.startswith("t:") else 0
+        return max(times, default=NONE) + retention + s.max_lateness_ms
+
+    # --- loading ----------------------------------------------------------------------------
+
+    def _load(self, store: Store) -> None:
+        self.scheduled: dict[str, int] = {}
+        frozen: dict[c.CellKey, Frozen] = {}
+        records: list[tuple[str, Record]] = []
+        for full in store.scan():
+            if not full.startswith(self.prefix):
+                continue
+            key = full[len(self.prefix) :]
+            raw = store.get(full)
+            if raw is None:
+                continue
+            if key == "m":
+                self.meta = decode_meta(raw)
+            elif key.startswith("f:"):
+                _, minute, cell_store = key.split(":", 2)
+                frozen[(int(minute), cell_store)] = decode_frozen(raw)
+            else:
+                records.append((key, _decode(key, raw)))
+        self.applied_watermark = self.meta.watermark
+        for cell, value in frozen.items():
+            c.add_cells(self.sums, {cell: value.counters})
+            self.refs.setdefault(cell, 0)
+        self.frozen_cursor = {cell: (f.cursor_t, f.cursor_key) for cell, f in frozen.items()}
+        # A record whose eviction was cut short by a crash is already in some frozen sums.
+        self.half_evicted: dict[str, set[c.CellKey]] = {}
+        for key, record in records:
+            contrib = self.contribution(key, record, self.meta.watermark)
+            cursor = (self.deadline(key, record), key)
+            frozen_in = {
+                cell for cell in contrib.cells if self.frozen_cursor.get(cell, (NONE, "")) >= cursor
+            }
+            if frozen_in:
+                self.half_evicted[key] = frozen_in
+            self._count(contrib, +1, set(contrib.cells) - frozen_in)
+            self._schedule(key, record, contrib)
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def _count(
+        self, contrib: Contribution, sign: int, cells: set[c.CellKey] | None = None
+    ) -> set[c.CellKey]:
+        """Add (or remove) a contribution to the projection; returns the cells that changed."""
+        chosen = contrib.cells if cells is None else {k: contrib.cells[k] for k in cells}
+        changed = c.add_cells(self.sums, chosen, sign)
+        for cell in chosen:
+            self.refs[cell] = self.refs.get(cell, 0) + sign
+        for group, count in contrib.open_tickets.items():
+            total = self.open_tickets.get(group, 0) + sign * count
+            if total:
+                self.open_tickets[group] = total
+            else:
+                self.open_tickets.pop(group, None)
+        return changed
+
+    def _schedule(self, key: str, record: Record, contrib: Contribution) -> None:
+        when = min(contrib.next_change, self.deadline(key, record))
+        if self.scheduled.get(key) != when:
+            self.scheduled[key] = when
+            heapq.heappush(self.heap, (when, key))
+
+    # --- the batch --------------------------------------------------------------------------
+
+    def read(
+        self, items: Iterable[Item], progress: Progress, *, wall_ms: int = 0
+    ) -> tuple[list[Item], list[Item]]:
+        """Split valid events read into (on time, too late), in order.
+
+        Each event is judged against the watermark as it stands, then moves its topic's
+        progress and the watermark on, so the verdicts do not depend on batch sizes.
+        """
+        on_time: list[Item] = []
+        late: list[Item] = []
+        meta, max_lateness = self.meta, self.settings.max_lateness_ms
+        for item in items:
+            wm = meta.watermark
+            t = item.event.event_time
+            (late if wm != NONE and t < wm - max_lateness else on_time).append(item)
+            if t > meta.max_ts[item.topic]:
+                meta.max_ts[item.topic] = t
+                self._advance(progress, idle=False)
+            self.last_event_wall_ms = wall_ms
+        return on_time, late
+
+    def apply(self, items: list[Item], progress: Progress, store: Store) -> Plan:
+        """Absorb accepted events, advance the watermark, re-evaluate and evict; plan the writes."""
+        previous = self.applied_watermark  # the projection holds contributions at this one
+        work: dict[str, tuple[Record, Contribution]] = {}
+        for item in items:
+            key = record_key(item)
+            if key not in work:
+                work[key] = self._open(store, key, previous, create=True)
+            record = work[key][0]
+            if record.off[item.topic] >= item.offset:
+                continue  # absorbed before a restart
+            record.off[item.topic] = item.offset
+            self._absorb(record, item)
+        watermark = self._advance(progress)
+        while self.heap and self.heap[0][0] <= watermark:
+            when, key = heapq.heappop(self.heap)
+            if self.scheduled.get(key) != when:
+                continue  # superseded by a later schedule
+            del self.scheduled[key]
+            if key not in work:
+                opened = self._open(store, key, previous, create=False)
+                if opened[0] is not None:
+                    work[key] = opened
+        return self._settle(work, watermark, store)
+
+    def _open(
+        self, store: Store, key: str, watermark: int, *, create: bool
+    ) -> tuple[Record, Contribution]:
+        raw = store.get(self.prefix + key)
+        if raw is None:
+            return (_new(key) if create else None), Contribution()  # type: ignore[return-value]
+        record = _decode(key, raw)
+        return record, self.contribution(key, record, watermark)
+
+    def _settle(
+        self, work: dict[str, tuple[Record, Contribution]], watermark: int, store: Store
+    ) -> Plan:
+        plan = Plan(self.partition, watermark=watermark)
+        self.applied_watermark = watermark
+        changed: set[c.CellKey] = set()
+        frozen: dict[c.CellKey, Frozen] = {}
+        records, deletes = [], []
+        open_before = dict(self.open_tickets)
+        evictions: list[tuple[int, str, Contribution]] = []
+        for key, (record, before) in sorted(work.items()):
+            after = self.contribution(key, record, watermark)
+            # cells whose frozen sum already holds this record (an eviction cut short by a crash)
+            frozen_in = self.half_evicted.pop(key, set())
+            changed |= self._count(before, -1, set(before.cells) - frozen_in)
+            changed |= self._count(after, +1, set(after.cells) - frozen_in)
+            plan.presence |= after.presence - before.presence
+            deadline = self.deadline(key, record)
+            # The end of the input (NEVER) decides everything but is no reason to forget.
+            if deadline < watermark < NEVER:
+                evictions.append((deadline, key, after))
+                deletes.append((self.prefix + key, None))
+                self.scheduled.pop(key, None)
+            else:
+                records.append((self.prefix + key, encode(record)))
+                self._schedule(key, record, after)
+        for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
+            self._freeze(store, frozen, key, deadline, after)  # in cursor order
+        plan.evicted = len(evictions)
+        plan.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
+        plan.writes = [(f"{self.prefix}f:{m_}:{s_}", encode(v)) for (m_, s_), v in frozen.items()]
+        plan.writes += records + deletes + self._forget_idle_cells(watermark)
+        plan.writes.append((self.prefix + "m", encode(self.meta)))
+        if self.open_tickets != open_before:
+            plan.open_tickets = dict(self.open_tickets)
+        return plan
+
+    def _freeze(
+        self,
+        store: Store,
+        frozen: dict[c.CellKey, Frozen],
+        key: str,
+        deadline: int,
+        contrib: Contribution,
+    ) -> None:
+        """Move an evicted record's contribution from ``refs`` into the frozen sums."""
+        if self.meta.evicted_t == NONE or (deadline, key) > (
+            self.meta.evicted_t,
+            self.meta.evicted_key,
+        ):
+            self.meta.evicted_t, self.meta.evicted_key = deadline, key
+        for cell, counters in contrib.cells.items():
+            current = frozen.get(cell) or self._read_frozen(store, cell)
+            if (current.cursor_t, current.cursor_key) < (deadline, key):
+                c.add_cells({cell: current.counters}, {cell: counters})
+                frozen[cell] = Frozen(deadline, key, current.counters)
+                self.frozen_cursor[cell] = (deadline, key)
+                self.refs[cell] = self.refs.get(cell, 0) - 1  # counted until now
+        self._count(Contribution(open_tickets=contrib.open_tickets), -1)
+
+    def _read_frozen(self, store: Store, cell: c.CellKey) -> Frozen:
+        raw = store.get(f"{self.prefix}f:{cell[0]}:{cell[1]}")
+        return decode_frozen(raw) if raw is not None else Frozen(NONE, "", {})
+
+    def _forget_idle_cells(self, watermark: int) -> list[tuple[str, bytes | None]]:
+        """Cells no event can change any more leave memory, and their frozen sums the store."""
+        horizon = watermark - self.settings.max_lateness_ms
+        gone = [cell for cell, refs in self.refs.items() if refs <= 0 and cell[0] < horizon]
+        deletes: list[tuple[str, bytes | None]] = []
+        for cell in gone:
+            self.refs.pop(cell, None)
+            self.sums.pop(cell, None)
+            if self.frozen_cursor.pop(cell, None) is not None:
+                deletes.append((f"{self.prefix}f:{cell[0]}:{cell[1]}", None))
+        return deletes
+
+    def _absorb(self, record: Record, item: Item) -> None:
+        event = item.event
+        if isinstance(record, SessionRecord):
+            if isinstance(event, m.WebEvent):
+                absorb.add_session_event(
+                    record, event, item.store, session_timeout_ms=self.settings.session_timeout_ms
+                )
+            else:
+                absorb.add_order_event(record, event, item.store)  # type: ignore[arg-type]
+        else:
+            absorb.add_ticket_event(record, event, item.store)  # type: ignore[arg-type]
+
+    def _advance(self, progress: Progress, *, idle: bool = True) -> int:
+        """Move the watermark on from the topics' progress (and the wall clock when idle)."""
+        meta, s = self.meta, self.settings
+        active = [t for t in range(TOPICS) if t not in progress.ended]
+        if not active:
+            frontier = NEVER
+        else:
+            frontier = max(meta.max_ts)
+            for topic in progress.backlog:
+                if topic in active:
+                    frontier = min(frontier, meta.max_ts[topic])
+            quiet = progress.wall_ms - self.last_event_wall_ms >= s.idle_timeout_ms
+            if idle and not progress.backlog and quiet and progress.wall_ms:
+                frontier = max(frontier, progress.wall_ms - s.idle_timeout_ms)
+        if frontier == NONE:
+            return meta.watermark
+        candidate = NEVER if frontier == NEVER else frontier - s.allowed_lateness_ms
+        meta.watermark = max(meta.watermark, candidate)
+        return meta.watermark

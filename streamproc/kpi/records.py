@@ -1,0 +1,160 @@
+"""Persisted state: one record per session id, order id (orders without a session), ticket id
+or survey key, on its partition. Records hold mergeable aggregates (earliest-of, sums, sets), so
+the same events absorbed in any order give the same record; contributions are computed from them
+(``sessions.py``, ``tickets.py``).
+
+``off`` is the highest offset absorbed per input topic (clickstream, cart, orders, tickets): a
+re-processed event at or below it is skipped, which makes at-least-once delivery exactly-once in
+effect.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+NONE = -1  # "no such event yet" for times
+
+
+class Earliest(Struct, array_like=True):
+    """The earliest event of some kind by (time, event_id), with what it carries."""
+
+    t: int
+    eid: str
+    store: str = ""
+    text: str = ""  # visitor, channel, device ... whatever the kind needs
+    extra: str = ""
+    number: int = NONE
+
+    def before(self, t: int, eid: str) -> bool:
+        """Whether this event comes before one at (t, eid)."""
+        return (self.t, self.eid) < (t, eid)
+
+
+class Segment(Struct, array_like=True):
+    """A session: consecutive clickstream/cart events less than the session timeout apart."""
+
+    start: int
+    end: int
+    first: Earliest  # store, visitor
+    device: Earliest | None  # earliest event with a device_type (text)
+    start_event: Earliest | None  # earliest session_start: text=channel, extra=device, number=index
+    page_views: int = 0
+    others: int = 0  # events other than session_start, page_view and page_ping
+    adds: int = 0  # add_to_cart events
+    cells: dict[str, int] = {}  # "minute|store|visitor" -> page views (0: present, no page view)
+
+
+class CartEvent(Struct, array_like=True):
+    t: int
+    kind: int  # ADD, REMOVE, CHECKOUT, PAYMENT_FAILED
+    store: str
+
+
+ADD, REMOVE, CHECKOUT, PAYMENT_FAILED = 0, 1, 2, 3
+
+
+class Cart(Struct, array_like=True):
+    cart_id: str
+    created: Earliest | None  # earliest add_to_cart
+    events: list[CartEvent] = []
+
+
+class Order(Struct, array_like=True):
+    order_id: str
+    placed: Earliest | None = None  # text=visitor, extra=device, number=customer_order_index
+    total: int = 0
+    units: int = 0
+    cart_id: str | None = None
+    cancelled: Earliest | None = None  # earliest order_cancelled (store)
+
+
+class Visit(Struct, array_like=True):
+    """A visitor seen outside a session (refunds, cancellations, tickets, surveys)."""
+
+    minute: int
+    store: str
+    visitor: str
+    device: str
+
+
+class Refund(Struct, array_like=True):
+    t: int
+    store: str
+    amount: int
+
+
+class SessionRecord(Struct, array_like=True):
+    """Everything keyed by one session id (or, without a session, by one order id)."""
+
+    off: list[int]
+    segments: list[Segment] = []
+    carts: list[Cart] = []
+    orders: list[Order] = []
+    refunds: list[Refund] = []
+    visits: list[Visit] = []
+
+
+class Survey(Struct, array_like=True):
+    t: int
+    store: str
+    kind: str  # csat, nps, other
+    score: int
+
+
+class TicketOpening(Struct, array_like=True):
+    t: int
+    store: str
+    channel: str
+
+
+class TicketRecord(Struct, array_like=True):
+    """A support ticket (or, for surveys without a ticket, just those surveys)."""
+
+    off: list[int]
+    opened: Earliest | None = None  # earliest ticket_opened: text=channel, extra=priority
+    opened_at: int = NONE  # smallest opened_at seen
+    first: Earliest | None = None  # earliest event (store fallback)
+    agent_replies: list[int] = []  # times of agent messages, sorted
+    resolutions: list[int] = []  # times of ticket_resolved, sorted
+    escalated: int = NONE  # earliest escalation time
+    lifecycle: Earliest | None = None  # latest opened/reopened/resolved: text=kind
+    openings: list[TicketOpening] = []  # every ticket_opened event
+    surveys: list[Survey] = []
+    visits: list[Visit] = []
+
+
+class Meta(Struct, array_like=True):
+    """Per partition: how far each input topic has got, and the eviction cursor."""
+
+    max_ts: list[int]  # highest event time read, per input topic
+    watermark: int = NONE
+    evicted_t: int = NONE  # records with (deadline, key) <= this cursor are evicted
+    evicted_key: str = ""
+
+
+class Frozen(Struct, array_like=True):
+    """Contributions of evicted records to one (minute, store) cell."""
+
+    cursor_t: int
+    cursor_key: str
+    counters: dict[str, int]
+
+
+def _enc_hook(value: object) -> object:
+    if isinstance(value, int):  # EpochMs and other int subclasses
+        return int(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+encode = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
+decode_session = msgspec.msgpack.Decoder(SessionRecord).decode
+decode_ticket = msgspec.msgpack.Decoder(TicketRecord).decode
+decode_meta = msgspec.msgpack.Decoder(Meta).decode
+decode_frozen = msgspec.msgpack.Decoder(Frozen).decode
+
+TOPICS = 4  # clickstream, cart, orders, tickets
+
+
+def new_offsets() -> list[int]:
+    return [NONE] * TOPICS

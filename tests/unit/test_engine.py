@@ -1,0 +1,188 @@
+"""The partition engine: exact whatever the batching, partitioning, crashes and re-deliveries."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from streamproc.events.models import Family
+from streamproc.events.parse import EventDecoder
+from streamproc.kpi import counters as c
+from streamproc.kpi import offline
+from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
+from streamproc.kpi.offline import MemoryStore, OfflinePipeline
+from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
+
+START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+HOUR_MS = 3_600_000
+DECODER = EventDecoder(fx_rates={"EUR": Decimal("1.08")})
+SETTINGS = EngineSettings()
+
+
+def sim_lines(minutes: int, *, seed: int = 3, rate: float = 40, **anomalies: Any) -> list[bytes]:
+    config = SimConfig(
+        start=START,
+        duration_seconds=minutes * 60,
+        seed=seed,
+        sessions_per_minute=rate,
+        stores=3,
+        currencies={"store-02": "EUR"},
+        anomalies=Anomalies(**anomalies),
+    )
+    out = io.BytesIO()
+    write_jsonl(simulate(config), out)
+    return out.getvalue().splitlines()
+
+
+@pytest.fixture(scope="module")
+def messy() -> list[bytes]:
+    """Three hours with every anomaly, including a spike and an idle gap."""
+    return sim_lines(
+        180,
+        duplicate_share=0.02,
+        out_of_order_share=0.03,
+        late_share=0.01,
+        too_late_share=0.005,
+        malformed_share=0.01,
+        abandonment_spikes=(
+            TimeRange(START + timedelta(minutes=40), START + timedelta(minutes=60)),
+        ),
+        idle_gaps=(TimeRange(START + timedelta(minutes=90), START + timedelta(minutes=110)),),
+    )
+
+
+def report(lines: list[bytes], **options: Any) -> list[dict[str, Any]]:
+    pipeline = OfflinePipeline(SETTINGS, decoder=DECODER, **options)
+    return pipeline.run(lines).report([HOUR_MS, 24 * HOUR_MS])
+
+
+def test_projection_equals_recomputation_after_every_batch(
+    messy: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-memory partials always equal the contributions recomputed from the store."""
+    engines: dict[int, PartitionEngine] = {}
+    checked = 0
+    real_init = PartitionEngine.__init__
+
+    def remember(self: PartitionEngine, *args: Any) -> None:
+        real_init(self, *args)
+        engines[self.partition] = self
+
+    def publish(plan: Any, store: MemoryStore, result: Any) -> None:
+        nonlocal checked
+        real_publish(plan, store, result)
+        engine = engines[plan.partition]
+        expected: dict[c.CellKey, c.Counters] = {}
+        for full in store.scan():
+            p, _, key = full.partition("|")
+            if int(p) == plan.partition and key[0] in "sotv":
+                record = offline_decode(key, store[full])
+                c.add_cells(expected, engine.contribution(key, record, engine.meta.watermark).cells)
+        live = {cell: v for cell, v in engine.sums.items() if v and engine.refs.get(cell, 0) > 0}
+        assert live == {cell: v for cell, v in expected.items() if v}
+        checked += 1
+
+    from streamproc.kpi.engine import _decode as offline_decode
+
+    real_publish = OfflinePipeline._publish
+    monkeypatch.setattr(PartitionEngine, "__init__", remember)
+    monkeypatch.setattr(OfflinePipeline, "_publish", staticmethod(publish))
+    OfflinePipeline(SETTINGS, decoder=DECODER, batch=97).run(messy[:12_000])
+    assert checked > 100
+
+
+def test_results_do_not_depend_on_batching_or_partitioning(messy: list[bytes]) -> None:
+    baseline = report(messy, partitions=4, batch=200)
+    assert len(baseline) > 500
+    assert report(messy, partitions=4, batch=13) == baseline
+    assert report(messy, partitions=1, batch=1000) == baseline
+    assert report(messy, partitions=7, batch=61) == baseline
+
+
+@pytest.mark.parametrize("rewind", [0, 500])
+def test_crashes_mid_batch_change_nothing(messy: list[bytes], rewind: int) -> None:
+    """Writes cut at every position, memory lost, events re-delivered: the same report."""
+    baseline = report(messy, batch=100)
+    cuts = {5: 0, 40: 1, 77: 3, 120: 7, 200: 10_000, 333: 2}
+    assert report(messy, batch=100, crash=cuts.get, rewind=rewind) == baseline
+
+
+def test_every_input_event_type_reaches_a_kpi() -> None:
+    rows = report(sim_lines(12 * 60, rate=8, late_share=0.01))  # surveys follow resolutions
+    kpis = {row["kpi"] for row in rows}
+    assert {"sessions", "orders", "net_revenue", "cart_abandonment_rate", "bounce_rate"} <= kpis
+    assert {"first_response_seconds_p90", "resolution_seconds_mean", "nps", "csat_score"} <= kpis
+    assert {"escalation_rate", "payment_failure_rate", "open_tickets"} <= kpis
+    assert all(row["final"] for row in rows if row["window"] != "now")
+
+
+def _event(kind: str, t: int, eid: str, **fields: Any) -> Any:
+    body = {"event_id": eid, "event_type": kind, "event_time": t, "visitor_id": "v1"}
+    body.update({"session_id": "s1", "store_id": "store-01"}, **fields)
+    family = Family.CART if kind == "add_to_cart" else Family.CLICKSTREAM
+    return DECODER.decode(json.dumps(body).encode(), family, now_ms=t + 1)
+
+
+T0 = 1_790_000_000_000
+
+
+def test_sessions_and_carts_close_when_traffic_stops() -> None:
+    store = MemoryStore()
+    engine = PartitionEngine(0, SETTINGS, store)
+    items = [
+        Item(_event("page_view", T0, "e1"), 0, 0, "store-01"),
+        Item(_event("add_to_cart", T0 + 1000, "e2", cart_id="c1", quantity=1), 1, 0, "store-01"),
+    ]
+    engine.read(items, Progress(wall_ms=T0), wall_ms=T0)
+    store.apply(engine.apply(items, Progress(wall_ms=T0), store).writes)
+    assert engine.sums[(T0 - T0 % 60_000, "store-01")][c.SESSIONS_OPEN] == 1
+    # no further event: only the wall clock moves on past idle timeout + session timeout
+    later = (
+        T0 + SETTINGS.idle_timeout_ms + SETTINGS.session_timeout_ms + SETTINGS.allowed_lateness_ms
+    )
+    plan = engine.apply([], Progress(wall_ms=later + 1000), store)
+    cell = plan.cells[(T0 - T0 % 60_000, "store-01")]
+    assert cell.get(c.SESSIONS_OPEN, 0) == 0 and cell[c.SESSIONS_CLOSED] == 1
+    assert cell[c.CARTS_ABANDONED] == 1 and cell.get(c.CARTS_UNDECIDED, 0) == 0
+
+
+def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
+    store = MemoryStore()
+    engine = PartitionEngine(0, SETTINGS, store)
+    first = [Item(_event("page_view", T0, "a"), 0, 0, "store-01")]
+    engine.read(first, Progress())
+    store.apply(engine.apply(first, Progress(), store).writes)
+    ahead = [Item(_event("page_view", T0 + 2 * HOUR_MS, "b", session_id="s2"), 0, 1, "store-01")]
+    engine.read(ahead, Progress())
+    store.apply(engine.apply(ahead, Progress(), store).writes)
+    minute = T0 - T0 % 60_000
+    late = Item(
+        _event("page_view", T0 + HOUR_MS + 10 * 60_000, "c", session_id="s3"), 0, 2, "store-01"
+    )
+    too_late = Item(_event("page_view", T0 + 30 * 60_000, "d", session_id="s4"), 0, 3, "store-01")
+    on_time, refused = engine.read([late, too_late], Progress())
+    assert on_time == [late] and refused == [too_late]
+    before = engine.sums.get((late.event.event_time - late.event.event_time % 60_000, "store-01"))
+    plan = engine.apply(on_time, Progress(), store)
+    after = plan.cells[(late.event.event_time - late.event.event_time % 60_000, "store-01")]
+    assert before is None and after[c.SESSIONS] == 1 and after[c.PAGE_VIEWS] == 1
+    assert (minute, "store-01") not in plan.cells
+
+
+def test_store_label_cap_folds_later_stores_into_other() -> None:
+    lines = sim_lines(30, rate=60)
+    capped = OfflinePipeline(SETTINGS, decoder=DECODER, max_stores=2).run(lines)
+    free = OfflinePipeline(SETTINGS, decoder=DECODER).run(lines)
+    stores = {store for _, store in capped.cells}
+    assert len(stores - {"other"}) == 2 and "other" in stores
+    total = c.sum_counters(capped.cells.values())
+    assert total == c.sum_counters(free.cells.values())
+
+
+def test_offline_module_has_no_hidden_state() -> None:
+    assert offline.StoreLabels(1).label("all") == "other"

@@ -1,0 +1,62 @@
+"""The engine (in-process, as the worker runs it) agrees with the independent reference."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from reference.common import ReferenceSettings
+from reference.kpis import reference_report
+from reference.report import compare_reports
+from test_engine import DECODER, SETTINGS, sim_lines
+
+from streamproc.kpi.offline import OfflinePipeline
+
+REES46 = Path(__file__).resolve().parents[3] / "shared" / "data" / "rees46-2019-10-01-head.jsonl"
+MINUTE_MS, HOUR_MS = 60_000, 3_600_000
+SIZES_MS = (MINUTE_MS, 15 * MINUTE_MS, HOUR_MS, 24 * HOUR_MS)
+REFERENCE = ReferenceSettings(
+    fx_rates={"EUR": Decimal("1.08")}, window_sizes_s=tuple(size // 1000 for size in SIZES_MS)
+)
+
+
+def engine_rows(lines: list[bytes], **options: object) -> list[dict[str, object]]:
+    return OfflinePipeline(SETTINGS, decoder=DECODER, **options).run(lines).report(SIZES_MS)  # type: ignore[arg-type]
+
+
+def assert_agree(lines: list[bytes], **options: object) -> None:
+    engine = engine_rows(lines, **options)
+    differences = compare_reports(engine, reference_report(lines, REFERENCE))
+    assert not differences, "\n".join(differences)
+    assert len(engine) > 100
+
+
+@pytest.mark.skipif(not REES46.exists(), reason=f"real-data sample not found at {REES46}")
+def test_real_traffic_sample() -> None:
+    assert_agree(REES46.read_bytes().splitlines())
+
+
+@pytest.mark.parametrize(("seed", "partitions"), [(11, 4), (12, 7)])
+def test_simulated_traffic_with_every_anomaly(seed: int, partitions: int) -> None:
+    lines = sim_lines(
+        150,
+        seed=seed,
+        rate=30,
+        duplicate_share=0.02,
+        out_of_order_share=0.03,
+        late_share=0.01,
+        too_late_share=0.005,
+        malformed_share=0.01,
+    )
+    assert_agree(lines, partitions=partitions, batch=150)
+
+
+def test_days_of_sparse_traffic_with_crashes() -> None:
+    """Two days at a low rate (idle stretches at night), several crashes with re-delivery."""
+    lines = sim_lines(
+        2 * 24 * 60, seed=5, rate=3, duplicate_share=0.01, out_of_order_share=0.02,
+        late_share=0.01, too_late_share=0.003, malformed_share=0.01,
+    )  # fmt: skip
+    crashes = {3: 0, 50: 2, 90: 5, 140: 1}
+    assert_agree(lines, partitions=6, batch=400, crash=crashes.get, rewind=300)
