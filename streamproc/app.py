@@ -1,24 +1,37 @@
-"""The Faust worker: one agent per input topic, batches of events, dead letters. The only module
-(with ``cli.py``, which starts it) that imports faust.
+"""The Faust worker: one agent per input topic plus a tick agent, over one changelogged state table.
+The only module (with ``cli``, which starts it) that imports faust.
 
-Agents take batches with ``take_events`` (acked only after the batch is processed, so offsets never
-pass an unprocessed event) and keep ``concurrency=1`` (faust #606). Faust's own web server is off:
-``/metrics`` is served from a thread by ``metrics.serve``.
+Agents take batches with ``take_events`` (acked only after the batch is processed, so committed
+offsets never pass an unprocessed event) and keep ``concurrency=1`` (faust #606). Table writes
+need a current event of the partition they belong to: the pipeline hands each batch's last event
+per partition back as the anchor of its writes (``Stream._set_current_event``, a private API of
+the pinned faust version). Ticks, one per owned partition every second on an internal topic that
+is co-partitioned with the input, let the watermark advance and sessions close without events.
+Faust's own web server is off: ``/metrics`` is served from a thread by ``metrics.serve``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import faust
+from faust.types import TP
 
 from streamproc.config import Settings
+from streamproc.deadletter import DeadLetter
 from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.metrics import WorkerMetrics
+from streamproc.pipeline import BatchCounts, Pipeline
+from streamproc.store import TRANSIENT, KpiStore
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -42,22 +55,51 @@ def _message(event: Any) -> Message:
     )
 
 
+class TableState:
+    """The pipeline's StateTable over a Faust table of bytes."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: str) -> bytes | None:
+        value = self.table.get(key)
+        return bytes(value) if value is not None else None
+
+    def scan(self) -> Iterable[str]:
+        return list(self.table.keys())
+
+    def write(self, writes: list[tuple[str, bytes | None]], anchor: object) -> None:
+        stream, event = cast(tuple[Any, Any], anchor)
+        previous = stream.current_event  # the stream's own task reads it too: put it back
+        stream._set_current_event(event)  # the changelog partition is the event's partition
+        try:
+            for key, value in writes:
+                if value is not None:
+                    self.table[key] = value
+                elif key in self.table:
+                    del self.table[key]
+        finally:
+            stream._set_current_event(previous)
+
+
 def create_app(
     settings: Settings,
     *,
     bootstrap_servers: str,
+    partitions: int,
     decoder: EventDecoder,
+    store: KpiStore,
     metrics: WorkerMetrics,
     clock: Callable[[], float] = time.time,
 ) -> faust.App:
-    """Build the worker app: topics, agents and their wiring. Nothing connects until it starts."""
+    """Build the worker app: topics, the state table, agents and timers."""
     app = faust.App(
         f"{settings.namespace}-worker",
         broker=faust_broker_url(bootstrap_servers),
         store="memory://",
         autodiscover=False,
         processing_guarantee="at_least_once",
-        topic_partitions=settings.partitions,
+        topic_partitions=partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.group_session_timeout_seconds,
@@ -67,46 +109,142 @@ def create_app(
         worker_redirect_stdouts=False,
         table_standby_replicas=0,
     )
-    dlq = app.topic(
-        settings.topic_dlq,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+    # bytes values use faust's raw serializer (the engine encodes records itself); str keys JSON
+    table = app.Table("state", key_type=str, value_type=bytes, partitions=partitions)
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    dlq = app.topic(settings.topic_dlq, **raw)
+
+    async def dead_letter(message: Message, letter: DeadLetter) -> None:
+        await dlq.send(key=message.key, value=message.value, headers=letter.headers())
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            value = app.consumer.highwater(TP(topic, partition))
+        except (AssertionError, KeyError, AttributeError):
+            return None
+        return int(value) if value is not None else None
+
+    def owned() -> set[int]:
+        return {
+            tp.partition
+            for tp in app.consumer.assignment()
+            if tp.topic == settings.topic_clickstream
+        }
+
+    pipeline = Pipeline(
+        settings,
+        store=store,
+        table=TableState(table),
+        decoders={
+            name: BatchDecoder(decoder, family)
+            for family, name in settings.topics_by_family.items()
+        },
+        dead_letter=dead_letter,
+        highwater=highwater,
+        owned=owned,
+        clock=clock,
     )
-    for family, topic_name in settings.topics_by_family.items():
-        topic = app.topic(
-            topic_name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
+    for name in settings.input_topics:
+        app.agent(app.topic(name, **raw), name=f"consume-{name}", concurrency=1)(
+            _consumer(settings, pipeline, name, metrics)
         )
-        agent = _make_agent(
-            settings, BatchDecoder(decoder, family), topic_name, dlq, metrics, clock
-        )
-        app.agent(topic, name=f"consume-{family}", concurrency=1)(agent)
+    ticks = app.topic(
+        f"{settings.namespace}-worker-ticks", partitions=partitions, internal=True, **raw
+    )
+    _wire_ticks(app, ticks, pipeline, metrics, owned)
+
+    async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        pipeline.forget({tp.partition for tp in revoked if tp.topic == settings.topic_clickstream})
+
+    app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
+
+    app.pipeline = pipeline  # type: ignore[attr-defined]  # for tests and tools
     return app
 
 
-def _make_agent(
-    settings: Settings,
-    batch_decoder: BatchDecoder,
-    topic_name: str,
-    dlq: Any,
-    metrics: WorkerMetrics,
-    clock: Callable[[], float],
+def _consumer(
+    settings: Settings, pipeline: Pipeline, topic: str, metrics: WorkerMetrics
 ) -> Callable[[Any], Any]:
     within = settings.batch_max_wait_ms / 1000
 
     async def consume(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max_events, within=within):
-            batch = batch_decoder.decode([_message(e) for e in events], now_ms=int(clock() * 1000))
-            for message, letter in batch.dead_letters:
-                await dlq.send(key=message.key, value=message.value, headers=letter.headers())
-                metrics.dead_letters.labels(topic_name, letter.reason).inc()
-            for decoded in batch.events:
-                metrics.events.labels(topic_name, decoded.event.event_type).inc()
+            started = time.perf_counter()
+            anchors: dict[int, object] = {e.message.partition: (stream, e) for e in events}
+            messages = [_message(e) for e in events]
+            counts = await _until_done(partial(pipeline.on_batch, topic, messages, anchors), topic)
+            _count(metrics, counts, len(events), time.perf_counter() - started)
 
-    consume.__name__ = f"consume_{topic_name.replace('.', '_')}"
+    consume.__name__ = f"consume_{topic.replace('.', '_')}"
     return consume
+
+
+async def _until_done(work: Callable[[], Awaitable[T]], what: str) -> T:
+    """Retry a batch through transient Redis errors; stop the worker on anything else.
+
+    An exception must not leave the agent: ``take_events`` acks a batch even when its processing
+    raised, and a crashed agent is restarted past it. Exiting at once keeps the batch's offsets
+    uncommitted, so it is processed again after the restart.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return await work()
+        except TRANSIENT as exc:
+            logger.warning("%s: Redis is unavailable (%s); retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        except Exception:
+            logger.exception("%s: unexpected error; stopping so the batch is processed again", what)
+            logging.shutdown()
+            os._exit(70)
+
+
+def _count(metrics: WorkerMetrics, counts: BatchCounts, size: int, seconds: float) -> None:
+    topic = counts.topic
+    for event_type, n in counts.valid.items():
+        metrics.events.labels(topic, event_type).inc(n)
+    for reason, n in counts.dead_letters.items():
+        metrics.dead_letters.labels(topic, reason).inc(n)
+    metrics.duplicates.labels(topic).inc(counts.duplicates)
+    metrics.evicted.inc(counts.evicted)
+    metrics.batch_events.labels(topic).observe(size)
+    metrics.batch_seconds.labels(topic).observe(seconds)
+
+
+def _wire_ticks(
+    app: faust.App,
+    ticks: Any,
+    pipeline: Pipeline,
+    metrics: WorkerMetrics,
+    owned: Callable[[], set[int]],
+) -> None:
+    @app.agent(ticks, name="ticks", concurrency=1)
+    async def tick(stream: Any) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            tick = partial(pipeline.on_tick, partition, (stream, event))
+            plan = await _until_done(tick, f"tick {partition}")
+            await stream.ack(event)  # else the last tick holds up shutdowns and rebalances
+            if plan is not None:
+                metrics.evicted.inc(plan.evicted)
+
+    @app.timer(1.0)
+    async def send_ticks() -> None:
+        for partition in sorted(owned()):
+            await ticks.send(key=b"", value=b"", partition=partition)
+        now = time.time()
+        for partition, engine in list(pipeline.engines.items()):
+            metrics.watermark.labels(str(partition)).set(max(engine.meta.watermark, 0) / 1000)
+            latest = max(engine.meta.max_ts)
+            if latest > 0:
+                metrics.event_lag.labels(str(partition)).set(now - latest / 1000)
+
+    @app.timer(2.0)
+    async def refresh_ends() -> None:
+        await pipeline.refresh_ends()

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -141,9 +141,10 @@ class Producer:
             compression_type=None,
             enable_idempotence=False,
         )
-        self._pending: list[asyncio.Future[object]] = []
+        self._pending: list[asyncio.Future[Any]] = []
         self._max_in_flight = max_in_flight
         self.stats = ProduceStats()
+        self.last_offsets: dict[tuple[str, int], int] = {}  # acknowledged, per partition
 
     async def __aenter__(self) -> Producer:
         try:
@@ -173,6 +174,11 @@ class Producer:
         pending, self._pending = self._pending, []
         if pending:
             try:
-                await asyncio.gather(*pending)
+                delivered = await asyncio.gather(*pending)
             except KafkaError as exc:
                 raise BrokerError(f"delivery failed: {exc}") from exc
+            last = self.last_offsets
+            for meta in delivered:
+                key = (meta.topic, meta.partition)
+                if meta.offset > last.get(key, -1):
+                    last[key] = meta.offset

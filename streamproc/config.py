@@ -141,6 +141,21 @@ class Settings(BaseSettings):
         ge=60,
         description="A repeated `event_id` within this horizon is dropped as a duplicate.",
     )
+    order_retention_seconds: int = Field(
+        default=7 * 86400,
+        ge=3600,
+        description="How long an order is kept so a later cancellation can subtract its total.",
+    )
+    ticket_retention_seconds: int = Field(
+        default=14 * 86400,
+        ge=3600,
+        description="A ticket with no event for this long leaves state (and `open_tickets`).",
+    )
+    redis_retention_seconds: int = Field(
+        default=8 * 86400,
+        ge=3600,
+        description="How long published partials and visitor sketches stay in Redis.",
+    )
     max_stores: int = Field(
         default=50,
         ge=1,

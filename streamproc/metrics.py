@@ -5,6 +5,8 @@ Workers export counters and histograms only; ratios come from recording rules. E
 
     streamproc_events_total{topic="shop.cart",event_type="add_to_cart"} 1042.0
     streamproc_dead_letters_total{topic="shop.orders",reason="negative_money"} 3.0
+    streamproc_duplicates_total{topic="shop.clickstream"} 12.0
+    streamproc_watermark_timestamp_seconds{partition="3"} 1.7943e+09
     streamproc_build_info{version="0.1.0"} 1.0
 """
 
@@ -19,6 +21,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     PlatformCollector,
     ProcessCollector,
     start_http_server,
@@ -37,6 +40,12 @@ _disable_created_metrics()  # type: ignore[no-untyped-call]
 class WorkerMetrics(NamedTuple):
     events: Counter
     dead_letters: Counter
+    duplicates: Counter
+    evicted: Counter
+    batch_events: Histogram
+    batch_seconds: Histogram
+    watermark: Gauge
+    event_lag: Gauge
 
     @classmethod
     def create(
@@ -56,6 +65,43 @@ class WorkerMetrics(NamedTuple):
                 ["topic", "reason"],
                 registry=registry,
             ),
+            duplicates=Counter(
+                "streamproc_duplicates",
+                "Events dropped because their event_id was seen before.",
+                ["topic"],
+                registry=registry,
+            ),
+            evicted=Counter(
+                "streamproc_records_evicted",
+                "Session, order and ticket records that left state after their outcome was final.",
+                registry=registry,
+            ),
+            batch_events=Histogram(
+                "streamproc_batch_events",
+                "Messages per processed batch.",
+                ["topic"],
+                buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+                registry=registry,
+            ),
+            batch_seconds=Histogram(
+                "streamproc_batch_seconds",
+                "Time to process one batch, Redis and state writes included.",
+                ["topic"],
+                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                registry=registry,
+            ),
+            watermark=Gauge(
+                "streamproc_watermark_timestamp_seconds",
+                "Event-time watermark of each partition this worker owns.",
+                ["partition"],
+                registry=registry,
+            ),
+            event_lag=Gauge(
+                "streamproc_event_time_lag_seconds",
+                "Wall clock minus the highest event time read, per partition this worker owns.",
+                ["partition"],
+                registry=registry,
+            ),
         )
         Gauge(
             "streamproc_build_info",
@@ -71,6 +117,7 @@ class WorkerMetrics(NamedTuple):
                 metrics.events.labels(topic, cls_.__struct_config__.tag)
             for reason in reasons:
                 metrics.dead_letters.labels(topic, reason)
+            metrics.duplicates.labels(topic)
         return metrics
 
 

@@ -84,15 +84,17 @@ def input_topics(loaded: Settings) -> dict[str, int]:
     return topics
 
 
-async def ensure_topics(loaded: Settings, servers: str) -> None:
+async def ensure_topics(loaded: Settings, servers: str) -> int:
+    """Create missing topics; returns the (shared) partition count of the input topics."""
     from streamproc import broker
 
-    await broker.ensure_topics(
+    counts = await broker.ensure_topics(
         servers,
         input_topics(loaded),
         replication_factor=loaded.replication_factor,
         co_partitioned=loaded.input_topics,
     )
+    return counts[loaded.topic_clickstream]
 
 
 def progress() -> Progress:

@@ -13,6 +13,7 @@ import typer
 from streamproc.cli.common import (
     app,
     bootstrap_servers,
+    endpoints,
     ensure_topics,
     log,
     progress,
@@ -23,17 +24,21 @@ from streamproc.cli.common import (
 
 @app.command("worker")
 def worker_command() -> None:
-    """Run a worker: consume the input topics, dead-letter bad input, serve /metrics."""
+    """Run a worker: compute the KPIs of the input partitions it is assigned, serve /metrics."""
     import faust.worker
     from prometheus_client import CollectorRegistry
 
     from streamproc import app as worker_app
     from streamproc import metrics
     from streamproc.events.parse import decoder_from_settings
+    from streamproc.store import KpiStore
 
     loaded = settings()
-    servers = bootstrap_servers(loaded)
-    asyncio.run(ensure_topics(loaded, servers))
+    where = endpoints(loaded)
+    servers = where.bootstrap_servers
+    partitions = asyncio.run(ensure_topics(loaded, servers))
+    store = KpiStore.connect(where.redis_url, loaded.namespace)
+    store.retention_s = loaded.redis_retention_seconds
     registry = CollectorRegistry()
     worker_metrics = metrics.WorkerMetrics.create(
         registry, topics=loaded.topics_by_family, dlq_reasons=metrics.all_reasons()
@@ -43,7 +48,9 @@ def worker_command() -> None:
     faust_app = worker_app.create_app(
         loaded,
         bootstrap_servers=servers,
+        partitions=partitions,
         decoder=decoder_from_settings(loaded),
+        store=store,
         metrics=worker_metrics,
     )
     faust.worker.Worker(

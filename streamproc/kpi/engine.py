@@ -250,7 +250,7 @@ class PartitionEngine:
             t = item.event.event_time
             (late if wm != NONE and t < wm - max_lateness else on_time).append(item)
             if t > meta.max_ts[item.topic]:
-                meta.max_ts[item.topic] = t
+                meta.max_ts[item.topic] = int(t)
                 self._advance(progress, idle=False)
             self.last_event_wall_ms = wall_ms
         return on_time, late

@@ -27,7 +27,7 @@ from streamproc.kpi.engine import (
     Progress,
 )
 from streamproc.kpi.report import Row
-from streamproc.kpi.windowing import aligned_report
+from streamproc.kpi.windowing import VisitorKey, group_windows, rows, ticket_rows
 
 
 class MemoryStore(dict[str, bytes]):
@@ -72,17 +72,16 @@ class OfflineResult:
     latest_ms: int = 0  # the highest event time read
 
     def report(self, sizes_ms: Iterable[int], money: int = 100) -> list[Row]:
-        def count(minutes: list[int], store: str, dim: str | None) -> int:
+        def count(key: VisitorKey) -> int:
+            minutes, store, dim = key
             seen: set[str] = set()
             for minute in minutes:
                 seen |= self.visitors.get((minute, store, dim or ""), set())
             return len(seen)
 
-        return aligned_report(
-            self.cells, sizes_ms=sizes_ms, visitors=count, watermark=NEVER, money=money,
-            open_tickets=self.open_tickets,
-            now_ms=self.latest_ms,
-        )  # fmt: skip
+        windows = group_windows(self.cells, sizes_ms)
+        found = rows(windows, count, watermark=NEVER, money=money)
+        return found + ticket_rows(self.open_tickets, at_ms=self.latest_ms, watermark=NEVER)
 
 
 def partition_of(key: str | None, partitions: int, counter: Iterator[int]) -> int:

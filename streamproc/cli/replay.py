@@ -1,0 +1,138 @@
+"""``streamproc replay FILE --report OUT.json``: an events file through the real pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamproc import devstack, replay
+from streamproc.cli.common import DEFAULT_BOOTSTRAP, app, endpoints, err, out, progress, settings
+from streamproc.config import Settings, parse_duration_seconds
+from streamproc.store import KpiStore
+
+
+@app.command("replay")
+def replay_command(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Events file.")
+    ],
+    report: Annotated[Path, typer.Option("--report", "-r", help="Where to write the KPI report.")],
+    workers: Annotated[int, typer.Option(help="Worker processes sharing the partitions.")] = 1,
+    window: Annotated[
+        list[str] | None, typer.Option(help="Window sizes to report (default: STREAMPROC_WINDOWS).")
+    ] = None,
+    timeout: Annotated[str, typer.Option(help="Give up after this long.")] = "30m",
+    keep: Annotated[bool, typer.Option(help="Keep the replay's topics' data in Redis.")] = False,
+) -> None:
+    """Run an events file through the pipeline (fresh topics, own namespace) to a final report."""
+    loaded = settings()
+    sizes = [parse_duration_seconds(w) * 1000 for w in (window or loaded.windows)]
+    with _broker(loaded) as (bootstrap, redis_url):
+        _, env = replay.replay_settings(loaded)
+        run = loaded.model_copy(update={_field(k): v for k, v in env.items()})
+        env |= {"STREAMPROC_BOOTSTRAP_SERVERS": bootstrap, "STREAMPROC_REDIS_URL": redis_url}
+        job = _Job(
+            path=path,
+            size=path.stat().st_size,
+            settings=run,
+            env=env,
+            bootstrap=bootstrap,
+            redis_url=redis_url,
+            workers=workers,
+            sizes_ms=sizes,
+            keep=keep,
+            timeout_s=parse_duration_seconds(timeout),
+        )
+        rows, summary = asyncio.run(_replay(job))
+    report.write_text(json.dumps(rows, indent=1) + "\n")
+    out.print(f"{summary}; {len(rows):,} report rows in {report}", highlight=False)
+
+
+def _field(env_name: str) -> str:
+    return env_name.removeprefix("STREAMPROC_").lower()
+
+
+class _broker:
+    """The configured broker and Redis, else the running dev stack, else a temporary one."""
+
+    def __init__(self, loaded: Settings) -> None:
+        self.loaded = loaded
+        self.temporary: devstack.DevStack | None = None
+
+    def __enter__(self) -> tuple[str, str]:
+        where = endpoints(self.loaded)
+        if self.loaded.bootstrap_servers or where.bootstrap_servers != DEFAULT_BOOTSTRAP:
+            return where.bootstrap_servers, where.redis_url
+        err.print("no broker configured and no dev stack running: starting a temporary one")
+        state = Path(tempfile.mkdtemp(prefix="streamproc-replay-"))
+        self.temporary = devstack.DevStack(state, redis_url=self.loaded.redis_url)
+        info = self.temporary.up()
+        return info.bootstrap_servers, info.redis_url
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.temporary is not None:
+            self.temporary.down()
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: Path
+    size: int
+    settings: Settings
+    env: dict[str, str]
+    bootstrap: str
+    redis_url: str
+    workers: int
+    sizes_ms: list[int]
+    keep: bool
+    timeout_s: float
+
+
+async def _replay(job: _Job) -> tuple[list[dict[str, object]], str]:
+    run = job.settings
+    started = time.monotonic()
+    store = KpiStore.connect(job.redis_url, run.namespace)
+    try:
+        with progress() as bar, job.path.open("rb") as lines:
+            task = bar.add_task("producing", total=job.size, events=0, rate=0.0)
+
+            def sent(count: int) -> None:
+                rate = count / max(time.monotonic() - started, 1e-9)
+                bar.update(task, completed=lines.tell(), events=count, rate=rate)
+
+            produced, unroutable, ends = await replay.produce(
+                lines, run, bootstrap=job.bootstrap, on_sent=sent
+            )
+            bar.update(task, completed=job.size, events=produced)
+        await store.set_end_offsets(ends)
+        partitions = len({p for _, p in ends})
+        log_dir = Path(tempfile.mkdtemp(prefix=f"{run.namespace}-logs-"))
+        with replay.Workers(job.env, job.workers, log_dir) as procs, progress() as bar:
+            task = bar.add_task("processing", total=partitions, events=produced, rate=0.0)
+            await replay.wait_until_done(
+                store,
+                partitions,
+                timeout_s=job.timeout_s,
+                on_progress=lambda done, _: bar.update(task, completed=done),
+                check=procs.check,
+            )
+            rows = await replay.report(store, run, job.sizes_ms)
+        elapsed = time.monotonic() - started
+        skipped = f", {len(unroutable):,} unroutable lines skipped" if unroutable else ""
+        rate = produced / elapsed
+        summary = (
+            f"replayed {produced:,} messages over {partitions} partitions with {job.workers} "
+            f"worker(s) in {elapsed:.1f} s ({rate:,.0f}/s){skipped}; logs in {log_dir}"
+        )
+        return rows, summary
+    finally:
+        if not job.keep:
+            await store.drop()
+        await store.aclose()

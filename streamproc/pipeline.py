@@ -1,0 +1,254 @@
+"""One worker's processing: batches of one input topic (or ticks) through the partition engines.
+
+Framework-free: the Faust agents (``app.py``) hand in messages and provide the state table, the
+dead-letter sink and the consumer's high watermarks through small protocols. Per batch, under one
+lock (the engines and the table are shared by the agents of all topics):
+
+    decode -> dead-letter bad input -> store labels -> too late? -> duplicate? -> engine
+    -> publish to Redis (absolute values, idempotent adds) -> write the state table
+
+Redis is written before the table, so a crash in between re-processes the batch into the same
+values; the table's per-record offset markers make the re-processing change nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from streamproc.config import Settings
+from streamproc.deadletter import DeadLetter
+from streamproc.events.parse import Reason
+from streamproc.ingest import BatchDecoder, Decoded, Message
+from streamproc.kpi.contrib import NEVER
+from streamproc.kpi.engine import (
+    FAMILY_INDEX,
+    EngineSettings,
+    Item,
+    PartitionEngine,
+    Plan,
+    Progress,
+)
+from streamproc.store import KpiStore, PartitionStatus
+
+logger = logging.getLogger(__name__)
+
+
+class StateTable(Protocol):
+    """The changelogged state (a Faust table): reads anywhere, writes with a partition's event."""
+
+    def get(self, key: str) -> bytes | None: ...
+    def scan(self) -> Iterable[str]: ...
+    def write(self, writes: list[tuple[str, bytes | None]], anchor: object) -> None: ...
+
+
+DeadLetterSink = Callable[[Message, DeadLetter], Awaitable[None]]
+Highwater = Callable[[str, int], int | None]  # (topic, partition) -> next offset, or None
+Owned = Callable[[], set[int]]  # the input partitions this worker is assigned
+
+
+@dataclass
+class BatchCounts:
+    """What one batch did, for the worker's metrics."""
+
+    topic: str
+    valid: dict[str, int] = field(default_factory=dict)  # event_type -> count
+    dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> count
+    duplicates: int = 0
+    evicted: int = 0
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings(
+        session_timeout_ms=settings.session_timeout_seconds * 1000,
+        abandonment_timeout_ms=settings.abandonment_timeout_seconds * 1000,
+        allowed_lateness_ms=settings.allowed_lateness_seconds * 1000,
+        max_lateness_ms=settings.max_lateness_seconds * 1000,
+        idle_timeout_ms=settings.idle_timeout_seconds * 1000,
+        order_retention_ms=settings.order_retention_seconds * 1000,
+        ticket_retention_ms=settings.ticket_retention_seconds * 1000,
+    )
+
+
+class Pipeline:
+    """The engines of the partitions this worker owns, and how batches reach them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: KpiStore,
+        table: StateTable,
+        decoders: dict[str, BatchDecoder],
+        dead_letter: DeadLetterSink,
+        highwater: Highwater,
+        owned: Owned,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.table = table
+        self.decoders = decoders
+        self.dead_letter = dead_letter
+        self.highwater = highwater
+        self.owned = owned
+        self.clock = clock
+        self.engine_settings = engine_settings(settings)
+        self.topics = [settings.topics_by_family[f] for f in FAMILY_INDEX]  # by topic index
+        self.topic_index = {name: FAMILY_INDEX[f] for f, name in settings.topics_by_family.items()}
+        self.engines: dict[int, PartitionEngine] = {}
+        self.processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset
+        self.ends: dict[tuple[str, int], int] = {}
+        self.finished: set[int] = set()
+        self.lock = asyncio.Lock()
+
+    # --- partitions -------------------------------------------------------------------------
+
+    def engine(self, partition: int) -> PartitionEngine:
+        engine = self.engines.get(partition)
+        if engine is None:
+            engine = PartitionEngine(partition, self.engine_settings, self.table)
+            self.engines[partition] = engine
+            logger.info(
+                "partition %d: state loaded, watermark %d", partition, engine.meta.watermark
+            )
+        return engine
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Partitions moved to another worker: their state is rebuilt if they come back."""
+        for partition in partitions:
+            self.engines.pop(partition, None)
+
+    async def refresh_ends(self) -> None:
+        self.ends = await self.store.end_offsets()
+
+    def progress(self, partition: int, wall_ms: int) -> Progress:
+        backlog, ended = set(), set()
+        for index, topic in enumerate(self.topics):
+            done = self.processed.get((topic, partition), -1) + 1
+            end = self.ends.get((topic, partition))
+            if end is not None and done >= end:
+                ended.add(index)
+                continue
+            high = self.highwater(topic, partition)
+            if (high is not None and high > done) or end is not None:
+                backlog.add(index)
+        return Progress(frozenset(backlog), frozenset(ended), wall_ms)
+
+    # --- batches ----------------------------------------------------------------------------
+
+    async def on_batch(
+        self, topic: str, messages: list[Message], anchors: dict[int, object]
+    ) -> BatchCounts:
+        """A batch of one input topic; ``anchors`` holds one event per partition for writes."""
+        counts = BatchCounts(topic)
+        wall_ms = int(self.clock() * 1000)
+        batch = self.decoders[topic].decode(messages, now_ms=wall_ms)
+        async with self.lock:
+            for message, letter in batch.dead_letters:
+                await self.dead_letter(message, letter)
+                counts.dead_letters[letter.reason] = counts.dead_letters.get(letter.reason, 0) + 1
+            by_partition: dict[int, list[Decoded]] = defaultdict(list)
+            for decoded in batch.events:
+                by_partition[decoded.message.partition].append(decoded)
+                event_type = decoded.event.event_type
+                counts.valid[event_type] = counts.valid.get(event_type, 0) + 1
+            labels = await self.store.labels(
+                (d.event.store_id for d in batch.events), cap=self.settings.max_stores
+            )
+            for partition, group in sorted(by_partition.items()):
+                try:
+                    await self._partition_batch(
+                        topic, partition, group, labels, counts, wall_ms, anchors[partition]
+                    )
+                except BaseException:
+                    self.forget([partition])  # memory may be ahead of the table: rebuild it
+                    raise
+            for message in messages:  # also partitions whose messages were all bad
+                key = (topic, message.partition)
+                self.processed[key] = max(self.processed.get(key, -1), message.offset)
+        return counts
+
+    async def _partition_batch(
+        self,
+        topic: str,
+        partition: int,
+        group: list[Decoded],
+        labels: dict[str, str],
+        counts: BatchCounts,
+        wall_ms: int,
+        anchor: object,
+    ) -> None:
+        engine = self.engine(partition)
+        index = self.topic_index[topic]
+        items = [Item(d.event, index, d.message.offset, labels[d.event.store_id]) for d in group]
+        self.processed[(topic, partition)] = max(
+            self.processed.get((topic, partition), -1), group[-1].message.offset
+        )
+        progress = self.progress(partition, wall_ms)
+        on_time, late = engine.read(items, progress, wall_ms=wall_ms)
+        by_item = {id(item): d for item, d in zip(items, group, strict=True)}
+        for item in late:
+            message = by_item[id(item)].message
+            limit = self.settings.max_lateness_seconds
+            detail = f"event_time is more than {limit} s behind the watermark"
+            await self.dead_letter(message, _letter(message, Reason.TOO_LATE, detail))
+            counts.dead_letters[Reason.TOO_LATE] = counts.dead_letters.get(Reason.TOO_LATE, 0) + 1
+        first = await self.store.first_occurrences(
+            [item.event.event_id for item in on_time],
+            [f"{topic}:{partition}:{item.offset}" for item in on_time],
+            horizon_s=self.settings.dedup_horizon_seconds,
+        )
+        accepted = [item for item, ok in zip(on_time, first, strict=True) if ok]
+        counts.duplicates += len(on_time) - len(accepted)
+        plan = engine.apply(accepted, progress, self.table)
+        counts.evicted += plan.evicted
+        await self._settle(engine, plan, wall_ms, anchor)
+
+    async def on_tick(self, partition: int, anchor: object) -> Plan | None:
+        """No event needed: the watermark moves with the wall clock (idle) or known ends."""
+        if partition not in self.owned():
+            return None  # a tick for a partition another worker owns
+        wall_ms = int(self.clock() * 1000)
+        async with self.lock:
+            engine = self.engine(partition)
+            try:
+                plan = engine.apply([], self.progress(partition, wall_ms), self.table)
+                await self._settle(engine, plan, wall_ms, anchor)
+            except BaseException:
+                self.forget([partition])  # memory may be ahead of the table: rebuild it
+                raise
+        return plan
+
+    async def _settle(
+        self, engine: PartitionEngine, plan: Plan, wall_ms: int, anchor: object
+    ) -> None:
+        if plan.watermark >= NEVER and plan.partition not in self.finished:
+            self.finished.add(plan.partition)
+            logger.info("partition %d: input read to its end, every value is final", plan.partition)
+        status = PartitionStatus(plan.partition, plan.watermark, list(engine.meta.max_ts), wall_ms)
+        await self.store.publish(
+            plan.partition,
+            cells=plan.cells,
+            presence=plan.presence,
+            open_tickets=plan.open_tickets,
+            status=status,
+        )
+        self.table.write(plan.writes, anchor)
+
+
+def _letter(message: Message, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        field="$.event_time",
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=message.timestamp_ms,
+    )

@@ -1,0 +1,40 @@
+"""KPI reports from what the workers published in Redis (replay, backfill, the exporter)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from streamproc.events.parse import minor_unit_exponent
+from streamproc.kpi.contrib import NEVER
+from streamproc.kpi.report import Row
+from streamproc.kpi.windowing import group_windows, rows, ticket_rows
+from streamproc.store import KpiStore
+
+
+async def watermark(store: KpiStore) -> int:
+    """The lowest watermark over all partitions that reported one (NEVER once all are done)."""
+    statuses = await store.statuses()
+    marks = [int(s["watermark"]) for s in statuses.values()]
+    return min(marks) if marks else -1
+
+
+async def aligned_report(
+    store: KpiStore,
+    *,
+    sizes_ms: Iterable[int],
+    reporting_currency: str,
+    minutes: Iterable[int] | None = None,
+) -> list[Row]:
+    """Rows of every aligned window with data (or of the given minutes' windows)."""
+    chosen = list(minutes) if minutes is not None else await store.minutes()
+    cells = await store.cells(chosen)
+    windows = group_windows(cells, sizes_ms)
+    keys = {key for window in windows for key in window.visitor_keys()}
+    counts = await store.visitor_counts(keys)
+    mark = await watermark(store)
+    money = 10 ** minor_unit_exponent(reporting_currency)
+    found = rows(windows, lambda key: counts.get(key, 0), watermark=mark, money=money)
+    statuses = await store.statuses()
+    latest = max((max(s["max_ts"]) for s in statuses.values()), default=0)
+    at = latest if mark >= NEVER else max(mark, 0)
+    return found + ticket_rows(await store.open_tickets(), at_ms=at, watermark=mark)
