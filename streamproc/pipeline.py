@@ -105,6 +105,7 @@ class Pipeline:
         self.processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset
         self.ends: dict[tuple[str, int], int] = {}
         self.finished: set[int] = set()
+        self.ends_loaded = False  # a replay's or backfill's known ends hold the watermark back
         self.lock = asyncio.Lock()
 
     # --- partitions -------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class Pipeline:
 
     async def refresh_ends(self) -> None:
         self.ends = await self.store.end_offsets()
+        self.ends_loaded = True
 
     def progress(self, partition: int, wall_ms: int) -> Progress:
         backlog, ended = set(), set()
@@ -150,6 +152,8 @@ class Pipeline:
         wall_ms = int(self.clock() * 1000)
         batch = self.decoders[topic].decode(messages, now_ms=wall_ms)
         async with self.lock:
+            if not self.ends_loaded:
+                await self.refresh_ends()
             for message, letter in batch.dead_letters:
                 await self.dead_letter(message, letter)
                 counts.dead_letters[letter.reason] = counts.dead_letters.get(letter.reason, 0) + 1
@@ -187,11 +191,12 @@ class Pipeline:
         engine = self.engine(partition)
         index = self.topic_index[topic]
         items = [Item(d.event, index, d.message.offset, labels[d.event.store_id]) for d in group]
-        self.processed[(topic, partition)] = max(
-            self.processed.get((topic, partition), -1), group[-1].message.offset
-        )
+        # While its events are being read, this topic has a backlog (them): only once they are
+        # absorbed may it count as read to its end.
+        on_time, late = engine.read(items, self.progress(partition, wall_ms), wall_ms=wall_ms)
+        key = (topic, partition)
+        self.processed[key] = max(self.processed.get(key, -1), group[-1].message.offset)
         progress = self.progress(partition, wall_ms)
-        on_time, late = engine.read(items, progress, wall_ms=wall_ms)
         by_item = {id(item): d for item, d in zip(items, group, strict=True)}
         for item in late:
             message = by_item[id(item)].message
@@ -216,6 +221,8 @@ class Pipeline:
             return None  # a tick for a partition another worker owns
         wall_ms = int(self.clock() * 1000)
         async with self.lock:
+            if not self.ends_loaded:
+                await self.refresh_ends()
             engine = self.engine(partition)
             try:
                 plan = engine.apply([], self.progress(partition, wall_ms), self.table)

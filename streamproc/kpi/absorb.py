@@ -140,10 +140,14 @@ def add_order_event(record: SessionRecord, event: m.OrderEvent, store: str) -> N
             number=event.customer_order_index if event.customer_order_index is not None else NONE,
         )  # fmt: skip
         if order.placed is None or candidate.before(order.placed.t, order.placed.eid):
+            if order.placed is not None:
+                order.repeats.append(order.placed)
             order.placed = candidate
             order.total = event.total_minor
             order.units = sum(item.quantity for item in event.items or ())
             order.cart_id = event.cart_id
+        else:
+            order.repeats.append(candidate)
         return
     if isinstance(event, m.OrderCancelled):
         order.cancelled = earlier(order.cancelled, Earliest(t, eid, store))

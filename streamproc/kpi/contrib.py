@@ -104,6 +104,20 @@ def contribute_session(
                 out.next_change = min(out.next_change, moment)
         dims.append(_dims(segment, watermark >= settle_at))
         _segment_cells(out, segment, dims[-1], closed, with_orders[index])
+    for order in placed:  # a repeated order_placed is not an order, but its visitor is seen
+        for repeat in order.repeats:
+            at = _owner(segments, repeat.t, timeouts.session_ms)
+            settle_at = NONE if sessionless else repeat.t + timeouts.max_lateness_ms
+            if watermark < settle_at:
+                out.next_change = min(out.next_change, settle_at)
+            own = ("other", repeat.extra or "other", watermark >= settle_at)
+            _present(
+                out,
+                minute_of(repeat.t),
+                repeat.store,
+                repeat.text,
+                dims[at] if at is not None else own,
+            )
     for order, owner in zip(placed, owners, strict=True):
         assert order.placed is not None
         if owner is not None:

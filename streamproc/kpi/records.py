@@ -67,6 +67,8 @@ class Order(Struct, array_like=True):
     units: int = 0
     cart_id: str | None = None
     cancelled: Earliest | None = None  # earliest order_cancelled (store)
+    # later order_placed events of the same order: not counted, but their visitors are
+    repeats: list[Earliest] = []
 
 
 class Visit(Struct, array_like=True):

@@ -103,6 +103,7 @@ def compare_reports(
     *,
     ratio_tol: float = 1e-9,
     visitors_rel_tol: float = 0.02,
+    visitors_abs_tol: float = 0.0,
     max_lines: int = 50,
 ) -> list[str]:
     """Human-readable differences between two reports; empty when they agree.
@@ -119,7 +120,8 @@ def compare_reports(
     for key in sorted(engine.keys() - reference.keys(), key=repr):
         lines.append(f"extra in engine: {describe(key)} = {engine[key].get('value')!r}")
     for key in sorted(engine.keys() & reference.keys(), key=repr):
-        for problem in row_differences(engine[key], reference[key], ratio_tol, visitors_rel_tol):
+        tolerance = (visitors_rel_tol, visitors_abs_tol)
+        for problem in row_differences(engine[key], reference[key], ratio_tol, tolerance):
             lines.append(f"{describe(key)}: {problem}")
     if len(lines) > max_lines:
         rest = len(lines) - max_lines
@@ -138,9 +140,13 @@ def row_differences(
     engine: Mapping[str, Any],
     reference: Mapping[str, Any],
     ratio_tol: float,
-    visitors_rel_tol: float,
+    visitors_tol: tuple[float, float],
 ) -> list[str]:
-    """Which fields of two rows with the same key disagree, and how."""
+    """Which fields of two rows with the same key disagree, and how.
+
+    Visitor counts (sketches) agree within ``max(rel * reference, abs)``; revenue per visitor
+    must equal the engine's own revenue / visitors.
+    """
     kpi = str(reference["kpi"])
     checks: dict[str, Any] = {"value": "abs", "numerator": "exact", "denominator": "exact"}
     if kpi in EXACT_KPIS or kpi.endswith(("_p50", "_p90", "_p99")):
@@ -148,11 +154,14 @@ def row_differences(
     if kpi == "unique_visitors":
         checks = {"value": "rel", "numerator": "rel", "denominator": "exact"}
     if kpi == "revenue_per_visitor":
-        checks = {"value": "rel", "numerator": "exact", "denominator": "rel"}
+        checks = {"numerator": "exact", "denominator": "rel"}
+        value, num, den = engine.get("value"), engine.get("numerator"), engine.get("denominator")
+        if value is None or not den or not math.isclose(value, num / den, abs_tol=ratio_tol):
+            checks["value"] = "rel"
     problems = [
         f"{name} {engine.get(name)!r} != reference {reference[name]!r}"
         for name, how in checks.items()
-        if not agree(engine.get(name), reference[name], how, ratio_tol, visitors_rel_tol)
+        if not agree(engine.get(name), reference[name], how, ratio_tol, visitors_tol)
     ]
     if parse_time_ms(engine.get("end")) != parse_time_ms(reference["end"]):
         problems.append(f"end {engine.get('end')!r} != reference {reference['end']!r}")
@@ -161,11 +170,14 @@ def row_differences(
     return problems
 
 
-def agree(engine: Any, reference: Any, how: str, ratio_tol: float, rel_tol: float) -> bool:
+def agree(
+    engine: Any, reference: Any, how: str, ratio_tol: float, visitors_tol: tuple[float, float]
+) -> bool:
     if engine is None or reference is None:
         return engine is None and reference is None
     if how == "exact":
         return bool(engine == reference)
     if how == "abs":
         return math.isclose(engine, reference, rel_tol=0.0, abs_tol=ratio_tol)
-    return math.isclose(engine, reference, rel_tol=rel_tol)
+    rel_tol, abs_tol = visitors_tol
+    return math.isclose(engine, reference, rel_tol=rel_tol, abs_tol=abs_tol)
