@@ -198,6 +198,13 @@ class Settings(BaseSettings):
         le=65535,
         description="Exporter `/metrics` and `/api/kpis` port (0: any free port).",
     )
+    exporter_refresh_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="How often the exporter re-reads Redis and recomputes the KPIs; scrapes in "
+        "between get the last result.",
+    )
     state_dir: Path = Field(
         default=Path(".streamproc"),
         description="Where `streamproc dev` keeps pids, ports and logs, and workers their state.",

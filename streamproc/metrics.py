@@ -13,25 +13,33 @@ Workers export counters and histograms only; ratios come from recording rules. E
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
     start_http_server,
 )
 from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from streamproc import __version__
 from streamproc.events.models import FAMILY_TYPES, Family
 from streamproc.events.parse import Reason
+
+if TYPE_CHECKING:
+    from streamproc.exporter.names import Exposition
 
 # `_created` series double the series count and carry nothing our rules use.
 _disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -179,3 +187,118 @@ def serve(registry: CollectorRegistry, *, bind: str, port: int) -> MetricsServer
     """
     server, thread = start_http_server(port, addr=bind, registry=registry)
     return MetricsServer(server.server_port, thread, server.shutdown)
+
+
+# --- exporter -------------------------------------------------------------------------------
+
+
+class KpiCollector(Collector):
+    """The exporter's KPI gauges and progress, from the last refresh's snapshot. Lines::
+
+    shop_orders{window="15m",store_id="all",channel_group="email",device_type="all"} 31.0
+    shop_first_response_seconds{window="1h",store_id="all",quantile="0.9"} 1840.0
+    streamproc_exporter_event_time_lag_seconds 2.4
+    streamproc_exporter_watermark_timestamp_seconds 1.7943e+09
+    """
+
+    def __init__(self, exposition: Callable[[], Exposition], *, now: Callable[[], float]) -> None:
+        self._exposition = exposition
+        self._now = now
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names vary with the data; nothing to check for duplicates up front
+
+    def collect(self) -> Iterable[Metric]:
+        expo = self._exposition()  # one snapshot for the whole scrape
+        for family in expo.families:
+            if family.type == "gauge":
+                gauge = GaugeMetricFamily(family.name, family.help, labels=family.label_names)
+                for values, value in family.samples:
+                    gauge.add_metric(values, value)
+                yield gauge
+            else:
+                metric = Metric(family.name, family.help, family.type)
+                for values, value in family.samples:
+                    labels = dict(zip(family.label_names, values, strict=True))
+                    metric.add_sample(family.name, labels, value)
+                yield metric
+        yield from self._progress(expo)
+
+    def _progress(self, expo: Exposition) -> Iterator[Metric]:
+        def gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, help_, value=value)
+
+        yield gauge(
+            "streamproc_exporter_partitions",
+            "Partitions that published their progress.",
+            expo.partitions,
+        )
+        yield gauge("streamproc_exporter_series", "KPI series in the last snapshot.", expo.series)
+        if expo.latest_event_ms is not None:
+            yield gauge(
+                "streamproc_exporter_event_time_lag_seconds",
+                "Wall clock minus the latest event time published by any partition.",
+                self._now() - expo.latest_event_ms / 1000,
+            )
+        if expo.watermark_ms is not None:
+            yield gauge(
+                "streamproc_exporter_watermark_timestamp_seconds",
+                "Lowest watermark of the partitions still running.",
+                expo.watermark_ms / 1000,
+            )
+        if expo.window_end_ms is not None:
+            yield gauge(
+                "streamproc_exporter_window_end_timestamp_seconds",
+                "End (exclusive) of the trailing windows the shop_ gauges cover.",
+                expo.window_end_ms / 1000,
+            )
+
+
+class ExporterMetrics(NamedTuple):
+    registry: CollectorRegistry
+    refresh_seconds: Histogram
+    last_refresh: Gauge
+    refresh_errors: Counter
+
+    @classmethod
+    def create(
+        cls,
+        registry: CollectorRegistry,
+        *,
+        exposition: Callable[[], Exposition],
+        now: Callable[[], float] = time.time,
+    ) -> ExporterMetrics:
+        """Declare the exporter's own metrics and its KPI collector in ``registry``."""
+        metrics = cls(
+            registry=registry,
+            refresh_seconds=Histogram(
+                "streamproc_exporter_refresh_seconds",
+                "Time to read Redis and recompute the KPIs, failed refreshes included.",
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                registry=registry,
+            ),
+            last_refresh=Gauge(
+                "streamproc_exporter_last_refresh_timestamp_seconds",
+                "When the KPIs were last refreshed successfully.",
+                registry=registry,
+            ),
+            refresh_errors=Counter(
+                "streamproc_exporter_refresh_errors",
+                "Failed refreshes, by kind of error; the last snapshot stays served.",
+                ["kind"],
+                registry=registry,
+            ),
+        )
+        Gauge(
+            "streamproc_build_info",
+            "Version of the running streamproc.",
+            ["version"],
+            registry=registry,
+        ).labels(__version__).set(1)
+        ProcessCollector(registry=registry)
+        registry.register(KpiCollector(exposition, now=now))
+        return metrics
+
+    def render(self) -> tuple[bytes, str]:
+        """The ``/metrics`` page and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,48 @@
+"""``streamproc exporter``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streamproc.cli.common import app, endpoints, log, settings
+from streamproc.errors import ConfigError
+
+
+@app.command("exporter")
+def exporter_command() -> None:
+    """Serve the KPIs from Redis: /metrics (trailing windows), /api/kpis (aligned windows)."""
+    from prometheus_client import CollectorRegistry
+
+    from streamproc import exporter, metrics
+    from streamproc.store import KpiStore
+
+    loaded = settings()
+    where = endpoints(loaded)
+    store = KpiStore.connect(where.redis_url, loaded.namespace)
+    service = exporter.Exporter(store, exporter.ExporterConfig.from_settings(loaded))
+    exporter_metrics = metrics.ExporterMetrics.create(
+        CollectorRegistry(), exposition=service.exposition
+    )
+
+    def started(url: str) -> None:
+        log.info(
+            "exporter for namespace %s on %s: %s",
+            loaded.namespace,
+            url,
+            " ".join(exporter.web.ENDPOINTS),
+        )
+
+    try:
+        asyncio.run(
+            exporter.serve(
+                service,
+                exporter_metrics,
+                bind=loaded.bind,
+                port=loaded.exporter_port,
+                interval_s=loaded.exporter_refresh_seconds,
+                on_started=started,
+            )
+        )
+    except OSError as exc:  # the port is taken, the address is not ours
+        address = f"{loaded.bind}:{loaded.exporter_port}"
+        raise ConfigError(f"exporter: cannot serve on {address}: {exc}") from exc

@@ -1,0 +1,296 @@
+"""The exporter's state: refreshes from Redis into an immutable snapshot, which the server reads.
+
+A refresh re-reads only the minutes whose ``changed`` score moved since the previous one (less a
+margin for clock skew between workers and the exporter), applies them to the trailing sums and
+swaps in a new snapshot; a failed refresh leaves the last snapshot in place. Every
+``RESYNC_SECONDS`` it re-reads everything, so nothing missed can stay wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamproc.config import Settings
+from streamproc.events.parse import minor_unit_exponent
+from streamproc.exporter.names import Exposition, families
+from streamproc.exporter.query import ReportQuery, report_minutes
+from streamproc.exporter.windows import (
+    MinuteCells,
+    Position,
+    Trailing,
+    lowest_watermark,
+    trailing_end,
+)
+from streamproc.kpi import counters as c
+from streamproc.kpi.contrib import NEVER
+from streamproc.kpi.report import CH_DEV, Row
+from streamproc.kpi.windowing import VisitorKey, Window, group_windows, rows, ticket_rows
+from streamproc.kpi.windows import rfc3339, window_label
+from streamproc.metrics import ExporterMetrics
+from streamproc.store import TRANSIENT, KpiStore
+
+logger = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 600.0
+READ_CHUNK = 60  # minutes per read
+# Workers stamp `changed` with their own wall clock: re-read a margin before the last refresh so
+# a worker clock up to this far behind the exporter's loses nothing.
+CLOCK_MARGIN_MS = 60_000
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    sizes_ms: tuple[int, ...]
+    currency: str
+    allowed_lateness_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ExporterConfig:
+        return cls(
+            sizes_ms=tuple(s * 1000 for s in settings.window_seconds),
+            currency=settings.reporting_currency,
+            allowed_lateness_ms=settings.allowed_lateness_seconds * 1000,
+        )
+
+    @property
+    def money(self) -> int:
+        """Minor units per major unit of the reporting currency."""
+        return int(10 ** minor_unit_exponent(self.currency))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One refresh's results; replaced whole, never changed."""
+
+    exposition: Exposition = field(default_factory=Exposition)
+    positions: tuple[Position, ...] = ()
+    refreshed_ms: int | None = None  # wall clock of the refresh that made it
+
+
+def _cancel_requested() -> bool:
+    """Whether this task was asked to stop. On Python 3.11 a cancel can get lost inside redis-py
+    (``asyncio.wait_for`` swallows it when the awaited write completes at the same moment), or
+    turn into a ConnectionError; the refresh loop checks, so that it stops all the same."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _by_minute(
+    minutes: Iterable[int], cells: dict[c.CellKey, c.Counters]
+) -> dict[int, MinuteCells]:
+    found: dict[int, MinuteCells] = {m: {} for m in minutes}
+    for (minute, store), counters in cells.items():
+        found.setdefault(minute, {})[store] = counters
+    return found
+
+
+class Exporter:
+    """Reads what the workers published and keeps the KPI snapshot up to date."""
+
+    def __init__(
+        self, store: KpiStore, config: ExporterConfig, *, now: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.now = now
+        self.snapshot = Snapshot()
+        self.errors = 0
+        self.last_error: str | None = None
+        self.running = False
+        self._trailing = Trailing(config.sizes_ms)
+        self._since_ms: float | None = None  # None: read every minute next time
+        self._full_at_ms = 0.0
+        self._latest_minute: int | None = None
+        self._visitors: dict[VisitorKey, int] = {}
+
+    def exposition(self) -> Exposition:
+        return self.snapshot.exposition
+
+    async def refresh(self) -> Snapshot:
+        """Read what changed, recompute the trailing windows and swap in a new snapshot."""
+        started_ms = self.now() * 1000
+        statuses = await self.store.statuses()  # before the cells: a status never runs ahead
+        positions = tuple(Position.of(p, s) for p, s in sorted(statuses.items()))
+        full = self._since_ms is None or started_ms - self._full_at_ms >= RESYNC_SECONDS * 1000
+        minutes = await self.store.minutes(0 if full else self._since_ms or 0)
+        if full or self._latest_minute is None:
+            self._latest_minute = max(minutes, default=None)
+        elif minutes:
+            self._latest_minute = max(self._latest_minute, minutes[-1])
+        end = trailing_end(
+            positions,
+            allowed_lateness_ms=self.config.allowed_lateness_ms,
+            latest_minute=self._latest_minute,
+        )
+        windows: list[Window] = []
+        if end is not None:
+            reload = full or self._trailing.needs_reload(end)
+            if reload and not full:
+                minutes = await self.store.minutes(0)
+            wanted = [m for m in minutes if m >= end - self._trailing.horizon_ms]
+            cells = _by_minute(wanted, await self._cells(wanted))
+            self._commit(end, cells, reload=reload)  # no await in there: all or nothing
+            windows = self._trailing.windows()
+        self._since_ms = started_ms - CLOCK_MARGIN_MS
+        if full:
+            self._full_at_ms = started_ms
+        counts = await self._visitor_counts(windows)
+        open_tickets = await self.store.open_tickets()
+        self.snapshot = self._snapshot(positions, windows, counts, open_tickets, end)
+        return self.snapshot
+
+    async def _cells(self, minutes: list[int]) -> dict[c.CellKey, c.Counters]:
+        """Cells of the minutes, an hour at a time: decoding a day of partials takes seconds of
+        CPU, and scrapes are served in between."""
+        found: dict[c.CellKey, c.Counters] = {}
+        for start in range(0, len(minutes), READ_CHUNK):
+            found |= await self.store.cells(minutes[start : start + READ_CHUNK])
+        return found
+
+    def _commit(self, end: int, cells: dict[int, MinuteCells], *, reload: bool) -> None:
+        if reload:
+            self._trailing.reset(end, cells)
+            self._visitors = {}
+            return
+        changed = self._trailing.update(cells)
+        self._trailing.move(end)
+        if changed:
+            self._visitors = {
+                key: n for key, n in self._visitors.items() if changed.isdisjoint(key[0])
+            }
+
+    async def _visitor_counts(self, windows: list[Window]) -> dict[VisitorKey, int]:
+        """Distinct visitors of every window; unchanged unions are not counted again."""
+        keys = {key for window in windows for key in window.visitor_keys()}
+        known = {key: n for key, n in self._visitors.items() if key in keys}
+        missing = [key for key in keys if key not in known]
+        found = await self.store.visitor_counts(missing) if missing else {}
+        self._visitors = known | found
+        return self._visitors
+
+    def _snapshot(
+        self,
+        positions: tuple[Position, ...],
+        windows: list[Window],
+        counts: dict[VisitorKey, int],
+        open_tickets: dict[tuple[str, str, str], int],
+        end: int | None,
+    ) -> Snapshot:
+        mark = lowest_watermark(positions)
+        found = rows(windows, lambda key: counts.get(key, 0), watermark=-1, money=self.config.money)
+        found += ticket_rows(open_tickets, at_ms=0, watermark=-1)  # at and final: not exposed
+        latest = max((p.latest_ms for p in positions), default=-1)
+        exposition = Exposition(
+            families=tuple(families(found, currency=self.config.currency)),
+            partitions=len(positions),
+            latest_event_ms=latest if latest >= 0 else None,
+            watermark_ms=mark,
+            window_end_ms=end,
+        )
+        return Snapshot(exposition, positions, round(self.now() * 1000))
+
+    async def run(self, metrics: ExporterMetrics, *, interval_s: float) -> None:
+        """Refresh every ``interval_s`` until cancelled. A failed or slow refresh is counted and
+        logged once per kind of error (until one succeeds); the last snapshot stays served."""
+        logged: set[str] = set()
+        timeout_s = max(120.0, 10 * interval_s)  # a full re-read of a big day takes a while
+        self.running = True
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await self.refresh()
+                except Exception as exc:
+                    if _cancel_requested():
+                        raise asyncio.CancelledError from exc  # an error our cancel caused
+                    kind = type(exc).__name__
+                    metrics.refresh_errors.labels(kind).inc()
+                    self.errors += 1
+                    self.last_error = f"{kind}: {exc}" if str(exc) else kind
+                    if kind not in logged:
+                        logged.add(kind)
+                        logger.warning(
+                            "refresh failed (%s); serving the last snapshot, retrying every %g s",
+                            self.last_error,
+                            interval_s,
+                            exc_info=not isinstance(exc, (*TRANSIENT, TimeoutError)),
+                        )
+                else:
+                    if logged:
+                        logger.info("refresh works again")
+                        logged.clear()
+                    metrics.last_refresh.set(self.now())
+                finally:
+                    metrics.refresh_seconds.observe(time.monotonic() - started)
+                if _cancel_requested():
+                    raise asyncio.CancelledError
+                await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+        finally:
+            self.running = False
+
+    async def report(self, query: ReportQuery) -> list[Row]:
+        """Aligned-window rows, as ``reporting.aligned_report`` makes them, filtered."""
+        statuses = await self.store.statuses()
+        sizes = self.config.sizes_ms
+        minutes = report_minutes(await self.store.minutes(), sizes_ms=sizes, query=query)
+        cells = await self.store.cells(minutes)
+        windows = await asyncio.to_thread(_wanted_windows, cells, sizes, query)
+        dims = [d for d in (None, *CH_DEV) if query.dimensions is None or d in query.dimensions]
+        keys = (
+            {(w.minutes, w.store, d) for w in windows for d in dims}
+            if query.needs_visitors
+            else set()
+        )
+        counts = await self.store.visitor_counts(keys)
+        marks = [int(s["watermark"]) for s in statuses.values()]
+        mark = min(marks) if marks else -1
+        found = await asyncio.to_thread(
+            rows, windows, lambda key: counts.get(key, 0), watermark=mark, money=self.config.money
+        )
+        latest = max((max(s["max_ts"]) for s in statuses.values()), default=0)
+        at = latest if mark >= NEVER else max(mark, 0)
+        if query.wants_open_tickets(at):
+            found += ticket_rows(await self.store.open_tickets(), at_ms=at, watermark=mark)
+        return [row for row in found if query.wants_row(row)]
+
+    def status(self) -> dict[str, Any]:
+        """``/api/status``: what the last snapshot knows, and the refresh loop's health."""
+
+        def when(ms: int | None) -> str | None:
+            return rfc3339(ms) if ms is not None and 0 <= ms < NEVER else None
+
+        snap = self.snapshot
+        expo = snap.exposition
+        return {
+            "refreshed_at": when(snap.refreshed_ms),
+            "refresh_errors": self.errors,
+            "last_error": self.last_error,
+            "windows": [window_label(s) for s in self.config.sizes_ms],
+            "trailing_end": when(expo.window_end_ms),
+            "watermark": when(expo.watermark_ms),
+            "latest_event_time": when(expo.latest_event_ms),
+            "final": bool(snap.positions) and all(p.ended for p in snap.positions),
+            "series": expo.series,
+            "partitions": [
+                {
+                    "partition": p.partition,
+                    "watermark": "final" if p.ended else when(p.watermark),
+                    "latest_event_time": when(p.latest_ms),
+                    "published_at": when(p.at_ms or None),
+                }
+                for p in snap.positions
+            ],
+        }
+
+
+def _wanted_windows(
+    cells: dict[c.CellKey, c.Counters], sizes_ms: Iterable[int], query: ReportQuery
+) -> list[Window]:
+    found = group_windows(cells, sizes_ms)
+    return [w for w in found if query.wants_window(w.size_ms, w.start_ms, w.store)]

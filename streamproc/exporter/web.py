@@ -1,0 +1,121 @@
+"""The exporter's HTTP server (aiohttp): ``/metrics``, ``/api/kpis``, ``/api/status``, ``/healthz``.
+
+One event loop runs both the refresh and the server. That is safe because the server only reads
+the snapshot, which a refresh replaces whole, and the loop is never busy for long: Redis waits are
+awaits and the large report computations run in a thread. (The worker serves ``/metrics`` from a
+thread instead because its batches keep the loop busy.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import msgspec
+from aiohttp import web
+
+from streamproc.exporter.query import BadQuery, parse_query
+from streamproc.exporter.service import Exporter
+from streamproc.kpi.windows import window_label
+from streamproc.metrics import ExporterMetrics
+from streamproc.store import TRANSIENT
+
+logger = logging.getLogger(__name__)
+
+EXPORTER = web.AppKey("exporter", Exporter)
+METRICS = web.AppKey("metrics", ExporterMetrics)
+ENDPOINTS = ("/metrics", "/api/kpis", "/api/status", "/healthz")
+
+
+def _json(value: object, *, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(value), status=status, content_type="application/json"
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _kpis(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    labels = [window_label(s) for s in exporter.config.sizes_ms]
+    try:
+        query = parse_query(request.query.items(), window_labels=labels)
+    except BadQuery as exc:
+        return _json({"error": str(exc)}, status=400)
+    try:
+        found = await exporter.report(query)
+    except TRANSIENT as exc:
+        return _json({"error": f"Redis unavailable: {type(exc).__name__}: {exc}"}, status=503)
+    return _json(found)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(request.app[EXPORTER].status())
+
+
+async def _health(request: web.Request) -> web.Response:
+    """Alive while the refresh loop runs (a failing Redis is not a reason to restart)."""
+    exporter = request.app[EXPORTER]
+    body = {"status": "ok" if exporter.running else "refresh loop stopped"}
+    return _json(body, status=200 if exporter.running else 503)
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(text="streamproc exporter: " + " ".join(ENDPOINTS) + "\n")
+
+
+def create_app(exporter: Exporter, metrics: ExporterMetrics) -> web.Application:
+    app = web.Application()
+    app[EXPORTER] = exporter
+    app[METRICS] = metrics
+    app.router.add_get("/", _index)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/api/kpis", _kpis)
+    app.router.add_get("/api/status", _status)
+    app.router.add_get("/healthz", _health)
+    return app
+
+
+async def serve(
+    exporter: Exporter,
+    metrics: ExporterMetrics,
+    *,
+    bind: str,
+    port: int,
+    interval_s: float,
+    on_started: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Refresh and serve until ``stop`` is set (default: SIGINT or SIGTERM); closes the store.
+
+    ``on_started`` gets the base URL once the port is bound (port 0: a free one)."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(create_app(exporter, metrics), access_log=None)
+    await runner.setup()
+    refresher: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, bind, port)
+        await site.start()
+        host, bound = runner.addresses[0][:2]
+        host = f"[{host}]" if ":" in host else host
+        refresher = asyncio.create_task(exporter.run(metrics, interval_s=interval_s))
+        if on_started is not None:
+            on_started(f"http://{host}:{bound}")
+        await stop.wait()
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.wait([refresher], timeout=10)
+            if refresher.done() and not refresher.cancelled() and refresher.exception():
+                logger.error("refresh loop failed", exc_info=refresher.exception())
+        await runner.cleanup()
+        await exporter.store.aclose()

@@ -1,0 +1,123 @@
+"""The refresh without Redis: incremental results equal results from scratch, unchanged visitor
+unions are not counted again, and the refresh loop stops even when a cancel gets lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from streamproc.exporter import Exporter, ExporterConfig
+from streamproc.kpi import counters as c
+from streamproc.metrics import ExporterMetrics
+
+M = 60_000
+T = 1_790_000_040_000
+CONFIG = ExporterConfig(sizes_ms=(M, 5 * M), currency="USD", allowed_lateness_ms=120_000)
+
+
+class FakeStore:
+    """The reads the exporter makes, from memory (KpiStore's contract, minus Redis)."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.cells_: dict[c.CellKey, c.Counters] = {}
+        self.changed: dict[int, float] = {}
+        self.status: dict[int, dict[str, Any]] = {}
+        self.visitor_calls: list[int] = []
+
+    def put(self, minute: int, store: str, **counts: int) -> None:
+        self.cells_[(minute, store)] = dict(counts)
+        self.changed[minute] = self.clock[0] * 1000
+
+    def reached(self, partition: int, latest: int) -> None:
+        self.status[partition] = {"watermark": latest - 120_000, "max_ts": [latest], "at": 0}
+
+    async def statuses(self) -> dict[int, dict[str, Any]]:
+        return dict(self.status)
+
+    async def minutes(self, since_ms: float = 0) -> list[int]:
+        return sorted(m for m, at in self.changed.items() if at >= since_ms)
+
+    async def cells(self, minutes: Iterable[int]) -> dict[c.CellKey, c.Counters]:
+        wanted = set(minutes)
+        return {key: dict(v) for key, v in self.cells_.items() if key[0] in wanted}
+
+    async def visitor_counts(self, keys: Iterable[Any]) -> dict[Any, int]:
+        keys = list(keys)
+        self.visitor_calls.append(len(keys))
+        return {key: len(key[0]) for key in keys}  # one visitor per minute with data
+
+    async def open_tickets(self) -> dict[tuple[str, str, str], int]:
+        return {}
+
+
+def exporter(store: FakeStore, clock: list[float]) -> Exporter:
+    return Exporter(store, CONFIG, now=lambda: clock[0])  # type: ignore[arg-type]
+
+
+async def test_incremental_refreshes_equal_fresh_ones() -> None:
+    clock = [T / 1000 + 600]
+    store = FakeStore(clock)
+    store.put(T, "s1", sessions=2, orders=1)
+    store.put(T + M, "s2", sessions=3)
+    store.reached(0, T + 2 * M + 5)
+    live = exporter(store, clock)
+    steps = [
+        lambda: store.put(T + 2 * M, "s1", sessions=1),  # the minute in progress
+        lambda: store.reached(0, T + 3 * M),  # ...is complete now
+        lambda: store.put(T, "s1", sessions=4, orders=1),  # a late event amends a minute
+        lambda: store.reached(1, T + M + 30_000),  # a new partition, behind: the end moves back
+        lambda: store.reached(1, T + 9 * M),  # both far ahead: the 5m window is empty
+        lambda: None,
+    ]
+    for step in steps:
+        step()
+        clock[0] += 5
+        await live.refresh()
+        fresh = exporter(store, clock)
+        await fresh.refresh()
+        assert live.snapshot.exposition == fresh.snapshot.exposition
+
+
+async def test_unchanged_visitor_unions_are_not_counted_again() -> None:
+    clock = [T / 1000 + 600]
+    store = FakeStore(clock)
+    store.put(T, "s1", sessions=2, visitor_marks=2)
+    store.reached(0, T + M + 5)
+    live = exporter(store, clock)
+    await live.refresh()
+    # (all, s1) x (no dimension + 14): the 1m and 5m windows hold the same minute, one union
+    assert store.visitor_calls == [2 * 15]
+    clock[0] += 5
+    await live.refresh()
+    assert store.visitor_calls[1:] == []
+    store.put(T, "s1", sessions=2, visitor_marks=3)  # somebody else came by
+    clock[0] += 5
+    await live.refresh()
+    assert store.visitor_calls[1:] == [2 * 15]
+
+
+class LosesCancels(FakeStore):
+    """Turns a cancel into an error, as redis-py can on Python 3.11."""
+
+    async def statuses(self) -> dict[int, dict[str, Any]]:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            raise ConnectionError("Connection closed by server.") from None
+        return {}
+
+
+async def test_the_refresh_loop_stops_even_when_a_cancel_is_lost() -> None:
+    clock = [T / 1000]
+    service = exporter(LosesCancels(clock), clock)
+    metrics = ExporterMetrics.create(CollectorRegistry(), exposition=service.exposition)
+    task = asyncio.create_task(service.run(metrics, interval_s=0.001))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=1)
+    assert done == {task} and task.cancelled()
+    assert service.errors == 0 and not service.running
