@@ -105,3 +105,13 @@ def read_records(lines: Iterable[bytes]) -> Iterator[FileRecord | Unroutable]:
         record = parse_line(line, line_no)
         if record is not None:
             yield record
+
+
+def routable(lines: Iterable[bytes], unroutable: list[Unroutable]) -> Iterator[FileRecord]:
+    """The records of an events file that have a topic; the others are appended to
+    ``unroutable``."""
+    for record in read_records(lines):
+        if isinstance(record, Unroutable):
+            unroutable.append(record)
+        else:
+            yield record

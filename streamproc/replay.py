@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -24,7 +24,7 @@ from typing import IO
 from streamproc import broker
 from streamproc.config import Settings
 from streamproc.errors import StreamprocError
-from streamproc.eventfile import FileRecord, Unroutable, read_records
+from streamproc.eventfile import Unroutable, routable
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
 from streamproc.reporting import aligned_report
@@ -73,13 +73,6 @@ async def produce(
     ends = {(t, p): 0 for t in settings.input_topics for p in range(counts[t])}
     unroutable: list[Unroutable] = []
 
-    def routed() -> Iterator[FileRecord]:
-        for record in read_records(lines):
-            if isinstance(record, Unroutable):
-                unroutable.append(record)
-            else:
-                yield record
-
     async with broker.Producer(bootstrap) as producer:
         sent = 0
 
@@ -89,7 +82,9 @@ async def produce(
             if sent % 2000 == 0:
                 on_sent(sent)
 
-        await broker.publish(routed(), producer, settings.topics_by_family, on_sent=count)
+        await broker.publish(
+            routable(lines, unroutable), producer, settings.topics_by_family, on_sent=count
+        )
         await producer.flush()
         for (topic, partition), last in producer.last_offsets.items():
             ends[(topic, partition)] = last + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -69,7 +69,7 @@ def produce_command(
 ) -> None:
     """Publish an events file to the input topics, keyed and time-stamped per the contract."""
     from streamproc import broker
-    from streamproc.eventfile import FileRecord, Unroutable, read_records
+    from streamproc.eventfile import Unroutable, routable
 
     loaded = settings()
     servers = bootstrap_servers(loaded)
@@ -79,16 +79,12 @@ def produce_command(
     async def run(lines: Iterable[bytes], on_line: Callable[[int], None]) -> broker.ProduceStats:
         await ensure_topics(loaded, servers)
 
-        def routed() -> Iterator[FileRecord]:
-            for record in read_records(lines):
-                if isinstance(record, Unroutable):
-                    unroutable.append(record)
-                else:
-                    yield record
-
         async with broker.Producer(servers) as producer:
             await broker.publish(
-                routed(), producer, loaded.topics_by_family, on_sent=lambda r: on_line(len(r.value))
+                routable(lines, unroutable),
+                producer,
+                loaded.topics_by_family,
+                on_sent=lambda r: on_line(len(r.value)),
             )
         return producer.stats
 
