@@ -111,14 +111,7 @@ class WorkerMetrics(NamedTuple):
                 registry=registry,
             ),
         )
-        Gauge(
-            "streamproc_build_info",
-            "Version of the running streamproc.",
-            ["version"],
-            registry=registry,
-        ).labels(__version__).set(1)
-        ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds
-        PlatformCollector(registry=registry)
+        _process_metrics(registry)
         reasons = list(dlq_reasons)
         for family, topic in topics.items():
             for cls_ in FAMILY_TYPES[family]:
@@ -127,6 +120,18 @@ class WorkerMetrics(NamedTuple):
                 metrics.dead_letters.labels(topic, reason)
             metrics.duplicates.labels(topic)
         return metrics
+
+
+def _process_metrics(registry: CollectorRegistry) -> None:
+    """What every streamproc process exposes: its version, memory, CPU and Python."""
+    Gauge(
+        "streamproc_build_info",
+        "Version of the running streamproc.",
+        ["version"],
+        registry=registry,
+    ).labels(__version__).set(1)
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, cpu seconds
+    PlatformCollector(registry=registry)
 
 
 def all_reasons() -> list[str]:
@@ -289,13 +294,7 @@ class ExporterMetrics(NamedTuple):
                 registry=registry,
             ),
         )
-        Gauge(
-            "streamproc_build_info",
-            "Version of the running streamproc.",
-            ["version"],
-            registry=registry,
-        ).labels(__version__).set(1)
-        ProcessCollector(registry=registry)
+        _process_metrics(registry)
         registry.register(KpiCollector(exposition, now=now))
         return metrics
 

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -35,15 +34,6 @@ logger = logging.getLogger(__name__)
 
 class ReplayError(StreamprocError):
     """A replay could not finish."""
-
-
-@dataclass
-class ReplayRun:
-    namespace: str
-    settings_env: dict[str, str]
-    produced: int = 0
-    unroutable: list[Unroutable] = field(default_factory=list)
-    ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 def replay_settings(settings: Settings, namespace: str | None = None) -> tuple[str, dict[str, str]]:

@@ -79,13 +79,3 @@ def ticket_rows(
     if not open_tickets:
         return []
     return open_ticket_rows(open_tickets, at=rfc3339(at_ms), final=watermark >= NEVER)
-
-
-def merge_partitions(
-    parts: Iterable[Mapping[c.CellKey, c.Counters]],
-) -> dict[c.CellKey, c.Counters]:
-    """Sum the cells of several partitions."""
-    total: dict[c.CellKey, c.Counters] = {}
-    for part in parts:
-        c.add_cells(total, part)
-    return total
