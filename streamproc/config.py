@@ -156,6 +156,19 @@ class Settings(BaseSettings):
         ge=3600,
         description="How long published partials and visitor sketches stay in Redis.",
     )
+    visitors_exact_per_minute: int = Field(
+        default=512,
+        ge=0,
+        le=100_000,
+        description="Visitors of one minute, store and dimension are also kept as an exact set "
+        "up to this many (then only the HyperLogLog), so small counts are exact.",
+    )
+    visitors_exact_union: int = Field(
+        default=20_000,
+        ge=0,
+        description="A window's visitors are counted exactly when its minutes' exact sets hold "
+        "at most this many members in all; else from the HyperLogLog (about 0.8 % error).",
+    )
     max_stores: int = Field(
         default=50,
         ge=1,

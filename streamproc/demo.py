@@ -1,12 +1,16 @@
 """``streamproc demo``: the whole pipeline on one machine, started and stopped as one.
 
-A dedicated embedded stack (in ``state_dir/demo``), a worker and the live simulator run as child
-processes with their logs in ``state_dir/demo/logs``; :class:`Demo` starts them, reports their
-health and stops everything, including the stack, when the demo ends.
+A dedicated embedded stack (in ``state_dir/demo``), a worker, the exporter and the live simulator
+run as child processes with their logs in ``state_dir/demo/logs``; :class:`Demo` starts them,
+reports their health and stops everything, including the stack, when the demo ends. The simulator
+starts ``history`` in the past and catches up at once, so the KPI panels have data right away.
+Each demo has its own Redis namespace (the machine's Redis may be shared and outlives the demo's
+broker), deleted when the demo stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -14,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ from typing import IO
 from streamproc import devstack
 from streamproc.config import Settings
 from streamproc.errors import StreamprocError
+from streamproc.store import KpiStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,7 @@ class DemoOptions:
     malformed_share: float = 0.005
     duplicate_share: float = 0.005
     out_of_order_share: float = 0.01
+    history_seconds: int = 45 * 60  # > session timeout: closed-session KPIs show at once
 
 
 @dataclass
@@ -73,10 +80,16 @@ class Demo:
         self.children: list[Child] = []
         self.info: devstack.StackInfo | None = None
         self.worker_port = _free_port(settings.worker_port, settings.bind)
+        self.exporter_port = _free_port(settings.exporter_port, settings.bind)
+        self.namespace = f"demo-{uuid.uuid4().hex[:8]}"
 
     @property
     def worker_metrics_url(self) -> str:
         return f"http://{self.settings.bind}:{self.worker_port}/metrics"
+
+    @property
+    def exporter_url(self) -> str:
+        return f"http://{self.settings.bind}:{self.exporter_port}"
 
     def env(self) -> dict[str, str]:
         assert self.info is not None
@@ -84,18 +97,25 @@ class Demo:
             "STREAMPROC_BOOTSTRAP_SERVERS": self.info.bootstrap_servers,
             "STREAMPROC_REDIS_URL": self.info.redis_url,
             "STREAMPROC_STATE_DIR": str(self.dir),
+            "STREAMPROC_NAMESPACE": self.namespace,
             "STREAMPROC_WORKER_PORT": str(self.worker_port),
+            "STREAMPROC_EXPORTER_PORT": str(self.exporter_port),
+            "STREAMPROC_EXPORTER_REFRESH_SECONDS": "2",
         }
 
     def start(self) -> None:
         self.info = self.stack.up()
         options = self.options
         self._spawn("worker", ["worker"])
+        self._spawn("exporter", ["exporter"])
         self._spawn(
             "simulator",
             [
                 "simulate",
                 "--live",
+                f"--start=-{options.history_seconds}s"
+                if options.history_seconds
+                else "--start=now",
                 "--rate",
                 str(options.sessions_per_minute),
                 "--malformed",
@@ -145,7 +165,20 @@ class Demo:
                 child.proc.wait()
             child.log_file.close()
         self.children.clear()
+        if self.info is not None:
+            try:
+                asyncio.run(_drop(self.info.redis_url, self.namespace))
+            except Exception as exc:  # the stack is stopped anyway; say what is left behind
+                logger.warning("could not delete Redis namespace %s: %s", self.namespace, exc)
         self.stack.down()
+
+
+async def _drop(redis_url: str, namespace: str) -> None:
+    store = KpiStore.connect(redis_url, namespace)
+    try:
+        await store.drop()
+    finally:
+        await store.aclose()
 
 
 @contextmanager

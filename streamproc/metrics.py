@@ -49,6 +49,7 @@ class WorkerMetrics(NamedTuple):
     events: Counter
     dead_letters: Counter
     duplicates: Counter
+    late: Counter
     evicted: Counter
     batch_events: Histogram
     batch_seconds: Histogram
@@ -76,6 +77,13 @@ class WorkerMetrics(NamedTuple):
             duplicates=Counter(
                 "streamproc_duplicates",
                 "Events dropped because their event_id was seen before.",
+                ["topic"],
+                registry=registry,
+            ),
+            late=Counter(
+                "streamproc_late_events",
+                "Events that amended an already closed window (within max_lateness); later ones "
+                "are dead letters with reason too_late.",
                 ["topic"],
                 registry=registry,
             ),
@@ -119,6 +127,7 @@ class WorkerMetrics(NamedTuple):
             for reason in reasons:
                 metrics.dead_letters.labels(topic, reason)
             metrics.duplicates.labels(topic)
+            metrics.late.labels(topic)
         return metrics
 
 
@@ -156,6 +165,22 @@ class Scrape(NamedTuple):
             for s in self.samples
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
+
+    def overall(self, name: str, **labels: str) -> float | None:
+        """The sample of ``name`` with ``labels`` that is not broken down (other labels "all").
+
+        ``currency`` is not a breakdown; None when there is no such sample (yet).
+        """
+        for s in self.samples:
+            if (
+                s.name == name
+                and all(s.labels.get(k) == v for k, v in labels.items())
+                and all(
+                    v == "all" for k, v in s.labels.items() if k not in labels and k != "currency"
+                )
+            ):
+                return s.value
+        return None
 
     def by(self, name: str, label: str) -> dict[str, float]:
         """Sum of ``name`` per value of one label."""

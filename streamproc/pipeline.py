@@ -60,6 +60,7 @@ class BatchCounts:
     valid: dict[str, int] = field(default_factory=dict)  # event_type -> count
     dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> count
     duplicates: int = 0
+    late: int = 0  # accepted events that amended an already closed window
     evicted: int = 0
 
 
@@ -113,7 +114,8 @@ class Pipeline:
     def engine(self, partition: int) -> PartitionEngine:
         engine = self.engines.get(partition)
         if engine is None:
-            engine = PartitionEngine(partition, self.engine_settings, self.table)
+            wall_ms = int(self.clock() * 1000)
+            engine = PartitionEngine(partition, self.engine_settings, self.table, wall_ms=wall_ms)
             self.engines[partition] = engine
             logger.info(
                 "partition %d: state loaded, watermark %d", partition, engine.meta.watermark
@@ -150,10 +152,10 @@ class Pipeline:
         """A batch of one input topic; ``anchors`` holds one event per partition for writes."""
         counts = BatchCounts(topic)
         wall_ms = int(self.clock() * 1000)
-        batch = self.decoders[topic].decode(messages, now_ms=wall_ms)
         async with self.lock:
             if not self.ends_loaded:
                 await self.refresh_ends()
+            batch = self.decoders[topic].decode(self._before_end(topic, messages), now_ms=wall_ms)
             for message, letter in batch.dead_letters:
                 await self.dead_letter(message, letter)
                 counts.dead_letters[letter.reason] = counts.dead_letters.get(letter.reason, 0) + 1
@@ -173,10 +175,21 @@ class Pipeline:
                 except BaseException:
                     self.forget([partition])  # memory may be ahead of the table: rebuild it
                     raise
-            for message in messages:  # also partitions whose messages were all bad
+            for message in messages:  # also partitions whose messages were all bad or past the end
                 key = (topic, message.partition)
                 self.processed[key] = max(self.processed.get(key, -1), message.offset)
         return counts
+
+    def _before_end(self, topic: str, messages: list[Message]) -> list[Message]:
+        """The messages before their partition's known end. A backfill's input is a live topic
+        that keeps growing past the end it was given: what lies beyond counts nowhere."""
+        if not self.ends:
+            return messages
+        return [
+            m
+            for m in messages
+            if (end := self.ends.get((topic, m.partition))) is None or m.offset < end
+        ]
 
     async def _partition_batch(
         self,
@@ -193,24 +206,25 @@ class Pipeline:
         items = [Item(d.event, index, d.message.offset, labels[d.event.store_id]) for d in group]
         # While its events are being read, this topic has a backlog (them): only once they are
         # absorbed may it count as read to its end.
-        on_time, late = engine.read(items, self.progress(partition, wall_ms), wall_ms=wall_ms)
+        verdicts = engine.read(items, self.progress(partition, wall_ms), wall_ms=wall_ms)
+        counts.late += verdicts.late
         key = (topic, partition)
         self.processed[key] = max(self.processed.get(key, -1), group[-1].message.offset)
         progress = self.progress(partition, wall_ms)
         by_item = {id(item): d for item, d in zip(items, group, strict=True)}
-        for item in late:
+        for item in verdicts.too_late:
             message = by_item[id(item)].message
             limit = self.settings.max_lateness_seconds
             detail = f"event_time is more than {limit} s behind the watermark"
             await self.dead_letter(message, _letter(message, Reason.TOO_LATE, detail))
             counts.dead_letters[Reason.TOO_LATE] = counts.dead_letters.get(Reason.TOO_LATE, 0) + 1
         first = await self.store.first_occurrences(
-            [item.event.event_id for item in on_time],
-            [f"{topic}:{partition}:{item.offset}" for item in on_time],
+            [item.event.event_id for item in verdicts.on_time],
+            [f"{topic}:{partition}:{item.offset}" for item in verdicts.on_time],
             horizon_s=self.settings.dedup_horizon_seconds,
         )
-        accepted = [item for item, ok in zip(on_time, first, strict=True) if ok]
-        counts.duplicates += len(on_time) - len(accepted)
+        accepted = [item for item, ok in zip(verdicts.on_time, first, strict=True) if ok]
+        counts.duplicates += len(verdicts.on_time) - len(accepted)
         plan = engine.apply(accepted, progress, self.table)
         counts.evicted += plan.evicted
         await self._settle(engine, plan, wall_ms, anchor)

@@ -8,15 +8,19 @@ Keys, all under ``{namespace}:``::
     cells:{minute}                hash "{store}|{partition}" -> msgpack counters of that partition
     changed                       sorted set: minute -> when it was last written (wall ms)
     hll:{minute}:{store}:{dim}    HyperLogLog of visitors ("all" store and "" dim included)
+    vis:{minute}:{store}:{dim}    the same visitors as an exact set of 64-bit hashes while small;
+                                  {0} once it outgrew its cap (then only the HyperLogLog counts)
     open                          hash partition -> msgpack open-ticket gauge
     status                        hash partition -> msgpack {watermark, max_ts, evicted, at}
     end                           hash "topic:partition" -> end offset (replay and backfill)
+    backfill                      a backfill's plan (JSON, ``backfill/plan.py``)
 
 Every write is an absolute value or an idempotent add, so a re-processed batch changes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +31,7 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from streamproc.config import Settings
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import Presence
 
@@ -81,12 +86,77 @@ return labels
 """
 
 
+# Exact visitor sets: members are signed 64-bit hashes (Redis keeps small integer sets as a
+# compact intset, 8 bytes per member); 0 is never a hash, it marks a set that outgrew its cap.
+_VISITORS_ADD = """
+local cap, ttl, pos = tonumber(ARGV[1]), tonumber(ARGV[2]), 3
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[pos])
+  if redis.call('SISMEMBER', key, 0) == 0 then
+    for j = pos + 1, pos + n, 1000 do
+      redis.call('SADD', key, unpack(ARGV, j, math.min(j + 999, pos + n)))
+    end
+    if redis.call('SCARD', key) > cap then
+      redis.call('DEL', key)
+      redis.call('SADD', key, 0)
+    end
+    redis.call('EXPIRE', key, ttl)
+  end
+  pos = pos + n + 1
+end
+return 0
+"""
+
+# Distinct visitors of a union of minutes: exact while every set is whole and all of them hold
+# at most ARGV[1] members, else the HyperLogLog union. KEYS: n exact sets, then n sketches.
+_VISITORS_COUNT = """
+local n, limit, total = #KEYS / 2, tonumber(ARGV[1]), 0
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[i], 0) == 1 then total = -1 break end
+  total = total + redis.call('SCARD', KEYS[i])
+  if total > limit then total = -1 break end
+end
+if total < 0 then
+  return redis.call('PFCOUNT', unpack(KEYS, n + 1, 2 * n))
+end
+local seen, count = {}, 0
+for i = 1, n do
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    if not seen[member] then
+      seen[member] = true
+      count = count + 1
+    end
+  end
+end
+return count
+"""
+
+# Lua's unpack() is limited to a few thousand values: longer unions use the sketches alone.
+_MAX_EXACT_MINUTES = 3000
+
+
+def visitor_hash(visitor: str) -> int:
+    """A signed 64-bit hash of a visitor id, never 0 (0 marks an outgrown set)."""
+    value = int.from_bytes(
+        hashlib.blake2b(visitor.encode(), digest_size=8).digest(), "big", signed=True
+    )
+    return value or 1
+
+
 # Redis errors worth retrying a batch for (the server is restarting, loading or unreachable).
 TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
 )
+
+
+@dataclass(frozen=True)
+class ExactVisitors:
+    """How far visitor counts are exact (settings ``visitors_exact_*``); beyond, HyperLogLog."""
+
+    per_minute: int = 512  # members of one minute's set before it gives way to the sketch
+    union: int = 20_000  # members of all sets of a window that are still counted exactly
 
 
 @dataclass(frozen=True)
@@ -100,17 +170,46 @@ class PartitionStatus:
 class KpiStore:
     """The worker's and exporter's view of Redis, for one namespace."""
 
-    def __init__(self, client: aioredis.Redis, namespace: str, *, retention_s: int = 8 * 86400):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        namespace: str,
+        *,
+        retention_s: int = 8 * 86400,
+        exact_visitors: ExactVisitors | None = None,
+    ):
         self.client = client
         self.ns = namespace
         self.retention_s = retention_s
+        self.exact = exact_visitors or ExactVisitors()
         self._dedup = client.register_script(_DEDUP)
         self._stores = client.register_script(_STORES)
+        self._add_visitors = client.register_script(_VISITORS_ADD)
+        self._count_visitors = client.register_script(_VISITORS_COUNT)
         self._labels: dict[str, str] = {}
 
     @classmethod
-    def connect(cls, url: str, namespace: str) -> KpiStore:
-        return cls(aioredis.Redis.from_url(url), namespace)
+    def connect(
+        cls,
+        url: str,
+        namespace: str,
+        *,
+        retention_s: int = 8 * 86400,
+        exact_visitors: ExactVisitors | None = None,
+    ) -> KpiStore:
+        client = aioredis.Redis.from_url(url)
+        return cls(client, namespace, retention_s=retention_s, exact_visitors=exact_visitors)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, url: str) -> KpiStore:
+        """The store of ``settings.namespace`` with its retention and exact-visitor limits."""
+        exact = ExactVisitors(settings.visitors_exact_per_minute, settings.visitors_exact_union)
+        return cls.connect(
+            url,
+            settings.namespace,
+            retention_s=settings.redis_retention_seconds,
+            exact_visitors=exact,
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -156,6 +255,25 @@ class KpiStore:
         """Write one partition's changed partials and sketches, in one round trip."""
         now_ms = int(time.time() * 1000)
         pipe = self.client.pipeline(transaction=False)
+        # Sketches first, then cells, then the `changed` stamps: Redis runs a pipeline in order,
+        # so a reader that sees a stamp or a new cell also sees the visitors that came with it.
+        sketches: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+        for minute, store, dimension, visitor in presence:
+            sketches[(minute, store, dimension)].add(visitor)
+            sketches[(minute, "all", dimension)].add(visitor)
+        exact: list[str] = []
+        args: list[int] = [self.exact.per_minute, self.retention_s]
+        for where, visitors in sketches.items():
+            key = self.key("hll", *where)
+            pipe.pfadd(key, *visitors)
+            pipe.expire(key, self.retention_s)
+            if self.exact.per_minute:
+                exact.append(self.key("vis", *where))
+                args.append(len(visitors))
+                args.extend(visitor_hash(v) for v in visitors)
+        if exact:
+            await self._add_visitors(keys=exact, args=args, client=pipe)
+        stamps = {str(minute): now_ms for minute, _, _ in sketches}
         for (minute, store), counters in cells.items():
             key = self.key("cells", minute)
             field = f"{store}|{partition}"
@@ -164,14 +282,11 @@ class KpiStore:
             else:
                 pipe.hdel(key, field)
             pipe.expire(key, self.retention_s)
-            pipe.zadd(self.key("changed"), {str(minute): now_ms})
-        sketches: dict[str, set[str]] = defaultdict(set)
-        for minute, store, dimension, visitor in presence:
-            sketches[self.key("hll", minute, store, dimension)].add(visitor)
-            sketches[self.key("hll", minute, "all", dimension)].add(visitor)
-        for key, visitors in sketches.items():
-            pipe.pfadd(key, *visitors)
-            pipe.expire(key, self.retention_s)
+            stamps[str(minute)] = now_ms
+        if stamps:
+            pipe.zadd(self.key("changed"), stamps)
+            # minutes whose cells have expired leave the stamps too
+            pipe.zremrangebyscore(self.key("changed"), "-inf", now_ms - self.retention_s * 1000)
         if open_tickets is not None:
             gauge = [[s, ch, pr, n] for (s, ch, pr), n in open_tickets.items()]
             pipe.hset(self.key("open"), str(partition), _pack(gauge))
@@ -215,9 +330,9 @@ class KpiStore:
         return sorted(int(_text(m)) for m in found if isinstance(m, bytes | str))
 
     async def visitors(self, minutes: Sequence[int], store: str, dimension: str | None) -> int:
-        """Distinct visitors over the minutes (HyperLogLog union)."""
-        keys = [self.key("hll", minute, store, dimension or "") for minute in minutes]
-        return int(await self.client.pfcount(*keys)) if keys else 0
+        """Distinct visitors over the minutes (exact while small, else HyperLogLog)."""
+        key = (tuple(minutes), store, dimension)
+        return (await self.visitor_counts([key]))[key]
 
     async def visitor_counts(
         self, keys: Iterable[tuple[tuple[int, ...], str, str | None]]
@@ -226,7 +341,16 @@ class KpiStore:
         ordered = list(keys)
         pipe = self.client.pipeline(transaction=False)
         for minutes, store, dimension in ordered:
-            pipe.pfcount(*(self.key("hll", m, store, dimension or "") for m in minutes))
+            sketches = [self.key("hll", m, store, dimension or "") for m in minutes]
+            if not sketches:
+                pipe.echo(0)
+            elif self.exact.union and len(sketches) <= _MAX_EXACT_MINUTES:
+                sets = [self.key("vis", m, store, dimension or "") for m in minutes]
+                await self._count_visitors(
+                    keys=[*sets, *sketches], args=[self.exact.union], client=pipe
+                )
+            else:
+                pipe.pfcount(*sketches)
         results = await pipe.execute() if ordered else []
         return {key: int(value) for key, value in zip(ordered, results, strict=True)}
 
@@ -240,11 +364,33 @@ class KpiStore:
 
     async def drop(self) -> int:
         """Delete every key of this namespace (a finished replay); returns how many."""
-        deleted = 0
+        deleted, batch = 0, []
         async for key in self.client.scan_iter(match=f"{self.ns}:*", count=1000):
-            deleted += int(await self.client.delete(key))
+            batch.append(key)
+            if len(batch) >= 1000:  # one round trip per thousand keys, not per key
+                deleted += int(await self.client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(await self.client.unlink(*batch))
         return deleted
 
     async def statuses(self) -> dict[int, dict[str, Any]]:
         raw = await self.client.hgetall(self.key("status"))
         return {int(p): _unpack(v) for p, v in raw.items()}
+
+    # --- backfill ---------------------------------------------------------------------------
+
+    async def backfill_plan(self) -> bytes | None:
+        """The plan of the backfill this namespace belongs to, if it is one."""
+        value = await self.client.get(self.key("backfill"))
+        return value.encode() if isinstance(value, str) else value
+
+    async def set_backfill_plan(self, plan: bytes) -> None:
+        await self.client.set(self.key("backfill"), plan)
+
+    async def count_keys(self, kind: str) -> int:
+        """How many keys of one kind the namespace holds (``dedup``: distinct accepted ids)."""
+        count = 0
+        async for _ in self.client.scan_iter(match=self.key(kind, "*"), count=5000):
+            count += 1
+        return count

@@ -18,7 +18,7 @@ def exporter_command() -> None:
 
     loaded = settings()
     where = endpoints(loaded)
-    store = KpiStore.connect(where.redis_url, loaded.namespace)
+    store = KpiStore.for_settings(loaded, where.redis_url)
     service = exporter.Exporter(store, exporter.ExporterConfig.from_settings(loaded))
     exporter_metrics = metrics.ExporterMetrics.create(
         CollectorRegistry(), exposition=service.exposition

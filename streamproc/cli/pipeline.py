@@ -37,8 +37,7 @@ def worker_command() -> None:
     where = endpoints(loaded)
     servers = where.bootstrap_servers
     partitions = asyncio.run(ensure_topics(loaded, servers))
-    store = KpiStore.connect(where.redis_url, loaded.namespace)
-    store.retention_s = loaded.redis_retention_seconds
+    store = KpiStore.for_settings(loaded, where.redis_url)
     registry = CollectorRegistry()
     worker_metrics = metrics.WorkerMetrics.create(
         registry, topics=loaded.topics_by_family, dlq_reasons=metrics.all_reasons()

@@ -98,7 +98,7 @@ class _Job:
 async def _replay(job: _Job) -> tuple[list[dict[str, object]], str]:
     run = job.settings
     started = time.monotonic()
-    store = KpiStore.connect(job.redis_url, run.namespace)
+    store = KpiStore.for_settings(run, job.redis_url)
     try:
         with progress() as bar, job.path.open("rb") as lines:
             task = bar.add_task("producing", total=job.size, events=0, rate=0.0)

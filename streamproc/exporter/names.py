@@ -65,7 +65,9 @@ def _seconds(kpi: str, what: str) -> dict[str, MetricName]:
 METRICS: dict[str, MetricName] = {
     "sessions": MetricName("shop_sessions", "Sessions started in the window.", CH_DEV),
     "unique_visitors": MetricName(
-        "shop_unique_visitors", "Distinct visitors in the window (HyperLogLog).", CH_DEV
+        "shop_unique_visitors",
+        "Distinct visitors in the window (exact while small, else HyperLogLog).",
+        CH_DEV,
     ),
     "page_views": MetricName("shop_page_views", "Page views in the window.", CH_DEV),
     "orders": MetricName("shop_orders", "Orders placed in the window.", CH_DEV),

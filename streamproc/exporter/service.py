@@ -157,11 +157,13 @@ class Exporter:
             self._trailing.reset(end, cells)
             self._visitors = {}
             return
-        changed = self._trailing.update(cells)
+        # Visitor counts of every re-read minute are counted again, not only of minutes whose
+        # cells changed: a worker's batch may add visitors without changing a cell.
+        touched = self._trailing.update(cells) | set(cells)
         self._trailing.move(end)
-        if changed:
+        if touched:
             self._visitors = {
-                key: n for key, n in self._visitors.items() if changed.isdisjoint(key[0])
+                key: n for key, n in self._visitors.items() if touched.isdisjoint(key[0])
             }
 
     async def _visitor_counts(self, windows: list[Window]) -> dict[VisitorKey, int]:

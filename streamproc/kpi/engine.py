@@ -5,7 +5,7 @@ Per partition, persisted state is records (with per-topic offset markers), a met
 partials are a projection kept in memory: ``frozen + sum(contribute(record, watermark))``, rebuilt
 from the store after a restart or rebalance, so they are exact whatever was re-processed.
 
-One batch for one partition: ``on_time, late = engine.read(...)``; the caller drops duplicates; then
+One batch for one partition: ``verdicts = engine.read(...)``; the caller drops duplicates; then
 ``plan = engine.apply(...)`` computes everything; the caller publishes ``plan`` (Redis) and then
 stores ``plan.writes`` in order.
 """
@@ -42,6 +42,7 @@ from streamproc.kpi.records import (
     encode,
     new_offsets,
 )
+from streamproc.kpi.windows import MINUTE_MS, minute_of
 
 Record = SessionRecord | TicketRecord
 CLICKSTREAM, CART, ORDERS, TICKETS = range(TOPICS)
@@ -92,6 +93,15 @@ class Progress:
 
 
 @dataclass
+class Verdicts:
+    """What ``read`` made of a batch's events."""
+
+    on_time: list[Item]  # to absorb (after dedup), late ones included
+    too_late: list[Item]  # beyond max_lateness: for the dead-letter topic
+    late: int = 0  # of on_time, how many amend an already closed minute
+
+
+@dataclass
 class Plan:
     """The outcome of one batch or tick of one partition."""
 
@@ -128,7 +138,12 @@ def _new(key: str) -> Record:
 class PartitionEngine:
     """The in-memory projection and the logic of one partition."""
 
-    def __init__(self, partition: int, settings: EngineSettings, store: Store) -> None:
+    def __init__(
+        self, partition: int, settings: EngineSettings, store: Store, *, wall_ms: int = 0
+    ) -> None:
+        """``wall_ms``: when the engine starts. A partition counts as idle only an idle timeout
+        after that: a worker's first tick can come before its first fetch, and a backlog must not
+        be taken for silence (its events would all be too late)."""
         self.partition = partition
         self.settings = settings
         self.prefix = f"{partition}|"
@@ -137,7 +152,7 @@ class PartitionEngine:
         self.refs: dict[c.CellKey, int] = {}
         self.open_tickets: dict[tuple[str, str, str], int] = {}
         self.heap: list[tuple[int, str]] = []
-        self.last_event_wall_ms = 0
+        self.last_event_wall_ms = wall_ms
         self._load(store)
 
     # --- contributions --------------------------------------------------------------------
@@ -234,26 +249,28 @@ class PartitionEngine:
 
     # --- the batch --------------------------------------------------------------------------
 
-    def read(
-        self, items: Iterable[Item], progress: Progress, *, wall_ms: int = 0
-    ) -> tuple[list[Item], list[Item]]:
-        """Split valid events read into (on time, too late), in order.
+    def read(self, items: Iterable[Item], progress: Progress, *, wall_ms: int = 0) -> Verdicts:
+        """Judge valid events read: on time (late ones included) or too late, in order.
 
         Each event is judged against the watermark as it stands, then moves its topic's
         progress and the watermark on, so the verdicts do not depend on batch sizes.
         """
-        on_time: list[Item] = []
-        late: list[Item] = []
+        verdicts = Verdicts([], [])
         meta, max_lateness = self.meta, self.settings.max_lateness_ms
         for item in items:
             wm = meta.watermark
             t = item.event.event_time
-            (late if wm != NONE and t < wm - max_lateness else on_time).append(item)
+            if wm != NONE and t < wm - max_lateness:
+                verdicts.too_late.append(item)
+            else:
+                verdicts.on_time.append(item)
+                if wm != NONE and minute_of(t) + MINUTE_MS <= wm:
+                    verdicts.late += 1  # its minute is closed: it amends it
             if t > meta.max_ts[item.topic]:
                 meta.max_ts[item.topic] = int(t)
                 self._advance(progress, idle=False)
             self.last_event_wall_ms = wall_ms
-        return on_time, late
+        return verdicts
 
     def apply(self, items: list[Item], progress: Progress, store: Store) -> Plan:
         """Absorb accepted events, advance the watermark, re-evaluate and evict; plan the writes."""
@@ -314,7 +331,10 @@ class PartitionEngine:
                 self.scheduled.pop(key, None)
             else:
                 records.append((self.prefix + key, encode(record)))
-                self._schedule(key, record, after)
+                if watermark < NEVER:
+                    self._schedule(key, record, after)
+                else:  # the input has ended: nothing can change it, never look at it again
+                    self.scheduled.pop(key, None)
         for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
             self._freeze(store, frozen, key, deadline, after)  # in cursor order
         plan.evicted = len(evictions)

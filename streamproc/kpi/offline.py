@@ -66,6 +66,7 @@ class OfflineResult:
     visitors: dict[tuple[int, str, str], set[str]]
     open_tickets: dict[tuple[str, str, str], int]
     too_late: int = 0
+    late: int = 0  # accepted events that amended an already closed minute
     duplicates: int = 0
     invalid: int = 0
     published: dict[tuple[int, int, str], c.Counters] = field(default_factory=dict)
@@ -204,10 +205,11 @@ class OfflinePipeline:
                 result.invalid += 1
                 continue
             items.append(Item(event, topic, offset, self.labels.label(event.store_id)))
-        on_time, late = engine.read(items, progress)
-        result.too_late += len(late)
+        verdicts = engine.read(items, progress)
+        result.too_late += len(verdicts.too_late)
+        result.late += verdicts.late
         accepted = []
-        for item in on_time:
+        for item in verdicts.on_time:
             here = (engine.partition, topic, item.offset)
             if self.first_seen.setdefault(item.event.event_id, here) != here:
                 result.duplicates += 1

@@ -14,8 +14,10 @@ from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi import counters as c
 from streamproc.kpi import offline
+from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
 from streamproc.kpi.offline import MemoryStore, OfflinePipeline
+from streamproc.kpi.records import encode
 from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -151,6 +153,39 @@ def test_sessions_and_carts_close_when_traffic_stops() -> None:
     assert cell[c.CARTS_ABANDONED] == 1 and cell.get(c.CARTS_UNDECIDED, 0) == 0
 
 
+def test_once_the_input_has_ended_records_are_not_looked_at_again() -> None:
+    # Each tick of a finished partition re-evaluated every record it held, starving the others.
+    store = MemoryStore()
+    engine = PartitionEngine(0, SETTINGS, store)
+    items = [
+        Item(_event("page_view", T0 + n * 1000, f"e{n}", session_id=f"s{n}"), 0, n, "store-01")
+        for n in range(5)
+    ]
+    engine.read(items, Progress())
+    store.apply(engine.apply(items, Progress(), store).writes)
+    ended = Progress(ended=frozenset(range(4)))
+    final = engine.apply([], ended, store)
+    store.apply(final.writes)
+    assert final.watermark == NEVER and final.cells
+    assert not engine.scheduled
+    again = engine.apply([], ended, store)
+    assert again.writes == [(engine.prefix + "m", encode(engine.meta))] and not again.cells
+
+
+def test_a_new_engine_is_not_idle_before_an_idle_timeout_has_passed() -> None:
+    # A worker's first tick can come before its first fetch: no backlog is known yet, and a
+    # backlog of old events must not be judged against a wall-clock watermark.
+    old = T0 - 3 * HOUR_MS
+    engine = PartitionEngine(0, SETTINGS, MemoryStore(), wall_ms=T0)
+    engine.apply([], Progress(wall_ms=T0 + 1000), MemoryStore())
+    verdicts = engine.read([Item(_event("page_view", old, "a"), 0, 0, "store-01")], Progress())
+    assert verdicts.too_late == [] and len(verdicts.on_time) == 1
+    quiet = PartitionEngine(1, SETTINGS, MemoryStore(), wall_ms=T0)
+    quiet.apply([], Progress(wall_ms=T0 + SETTINGS.idle_timeout_ms), MemoryStore())
+    refused = quiet.read([Item(_event("page_view", old, "b"), 0, 0, "store-01")], Progress())
+    assert len(refused.too_late) == 1  # truly idle for a timeout: the wall clock counts
+
+
 def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
     store = MemoryStore()
     engine = PartitionEngine(0, SETTINGS, store)
@@ -165,8 +200,10 @@ def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
         _event("page_view", T0 + HOUR_MS + 10 * 60_000, "c", session_id="s3"), 0, 2, "store-01"
     )
     too_late = Item(_event("page_view", T0 + 30 * 60_000, "d", session_id="s4"), 0, 3, "store-01")
-    on_time, refused = engine.read([late, too_late], Progress())
-    assert on_time == [late] and refused == [too_late]
+    verdicts = engine.read([late, too_late], Progress())
+    assert verdicts.on_time == [late] and verdicts.too_late == [too_late]
+    assert verdicts.late == 1
+    on_time = verdicts.on_time
     before = engine.sums.get((late.event.event_time - late.event.event_time % 60_000, "store-01"))
     plan = engine.apply(on_time, Progress(), store)
     after = plan.cells[(late.event.event_time - late.event.event_time % 60_000, "store-01")]
