@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from streamproc.deadletter import DeadLetter
 from streamproc.errors import ConfigError, StreamprocError
 from streamproc.events.models import Family
 
@@ -182,3 +183,217 @@ class Producer:
                 key = (meta.topic, meta.partition)
                 if meta.offset > last.get(key, -1):
                     last[key] = meta.offset
+
+
+# --- offsets and timestamps (backfill) -----------------------------------------------------------
+
+TopicPart = tuple[str, int]
+
+
+async def partition_counts(bootstrap_servers: str, topics: Iterable[str]) -> dict[str, int]:
+    """Partition count of each topic that exists (missing topics are left out, not created)."""
+    wanted = list(topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        present = [name for name in wanted if name in existing]
+        described = await admin.describe_topics(present) if present else []
+    except KafkaError as exc:
+        raise BrokerError(f"broker {bootstrap_servers}: {exc}") from exc
+    finally:
+        await admin.close()
+    return {item["topic"]: len(item["partitions"]) for item in described}
+
+
+async def delete_topics(bootstrap_servers: str, names: Iterable[str]) -> list[str]:
+    """Delete the given topics that exist; returns the deleted names."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        doomed = [name for name in names if name in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    except KafkaError as exc:
+        raise BrokerError(f"broker {bootstrap_servers}: {exc}") from exc
+    finally:
+        await admin.close()
+    return doomed
+
+
+class OffsetReader:
+    """Offsets, record timestamps and a group's committed positions, read with a plain consumer.
+
+    ``group`` is only needed for ``commit`` and ``committed``; the consumer never joins it.
+    End offsets come from fetch responses (the high watermark), not from ListOffsets LATEST:
+    some brokers (Tansu) answer LATEST with the last batch's base offset + 1.
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, *, group: str | None = None, stall_s: float = 30.0
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.stall_s = stall_s
+        self._skipped: set[TopicPart] = set()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+
+    async def __aenter__(self) -> OffsetReader:
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self._consumer.stop()
+            raise BrokerError(f"cannot connect to Kafka {self.bootstrap_servers}: {exc}") from exc
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._consumer.stop()
+
+    def _assign(self, partitions: Iterable[TopicPart]) -> list[TopicPartition]:
+        tps = [TopicPartition(topic, partition) for topic, partition in partitions]
+        if tps:  # aiokafka 0.14: after assign([]) a consumer that has fetched never stops
+            self._consumer.assign(tps)
+        return tps
+
+    async def beginnings(self, partitions: Iterable[TopicPart]) -> dict[TopicPart, int]:
+        """The first offset still in each partition (ListOffsets EARLIEST)."""
+        tps = self._assign(partitions)
+        try:
+            found = await self._consumer.beginning_offsets(tps)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot list offsets: {exc}") from exc
+        return {(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}
+
+    async def highwaters(self, partitions: Iterable[TopicPart]) -> dict[TopicPart, int]:
+        """The end (the next offset to be written) of each partition, from fetch responses."""
+        tps = self._assign(partitions)
+        consumer = self._consumer
+        try:
+            latest = await consumer.end_offsets(tps)  # at or below the end: fetch from there
+        except KafkaError as exc:
+            raise BrokerError(f"cannot list offsets: {exc}") from exc
+        for tp in tps:
+            consumer.seek(tp, latest[tp])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stall_s
+        while any(consumer.highwater(tp) is None for tp in tps):
+            if loop.time() > deadline:
+                raise BrokerError(f"no fetch response from {self.bootstrap_servers}")
+            await consumer.getmany(timeout_ms=200, max_records=1)
+        return {(tp.topic, tp.partition): int(consumer.highwater(tp)) for tp in tps}
+
+    async def offsets_for_time(
+        self, partitions: Iterable[TopicPart], timestamp_ms: int
+    ) -> dict[TopicPart, int | None]:
+        """The broker's answer to ListOffsets by timestamp (None: no record at or after it)."""
+        tps = self._assign(partitions)
+        try:
+            found = await self._consumer.offsets_for_times(dict.fromkeys(tps, timestamp_ms))
+        except KafkaError as exc:
+            raise BrokerError(f"cannot look up offsets by time: {exc}") from exc
+        return {
+            (tp.topic, tp.partition): (int(hit.offset) if hit is not None else None)
+            for tp, hit in found.items()
+        }
+
+    async def timestamps(
+        self, ranges: Mapping[TopicPart, tuple[int, int]]
+    ) -> AsyncIterator[tuple[TopicPart, list[tuple[int, int]]]]:
+        """(offset, record timestamp) of the records in each ``[start, stop)``, in offset order,
+        batch by batch; values are never decoded. ``skip(partition)`` stops reading one."""
+        async for key, records in self._records(ranges):
+            yield key, [(record.offset, record.timestamp) for record in records]
+
+    def skip(self, partition: TopicPart) -> None:
+        """Stop reading one partition in ``timestamps`` (its answer is known)."""
+        self._skipped.add(partition)
+
+    async def _records(
+        self, ranges: Mapping[TopicPart, tuple[int, int]]
+    ) -> AsyncIterator[tuple[TopicPart, list[Any]]]:
+        todo = {key: span for key, span in ranges.items() if span[0] < span[1]}
+        self._skipped = set()
+        if not todo:
+            return
+        tps = self._assign(todo)
+        consumer = self._consumer
+        for tp in tps:
+            consumer.seek(tp, todo[(tp.topic, tp.partition)][0])
+        active = set(tps)
+        loop = asyncio.get_running_loop()
+        last_data = loop.time()
+        while active:
+            got = await consumer.getmany(*active, timeout_ms=500, max_records=50_000)
+            if got:
+                last_data = loop.time()
+            elif loop.time() - last_data > self.stall_s:
+                raise BrokerError(f"no records from {self.bootstrap_servers} in {self.stall_s} s")
+            for tp, records in got.items():
+                key = (tp.topic, tp.partition)
+                stop = todo[key][1]
+                yield key, [record for record in records if record.offset < stop]
+            for tp in list(active):
+                key = (tp.topic, tp.partition)
+                if key in self._skipped or await consumer.position(tp) >= todo[key][1]:
+                    active.discard(tp)
+                    consumer.pause(tp)
+
+    async def commit(self, offsets: Mapping[TopicPart, int]) -> None:
+        """Commit these positions for the group (it must have no active members)."""
+        tps = self._assign(offsets)
+        try:
+            await self._consumer.commit({tp: offsets[(tp.topic, tp.partition)] for tp in tps})
+        except KafkaError as exc:
+            raise BrokerError(f"cannot commit offsets: {exc}") from exc
+
+    async def committed(self, partitions: Iterable[TopicPart]) -> dict[TopicPart, int | None]:
+        """The group's committed position of each partition (None: never committed)."""
+        found: dict[TopicPart, int | None] = {}
+        try:
+            for topic, partition in partitions:
+                offset = await self._consumer.committed(TopicPartition(topic, partition))
+                found[(topic, partition)] = int(offset) if offset is not None else None
+        except KafkaError as exc:
+            raise BrokerError(f"cannot read committed offsets: {exc}") from exc
+        return found
+
+    async def dead_letters(self, topic: str) -> list[DeadLetter]:
+        """Every dead letter in a dead-letter topic (none when the topic does not exist)."""
+        counts = await partition_counts(self.bootstrap_servers, [topic])
+        parts = [(topic, p) for p in range(counts.get(topic, 0))]
+        if not parts:
+            return []
+        starts = await self.beginnings(parts)
+        ends = await self.highwaters(parts)
+        found: list[DeadLetter] = []
+        async for _, records in self._records({k: (starts[k], ends[k]) for k in parts}):
+            found.extend(DeadLetter.from_headers(record.headers) for record in records)
+        return found
+
+
+async def seal(bootstrap_servers: str, topic: str, *, key: bytes) -> int:
+    """Append a tombstone for ``key`` to every partition of ``topic``, each in a batch of its own;
+    returns the partitions sealed (0 when the topic does not exist).
+
+    Brokers that answer ListOffsets LATEST with the last batch's base offset + 1 (Tansu) then give
+    the true end of each partition, so a reader that trusts LATEST (Faust's table recovery)
+    reads everything before the tombstone.
+    """
+    counts = await partition_counts(bootstrap_servers, [topic])
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=0)
+    try:
+        await producer.start()
+        for partition in range(counts.get(topic, 0)):
+            await producer.send_and_wait(topic, None, key=key, partition=partition)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot write to {topic}: {exc}") from exc
+    finally:
+        await producer.stop()
+    return counts.get(topic, 0)

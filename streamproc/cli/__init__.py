@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from streamproc import __version__
-from streamproc.cli import demo, dev, exporter, pipeline, replay, simulate  # noqa: F401  (registers the sub-commands)
+from streamproc.cli import backfill, demo, dev, exporter, pipeline, replay, simulate  # noqa: F401  (registers the sub-commands)
 from streamproc.cli.common import app, err, out
 from streamproc.config import describe_settings
 from streamproc.errors import StreamprocError

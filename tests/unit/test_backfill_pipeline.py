@@ -1,0 +1,121 @@
+"""The pipeline ignores what lies at or beyond a partition's known end (a backfill's live input
+keeps growing past it), yet counts the partition as read to there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from helpers import T0_MS, dumps, make_event
+
+from streamproc.config import load_settings
+from streamproc.deadletter import DeadLetter
+from streamproc.events.models import Family
+from streamproc.events.parse import EventDecoder
+from streamproc.ingest import BatchDecoder, Message
+from streamproc.kpi.contrib import NEVER
+from streamproc.kpi.engine import FAMILY_INDEX
+from streamproc.pipeline import Pipeline
+
+SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1)
+CLICKS = SETTINGS.topic_clickstream
+
+
+class FakeStore:
+    """The KpiStore calls the pipeline makes, in memory."""
+
+    def __init__(self, ends: dict[tuple[str, int], int]) -> None:
+        self.ends = ends
+        self.seen: list[str] = []  # event ids asked about, in order
+        self.watermarks: list[int] = []
+
+    async def end_offsets(self) -> dict[tuple[str, int], int]:
+        return dict(self.ends)
+
+    async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:
+        return {store: store for store in stores}
+
+    async def first_occurrences(
+        self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
+    ) -> list[bool]:
+        self.seen += ids
+        return [True] * len(ids)
+
+    async def publish(self, partition: int, **parts: Any) -> None:
+        self.watermarks.append(parts["status"].watermark)
+
+
+class Table(dict[str, bytes]):
+    def scan(self) -> Iterable[str]:
+        return list(self)
+
+    def write(self, writes: list[tuple[str, bytes | None]], anchor: object) -> None:
+        for key, value in writes:
+            if value is None:
+                self.pop(key, None)
+            else:
+                self[key] = value
+
+
+def pipeline(store: FakeStore, letters: list[DeadLetter]) -> Pipeline:
+    async def dead_letter(message: Message, letter: DeadLetter) -> None:
+        letters.append(letter)
+
+    decoder = EventDecoder()
+    return Pipeline(
+        SETTINGS,
+        store=store,  # type: ignore[arg-type]
+        table=Table(),
+        decoders={t: BatchDecoder(decoder, f) for f, t in SETTINGS.topics_by_family.items()},
+        dead_letter=dead_letter,
+        highwater=lambda topic, partition: None,
+        owned=lambda: {0},
+        clock=lambda: T0_MS / 1000 + 60,
+    )
+
+
+def messages(offsets: range, *, bad: int | None = None) -> list[Message]:
+    found = []
+    for offset in offsets:
+        value = dumps(make_event("page_view", event_id=f"e{offset}", session_id=f"s{offset}"))
+        found.append(
+            Message(CLICKS, 0, offset, T0_MS, b"k", b"not json" if offset == bad else value)
+        )
+    return found
+
+
+async def test_messages_at_or_past_the_end_count_nowhere_but_the_partition_is_read() -> None:
+    ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 3}
+    store, letters = FakeStore(ends), []
+    pipe = pipeline(store, letters)
+    counts = await pipe.on_batch(CLICKS, messages(range(6), bad=4), {0: object()})
+    assert store.seen == ["e0", "e1", "e2"]  # only these reached dedup and the engine
+    assert counts.valid == {"page_view": 3}
+    assert letters == [] and counts.dead_letters == {}  # the bad message lies beyond the end
+    assert pipe.processed[(CLICKS, 0)] == 5
+    progress = pipe.progress(0, T0_MS)
+    assert FAMILY_INDEX[Family.CLICKSTREAM] in progress.ended and not progress.backlog
+    await pipe.on_tick(0, object())  # every topic read to its end: all values are final
+    assert store.watermarks[-1] >= NEVER
+
+
+async def test_a_batch_wholly_past_the_end_still_ends_the_topic() -> None:
+    ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 3}
+    store, letters = FakeStore(ends), []
+    pipe = pipeline(store, letters)
+    await pipe.on_batch(CLICKS, messages(range(2)), {0: object()})
+    await pipe.on_tick(0, object())
+    assert store.watermarks[-1] < NEVER  # offset 2 is still to be read
+    await pipe.on_batch(CLICKS, messages(range(7, 9)), {0: object()})  # the live topic went on
+    assert store.seen == ["e0", "e1"]
+    await pipe.on_tick(0, object())
+    assert store.watermarks[-1] >= NEVER
+
+
+async def test_without_known_ends_every_message_counts() -> None:
+    store, letters = FakeStore({}), []
+    pipe = pipeline(store, letters)
+    counts = await pipe.on_batch(CLICKS, messages(range(6), bad=4), {0: object()})
+    assert store.seen == ["e0", "e1", "e2", "e3", "e5"]
+    assert [letter.reason for letter in letters] == ["not_json"]
+    assert counts.valid == {"page_view": 5}
