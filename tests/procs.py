@@ -12,6 +12,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+import redis
+
+
+def drop_keys(redis_url: str, prefix: str) -> int:
+    """Delete every Redis key starting with ``prefix`` (a test's namespace); returns how many."""
+    client = redis.Redis.from_url(redis_url)
+    deleted, batch = 0, []
+    try:
+        for key in client.scan_iter(match=f"{prefix}*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                deleted += int(client.unlink(*batch))
+                batch.clear()
+        if batch:
+            deleted += int(client.unlink(*batch))
+    finally:
+        client.close()
+    return deleted
+
 
 def free_port() -> int:
     with socket.socket() as sock:
