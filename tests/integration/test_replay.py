@@ -133,7 +133,14 @@ def test_replay_of_real_traffic(stack: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "workers",
     [
-        1,
+        pytest.param(
+            1,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="known bug (issue #3, open): the restarted worker's table recovery trusts "
+                "ListOffsets LATEST, which Tansu answers with the last batch's base offset + 1",
+            ),
+        ),
         pytest.param(
             2,
             marks=pytest.mark.xfail(
