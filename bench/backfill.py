@@ -24,13 +24,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from streamproc import broker
 from streamproc.devstack import DevStack
 from streamproc.eventfile import Unroutable, routable
 from streamproc.events.models import Family
 from streamproc.simulate import Anomalies, SimConfig, simulate, write_jsonl
+from streamproc.store import KpiStore
 
 RECORDS_PER_SESSION = 10.5  # measured on the simulator's defaults (anomalies included)
 
@@ -100,14 +99,12 @@ def backfill(
 
 
 async def drop(redis_url: str, namespace: str) -> None:
-    """Delete a run's Redis namespace (a million dedup keys: in chunks, not one by one)."""
-    client = aioredis.Redis.from_url(redis_url)
+    """Delete a run's Redis namespace (``KpiStore.drop``: unlinks in batches of a thousand)."""
+    store = KpiStore.connect(redis_url, namespace)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{namespace}:*", count=10_000)]
-        for chunk in range(0, len(keys), 10_000):
-            await client.unlink(*keys[chunk : chunk + 10_000])
+        await store.drop()
     finally:
-        await client.aclose()
+        await store.aclose()
 
 
 def main() -> None:

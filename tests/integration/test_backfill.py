@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from procs import StreamprocProcess, free_port
+from procs import StreamprocProcess, drop_keys, free_port
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
 from reference.report import compare_reports
@@ -196,17 +196,7 @@ def topics(stack: StackInfo) -> Iterator[Topics]:
 
     coordinates = asyncio.run(setup())
     yield Topics(stack, namespace, lines, coordinates, env)
-    asyncio.run(drop_namespaces(stack.redis_url, namespace))
-
-
-async def drop_namespaces(url: str, prefix: str) -> None:
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=5000)]
-        for chunk in range(0, len(keys), 5000):
-            await client.unlink(*keys[chunk : chunk + 5000])
-    finally:
-        await client.aclose()
+    drop_keys(stack.redis_url, namespace)
 
 
 def backfill_args(name: str, out: Path, *extra: str) -> list[str]:
