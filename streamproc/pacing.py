@@ -21,15 +21,18 @@ async def paced(
     *,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    speed: float = 1.0,
     granularity_s: float = 0.02,
 ) -> AsyncIterator[T]:
     """Yield each record once ``clock()`` has reached its ``arrival_ms``.
 
-    Records already due come at once (a start in the past catches up, then runs live); the
-    generator sleeps only when the next record is more than ``granularity_s`` ahead.
+    ``clock`` may run ``speed`` times faster than the wall clock that ``sleep`` waits on (a
+    simulation replayed at 120x): a wait is divided by it. Records already due come at once (a
+    start in the past catches up, then runs live); the generator sleeps only when the next record
+    is more than ``granularity_s`` (of the wall clock) ahead.
     """
     for record in records:
-        wait = record.arrival_ms / 1000 - clock()
+        wait = (record.arrival_ms / 1000 - clock()) / speed
         if wait > granularity_s:
             await sleep(wait)
         yield record

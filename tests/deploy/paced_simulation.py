@@ -71,7 +71,8 @@ async def produce(sim: SimConfig, *, wall_start: float, speed: float) -> None:
     sys.stdout.write(f"producing from {sim.start.isoformat()}\n")
     sys.stdout.flush()
     async with broker.Producer(settings.bootstrap_servers) as producer:
-        await broker.publish(paced(simulate(sim), clock=clock), producer, settings.topics_by_family)
+        records = paced(simulate(sim), clock=clock, speed=speed)
+        await broker.publish(records, producer, settings.topics_by_family)
 
 
 def main() -> None:

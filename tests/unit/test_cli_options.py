@@ -68,3 +68,22 @@ async def test_paced_releases_records_at_their_time() -> None:
     out = [r async for r in paced(records, clock=lambda: now[0], sleep=sleep)]
     assert out == records
     assert slept == [2.5]  # due records go at once; 10 ms is under the granularity
+
+
+async def test_paced_sleeps_wall_seconds_when_its_clock_runs_faster() -> None:
+    """A clock at 120x: a gap of 60 clock seconds is half a wall second, not a minute (the
+    end-to-end test's simulator once paused for up to two minutes at its first gap)."""
+    speed, wall = 120.0, [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 3))
+        wall[0] += seconds
+
+    def clock() -> float:
+        return 1000.0 + wall[0] * speed
+
+    records = [Rec(1_000_000), Rec(1_060_000), Rec(1_060_001)]
+    out = [r async for r in paced(records, clock=clock, sleep=sleep, speed=speed)]
+    assert out == records
+    assert slept == [0.5]
