@@ -8,6 +8,8 @@ per partition back as the anchor of its writes (``Stream._set_current_event``, a
 the pinned faust version). Ticks, one per owned partition every second on an internal topic that
 is co-partitioned with the input, let the watermark advance and sessions close without events.
 Faust's own web server is off: ``/metrics`` is served from a thread by ``metrics.serve``.
+Table recovery reads the changelog up to the fetch high watermark (``_Consumer``), not up
+to ListOffsets LATEST, which some brokers answer short.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streamproc.broker import OffsetReader
 from streamproc.config import Settings
 from streamproc.deadletter import DeadLetter
 from streamproc.events.parse import EventDecoder
@@ -83,6 +87,25 @@ class TableState:
             stream._set_current_event(previous)
 
 
+class _Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer with end offsets from a fetch response.
+
+    Table recovery reads each changelog partition up to ``highwaters()``; Faust asks ListOffsets
+    LATEST, which Tansu answers with the last batch's base offset + 1. Trusting it stops recovery
+    short of the last batch's other records, and a partition that moves between workers (or a
+    restarted worker) loses its newest state. Only recovery and standby reads call this.
+    """
+
+    async def highwaters(self, *partitions: TP) -> dict[TP, int]:
+        if not partitions:
+            return {}
+        listed = await super().highwaters(*partitions)
+        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.transport.url)
+        async with OffsetReader(bootstrap) as reader:
+            ends = await reader.highwaters((tp.topic, tp.partition) for tp in partitions)
+        return {tp: max(listed.get(tp) or 0, ends[(tp.topic, tp.partition)]) for tp in partitions}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -110,6 +133,7 @@ def create_app(
         worker_redirect_stdouts=False,
         table_standby_replicas=0,
     )
+    app.transport.Consumer = _Consumer  # type: ignore[misc]  # instance attribute, not class
     # bytes values use faust's raw serializer (the engine encodes records itself); str keys JSON
     table = app.Table("state", key_type=str, value_type=bytes, partitions=partitions)
     raw: dict[str, Any] = {

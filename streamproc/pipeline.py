@@ -123,9 +123,14 @@ class Pipeline:
         return engine
 
     def forget(self, partitions: Iterable[int]) -> None:
-        """Partitions moved to another worker: their state is rebuilt if they come back."""
-        for partition in partitions:
+        """Partitions moved to another worker: their state is rebuilt if they come back, and
+        what was read of them counts for nothing (Faust re-delivers from the committed offset)."""
+        gone = set(partitions)
+        for partition in gone:
             self.engines.pop(partition, None)
+            self.finished.discard(partition)
+        for key in [k for k in self.processed if k[1] in gone]:
+            del self.processed[key]
 
     async def refresh_ends(self) -> None:
         self.ends = await self.store.end_offsets()

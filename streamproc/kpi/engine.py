@@ -295,7 +295,7 @@ class PartitionEngine:
                 opened = self._open(store, key, previous, create=False)
                 if opened[0] is not None:
                     work[key] = opened
-        return self._settle(work, watermark, store)
+        return self._settle(work, watermark, previous, store)
 
     def _open(
         self, store: Store, key: str, watermark: int, *, create: bool
@@ -307,8 +307,21 @@ class PartitionEngine:
         return record, self.contribution(key, record, watermark)
 
     def _settle(
-        self, work: dict[str, tuple[Record, Contribution]], watermark: int, store: Store
+        self,
+        work: dict[str, tuple[Record, Contribution]],
+        watermark: int,
+        previous: int,
+        store: Store,
     ) -> Plan:
+        """Re-evaluate the records in ``work`` at ``watermark`` and plan the writes.
+
+        Records leave the store (and cells memory) only once ``previous``, the watermark of the
+        plan before, has passed their deadline: that watermark is in the changelog before any of
+        this plan's deletes. A crash can cut a plan's writes short; were a delete kept and this
+        plan's watermark (written last) lost, the restarted engine would judge the re-delivered
+        events of the deleted record against the older watermark, take them as on time and count
+        them a second time in a new record.
+        """
         plan = Plan(self.partition, watermark=watermark)
         self.applied_watermark = watermark
         changed: set[c.CellKey] = set()
@@ -325,7 +338,7 @@ class PartitionEngine:
             plan.presence |= after.presence - before.presence
             deadline = self.deadline(key, record)
             # The end of the input (NEVER) decides everything but is no reason to forget.
-            if deadline < watermark < NEVER:
+            if deadline < previous and watermark < NEVER:
                 evictions.append((deadline, key, after))
                 deletes.append((self.prefix + key, None))
                 self.scheduled.pop(key, None)
@@ -340,7 +353,7 @@ class PartitionEngine:
         plan.evicted = len(evictions)
         plan.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
         plan.writes = [(f"{self.prefix}f:{m_}:{s_}", encode(v)) for (m_, s_), v in frozen.items()]
-        plan.writes += records + deletes + self._forget_idle_cells(watermark)
+        plan.writes += records + deletes + self._forget_idle_cells(previous)
         plan.writes.append((self.prefix + "m", encode(self.meta)))
         if self.open_tickets != open_before:
             plan.open_tickets = dict(self.open_tickets)

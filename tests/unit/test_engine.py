@@ -195,6 +195,7 @@ def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
     ahead = [Item(_event("page_view", T0 + 2 * HOUR_MS, "b", session_id="s2"), 0, 1, "store-01")]
     engine.read(ahead, Progress())
     store.apply(engine.apply(ahead, Progress(), store).writes)
+    store.apply(engine.apply([], Progress(), store).writes)  # evictions come one plan later
     minute = T0 - T0 % 60_000
     late = Item(
         _event("page_view", T0 + HOUR_MS + 10 * 60_000, "c", session_id="s3"), 0, 2, "store-01"
@@ -209,6 +210,31 @@ def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
     after = plan.cells[(late.event.event_time - late.event.event_time % 60_000, "store-01")]
     assert before is None and after[c.SESSIONS] == 1 and after[c.PAGE_VIEWS] == 1
     assert (minute, "store-01") not in plan.cells
+
+
+def test_a_crash_that_keeps_a_plans_deletes_but_not_its_watermark_counts_nothing_twice() -> None:
+    """A kill can cut a plan's changelog writes short. Were the eviction of a session in the
+    changelog and the watermark that allowed it (written last) not, the restarted engine would
+    take the session's re-delivered events as on time and count the session a second time."""
+    store = MemoryStore()
+    engine = PartitionEngine(0, SETTINGS, store)
+    first = [Item(_event("page_view", T0, "a"), 0, 0, "store-01")]
+    ahead = [Item(_event("page_view", T0 + 2 * HOUR_MS, "b", session_id="s2"), 0, 1, "store-01")]
+    evicted = 0
+    for items in (first, ahead, [], []):
+        engine.read(items, Progress())
+        plan = engine.apply(items, Progress(), store)
+        if plan.evicted:  # the crash: everything of this plan but its watermark is written
+            evicted = plan.evicted
+            store.apply([w for w in plan.writes if w[0] != f"{engine.prefix}m"])
+            break
+        store.apply(plan.writes)
+    assert evicted == 1
+    restarted = PartitionEngine(0, SETTINGS, store)
+    verdicts = restarted.read(first + ahead, Progress())  # nothing was committed: all again
+    assert verdicts.too_late == first  # counted in the frozen sums, published, not again
+    plan = restarted.apply(verdicts.on_time, Progress(), store)
+    assert all(minute > T0 for minute, _ in plan.cells)
 
 
 def test_store_label_cap_folds_later_stores_into_other() -> None:
