@@ -145,7 +145,9 @@ class Pipeline:
                 ended.add(index)
                 continue
             high = self.highwater(topic, partition)
-            if (high is not None and high > done) or end is not None:
+            # No fetch response yet (None): the consumer may be slow to start; taking the
+            # partition for idle would move the watermark to the wall clock past its backlog.
+            if high is None or high > done or end is not None:
                 backlog.add(index)
         return Progress(frozenset(backlog), frozenset(ended), wall_ms)
 

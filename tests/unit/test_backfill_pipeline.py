@@ -15,7 +15,7 @@ from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import FAMILY_INDEX
-from streamproc.pipeline import Pipeline
+from streamproc.pipeline import Highwater, Pipeline
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1)
 CLICKS = SETTINGS.topic_clickstream
@@ -57,7 +57,12 @@ class Table(dict[str, bytes]):
                 self[key] = value
 
 
-def pipeline(store: FakeStore, letters: list[DeadLetter]) -> Pipeline:
+def pipeline(
+    store: FakeStore,
+    letters: list[DeadLetter],
+    *,
+    highwater: Highwater = lambda topic, partition: None,
+) -> Pipeline:
     async def dead_letter(message: Message, letter: DeadLetter) -> None:
         letters.append(letter)
 
@@ -68,7 +73,7 @@ def pipeline(store: FakeStore, letters: list[DeadLetter]) -> Pipeline:
         table=Table(),
         decoders={t: BatchDecoder(decoder, f) for f, t in SETTINGS.topics_by_family.items()},
         dead_letter=dead_letter,
-        highwater=lambda topic, partition: None,
+        highwater=highwater,
         owned=lambda: {0},
         clock=lambda: T0_MS / 1000 + 60,
     )
@@ -141,3 +146,19 @@ async def test_a_partition_assigned_again_is_read_again_before_it_counts_as_ende
     assert counts.valid == {"page_view": 3}
     assert letters == []  # none of them too late
     assert store.watermarks[-1] >= NEVER
+
+
+async def test_a_live_partition_is_not_idle_before_its_first_fetch_response() -> None:
+    """A live worker whose consumer has not fetched yet knows nothing of its backlog: the idle
+    advance would move the watermark to the wall clock and dead-letter that backlog as too
+    late. Once every topic had a fetch response (here: empty), quiet is idle."""
+    idle_s = SETTINGS.idle_timeout_seconds
+    for high, advances in ((None, False), (0, True)):
+        wall = [T0_MS / 1000]
+        pipe = pipeline(FakeStore({}), [], highwater=lambda topic, partition, h=high: h)
+        pipe.clock = lambda wall=wall: wall[0]
+        await pipe.on_tick(0, object())  # the engine starts
+        wall[0] += idle_s + 3600  # an hour past the idle timeout, no event
+        await pipe.on_tick(0, object())
+        watermark = pipe.engines[0].meta.watermark
+        assert (watermark >= T0_MS) is advances, (high, watermark)
