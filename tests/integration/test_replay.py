@@ -133,22 +133,13 @@ def test_replay_of_real_traffic(stack: Any, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "workers",
     [
-        pytest.param(
-            1,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known bug (issue #3, open): the restarted worker's table recovery trusts "
-                "ListOffsets LATEST, which Tansu answers with the last batch's base offset + 1",
-            ),
-        ),
+        1,
         pytest.param(
             2,
             marks=pytest.mark.xfail(
                 strict=False,
-                reason="known bug (issue #3, open): with two workers a SIGKILL sometimes loses "
-                "a few sessions. Suspected: the old owner of a partition still publishes "
-                "absolute cell values to Redis after the partition moved (no fencing per "
-                "partition), overwriting the new owner's",
+                reason="known bug (issue #3, open): with two workers, 1 run in 5 here (2026-11-23) "
+                "did not finish within its timeout after the SIGKILLs; cause not yet found",
             ),
         ),
     ],
