@@ -84,8 +84,17 @@ async def produce(
 class Workers:
     """Worker processes of one replay; stopped (SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self, env: dict[str, str], count: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        count: int,
+        log_dir: Path,
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """``preexec_fn`` runs in each worker process before it starts (see ``subprocess``)."""
         self.env = {**os.environ, **env, "STREAMPROC_WORKER_PORT": "0", "PYTHONUNBUFFERED": "1"}
+        self.preexec_fn = preexec_fn
         self.count = count
         self.log_dir = log_dir
         self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
@@ -104,6 +113,7 @@ class Workers:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self.preexec_fn,
         )
         self.procs.append((proc, log))
         return proc

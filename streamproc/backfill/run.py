@@ -20,7 +20,6 @@ import ctypes
 import json
 import logging
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -249,7 +248,8 @@ class Backfill:
                 env = worker_env(
                     self.settings, plan.name, bootstrap=self.bootstrap, redis_url=self.redis_url
                 )
-                with _Workers(env, workers, log_dir) as procs:
+                die = _die_with_parent if sys.platform == "linux" else None
+                with replay.Workers(env, workers, log_dir, preexec_fn=die) as procs:
                     await self._watch(plan, store, on_progress, procs.check, timeout_s)
             on_progress(
                 _progress(plan, {tp: plan.ends[tp] for tp in plan.ends}, await store.statuses())
@@ -391,20 +391,3 @@ def _die_with_parent() -> None:
     backfill never leaves workers running on its namespace."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class _Workers(replay.Workers):
-    """Replay's worker processes, made to die with this process (``_die_with_parent``)."""
-
-    def start(self, number: int) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"worker-{number}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamproc", "worker"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        self.procs.append((proc, log))
-        return proc
