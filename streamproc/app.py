@@ -19,8 +19,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
+from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 import faust
@@ -88,13 +89,26 @@ class TableState:
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    """Faust's consumer with end offsets from a fetch response.
+    """Faust's consumer with end offsets from a fetch response, and the committed offsets it was
+    placed at.
 
     Table recovery reads each changelog partition up to ``highwaters()``; Faust asks ListOffsets
     LATEST, which Tansu answers with the last batch's base offset + 1. Trusting it stops recovery
     short of the last batch's other records, and a partition that moves between workers (or a
     restarted worker) loses its newest state. Only recovery and standby reads call this.
+
+    ``placed_at`` keeps what ``seek_to_committed`` (Faust's seek after every assignment) found:
+    where this worker's reading of each partition starts.
     """
+
+    placed_at: Mapping[TP, int] = MappingProxyType({})
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        # aiokafka does not seek for 0 or None (nothing committed): reading starts at the
+        # beginning; a partition no longer assigned is dropped with the old mapping
+        self.placed_at = {tp: offset for tp, offset in committed.items() if offset}
+        return committed
 
     async def highwaters(self, *partitions: TP) -> dict[TP, int]:
         if not partitions:
@@ -154,6 +168,9 @@ def create_app(
             return None
         return int(value) if value is not None else None
 
+    def read_from(topic: str, partition: int) -> int | None:
+        return cast(_Consumer, app.consumer).placed_at.get(TP(topic, partition))
+
     def owned() -> set[int]:
         return {
             tp.partition
@@ -171,6 +188,7 @@ def create_app(
         },
         dead_letter=dead_letter,
         highwater=highwater,
+        read_from=read_from,
         owned=owned,
         clock=clock,
     )

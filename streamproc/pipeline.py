@@ -49,6 +49,10 @@ class StateTable(Protocol):
 
 DeadLetterSink = Callable[[Message, DeadLetter], Awaitable[None]]
 Highwater = Callable[[str, int], int | None]  # (topic, partition) -> next offset, or None
+# (topic, partition) -> the offset the consumer was placed at when it was assigned the partition
+# (the group's committed offset; None: from the beginning). Everything before it was absorbed by
+# an earlier owner, whose state this worker recovered: it is read, though never delivered here.
+ReadFrom = Callable[[str, int], int | None]
 Owned = Callable[[], set[int]]  # the input partitions this worker is assigned
 
 
@@ -88,6 +92,7 @@ class Pipeline:
         decoders: dict[str, BatchDecoder],
         dead_letter: DeadLetterSink,
         highwater: Highwater,
+        read_from: ReadFrom,
         owned: Owned,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,6 +102,7 @@ class Pipeline:
         self.decoders = decoders
         self.dead_letter = dead_letter
         self.highwater = highwater
+        self.read_from = read_from
         self.owned = owned
         self.clock = clock
         self.engine_settings = engine_settings(settings)
@@ -139,7 +145,10 @@ class Pipeline:
     def progress(self, partition: int, wall_ms: int) -> Progress:
         backlog, ended = set(), set()
         for index, topic in enumerate(self.topics):
-            done = self.processed.get((topic, partition), -1) + 1
+            done = max(
+                self.processed.get((topic, partition), -1) + 1,
+                self.read_from(topic, partition) or 0,
+            )
             end = self.ends.get((topic, partition))
             if end is not None and done >= end:
                 ended.add(index)

@@ -15,7 +15,7 @@ from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import FAMILY_INDEX
-from streamproc.pipeline import Highwater, Pipeline
+from streamproc.pipeline import Highwater, Pipeline, ReadFrom
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1)
 CLICKS = SETTINGS.topic_clickstream
@@ -62,6 +62,7 @@ def pipeline(
     letters: list[DeadLetter],
     *,
     highwater: Highwater = lambda topic, partition: None,
+    read_from: ReadFrom = lambda topic, partition: None,
 ) -> Pipeline:
     async def dead_letter(message: Message, letter: DeadLetter) -> None:
         letters.append(letter)
@@ -74,6 +75,7 @@ def pipeline(
         decoders={t: BatchDecoder(decoder, f) for f, t in SETTINGS.topics_by_family.items()},
         dead_letter=dead_letter,
         highwater=highwater,
+        read_from=read_from,
         owned=lambda: {0},
         clock=lambda: T0_MS / 1000 + 60,
     )
@@ -162,3 +164,16 @@ async def test_a_live_partition_is_not_idle_before_its_first_fetch_response() ->
         await pipe.on_tick(0, object())
         watermark = pipe.engines[0].meta.watermark
         assert (watermark >= T0_MS) is advances, (high, watermark)
+
+
+async def test_a_topic_an_earlier_owner_read_to_its_end_counts_as_ended() -> None:
+    """Assigned a partition whose earlier owner (killed, or moved by a rebalance) committed one
+    topic up to its end: Faust re-delivers nothing of that topic, so this worker reads nothing of
+    it. The consumer's committed start is the proof it was read; without it the partition waited
+    for that topic for ever (seen as a replay with two workers that never finished)."""
+    ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 3}
+    for start, final in ((None, False), (3, True)):
+        store = FakeStore(ends)
+        pipe = pipeline(store, [], read_from=lambda topic, partition, s=start: s)
+        await pipe.on_tick(0, object())
+        assert (store.watermarks[-1] >= NEVER) is final, start
