@@ -61,10 +61,44 @@ def _message(event: Any) -> Message:
     )
 
 
+class _Deliveries:
+    """Futures of the messages a worker sends (state changelog, dead letters) until delivered.
+
+    Faust's commit is meant to flush the producer first, but its buffer's ``flush()`` gives up
+    after 0.1 s without a message sent, and then commits offsets whose state changes may still be
+    unsent: a SIGKILL at that moment loses them. Each batch waits for its messages before it is
+    acked (so before its offsets can be committed): Promise 1 does not rest on that flush.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Awaitable[Any]] = []
+
+    def add(self, future: Awaitable[Any]) -> None:
+        self.pending.append(future)
+
+    async def wait(self) -> None:
+        """Until every message sent so far is on the broker (or raise its error)."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
+class _Table(faust.Table[str, bytes]):
+    """Faust's table, handing the futures of its changelog sends to ``deliveries``."""
+
+    deliveries: _Deliveries | None = None
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        future = super().send_changelog(*args, **kwargs)
+        if self.deliveries is not None:
+            self.deliveries.add(future)
+        return future
+
+
 class TableState:
     """The pipeline's StateTable over a Faust table of bytes."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: _Table) -> None:
         self.table = table
 
     def get(self, key: str) -> bytes | None:
@@ -102,6 +136,28 @@ class _Consumer(faust_aiokafka.Consumer):
     """
 
     placed_at: Mapping[TP, int] = MappingProxyType({})
+    _held: frozenset[TP] = frozenset()
+
+    async def perform_seek(self) -> None:
+        """Faust's recovery resumes the stream partitions, awaits this seek, then resumes its
+        flow control, which empties the stream queues. What was fetched during the seek was
+        dropped unprocessed and fetching went on after it: a run of events never processed
+        (seen after restarts with a backlog). The stream partitions stay paused from here until
+        the flow is resumed, and the seek puts them back where reading must start."""
+        held = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
+        self.pause_partitions(held)
+        self._held = frozenset(held)
+        await super().perform_seek()
+
+    def resume_flow(self) -> None:
+        super().resume_flow()  # after Faust's flow control emptied the queues
+        held, self._held = self._held, frozenset()
+        if held:
+            self.resume_partitions(held & self.assignment())
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._held = frozenset()  # a new rebalance: its recovery pauses and resumes them
+        await super().on_partitions_revoked(revoked)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
@@ -146,10 +202,12 @@ def create_app(
         web_enabled=False,
         worker_redirect_stdouts=False,
         table_standby_replicas=0,
+        Table=_Table,
     )
     app.transport.Consumer = _Consumer  # type: ignore[misc]  # instance attribute, not class
     # bytes values use faust's raw serializer (the engine encodes records itself); str keys JSON
-    table = app.Table("state", key_type=str, value_type=bytes, partitions=partitions)
+    table = cast(_Table, app.Table("state", key_type=str, value_type=bytes, partitions=partitions))
+    deliveries = table.deliveries = _Deliveries()
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -159,7 +217,8 @@ def create_app(
     dlq = app.topic(settings.topic_dlq, **raw)
 
     async def dead_letter(message: Message, letter: DeadLetter) -> None:
-        await dlq.send(key=message.key, value=message.value, headers=letter.headers())
+        sent = await dlq.send(key=message.key, value=message.value, headers=letter.headers())
+        deliveries.add(sent)
 
     def highwater(topic: str, partition: int) -> int | None:
         try:
@@ -194,12 +253,12 @@ def create_app(
     )
     for name in settings.input_topics:
         app.agent(app.topic(name, **raw), name=f"consume-{name}", concurrency=1)(
-            _consumer(settings, pipeline, name, metrics)
+            _consumer(settings, pipeline, name, metrics, deliveries)
         )
     ticks = app.topic(
         f"{settings.namespace}-worker-ticks", partitions=partitions, internal=True, **raw
     )
-    _wire_ticks(app, ticks, pipeline, metrics, owned)
+    _wire_ticks(app, ticks, pipeline, metrics, owned, deliveries)
 
     async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
@@ -216,7 +275,11 @@ def create_app(
 
 
 def _consumer(
-    settings: Settings, pipeline: Pipeline, topic: str, metrics: WorkerMetrics
+    settings: Settings,
+    pipeline: Pipeline,
+    topic: str,
+    metrics: WorkerMetrics,
+    deliveries: _Deliveries,
 ) -> Callable[[Any], Any]:
     within = settings.batch_max_wait_ms / 1000
 
@@ -226,6 +289,7 @@ def _consumer(
             anchors: dict[int, object] = {e.message.partition: (stream, e) for e in events}
             messages = [_message(e) for e in events]
             counts = await _until_done(partial(pipeline.on_batch, topic, messages, anchors), topic)
+            await _until_done(deliveries.wait, topic)  # before take_events acks the batch
             _count(metrics, counts, len(events), time.perf_counter() - started)
 
     consume.__name__ = f"consume_{topic.replace('.', '_')}"
@@ -272,6 +336,7 @@ def _wire_ticks(
     pipeline: Pipeline,
     metrics: WorkerMetrics,
     owned: Callable[[], set[int]],
+    deliveries: _Deliveries,
 ) -> None:
     @app.agent(ticks, name="ticks", concurrency=1)
     async def tick(stream: Any) -> None:
@@ -279,6 +344,7 @@ def _wire_ticks(
             partition = event.message.partition
             tick = partial(pipeline.on_tick, partition, (stream, event))
             plan = await _until_done(tick, f"tick {partition}")
+            await _until_done(deliveries.wait, f"tick {partition}")
             await stream.ack(event)  # else the last tick holds up shutdowns and rebalances
             if plan is not None:
                 metrics.evicted.inc(plan.evicted)
