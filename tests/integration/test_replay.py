@@ -130,20 +130,7 @@ def test_replay_of_real_traffic(stack: Any, tmp_path: Path) -> None:
     agree(rows, REES46.read_bytes().splitlines())
 
 
-@pytest.mark.parametrize(
-    "workers",
-    [
-        1,
-        pytest.param(
-            2,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="known bug (issue #3, open): with two workers, 1 run in 5 here (2026-11-23) "
-                "did not finish within its timeout after the SIGKILLs; cause not yet found",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_workers_killed_at_random_and_restarted(
     simulated: tuple[Path, list[bytes]], stack: Any, tmp_path: Path, workers: int
 ) -> None:
