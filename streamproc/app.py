@@ -144,13 +144,22 @@ class _Consumer(faust_aiokafka.Consumer):
         dropped unprocessed and fetching went on after it: a run of events never processed
         (seen after restarts with a backlog). The stream partitions stay paused from here until
         the flow is resumed, and the seek puts them back where reading must start."""
-        held = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
-        self.pause_partitions(held)
-        self._held = frozenset(held)
+        held: set[TP] = set()
+        if self.flow_active:  # else a rebalance paused everything; its recovery resumes them
+            held = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
+            self.pause_partitions(held)
+            self._held = frozenset(held)
         await super().perform_seek()
+        for tp in held - set(self.placed_at):
+            # Nothing committed: aiokafka leaves the position where its prefetch got to, past
+            # records that may have been dropped with the queues. Reading starts at the
+            # beginning (a position before the log start resets to it: auto_offset_reset).
+            await self.seek(tp, 0)
 
     def resume_flow(self) -> None:
         super().resume_flow()  # after Faust's flow control emptied the queues
+        if self.app.in_recovery:  # the flow resumed to read changelogs: streams wait for it
+            return
         held, self._held = self._held, frozenset()
         if held:
             self.resume_partitions(held & self.assignment())

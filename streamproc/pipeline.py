@@ -171,6 +171,11 @@ class Pipeline:
         async with self.lock:
             if not self.ends_loaded:
                 await self.refresh_ends()
+            # Events fetched before a rebalance took their partition away: its new owner reads
+            # them again from the committed offset. Writing them here would put state into a
+            # changelog partition that another worker owns.
+            owned = self.owned()
+            messages = [m for m in messages if m.partition in owned]
             batch = self.decoders[topic].decode(self._before_end(topic, messages), now_ms=wall_ms)
             for message, letter in batch.dead_letters:
                 await self.dead_letter(message, letter)

@@ -177,3 +177,13 @@ async def test_a_topic_an_earlier_owner_read_to_its_end_counts_as_ended() -> Non
         pipe = pipeline(store, [], read_from=lambda topic, partition, s=start: s)
         await pipe.on_tick(0, object())
         assert (store.watermarks[-1] >= NEVER) is final, start
+
+
+async def test_events_of_a_partition_this_worker_no_longer_owns_change_nothing() -> None:
+    """Fetched before a rebalance moved their partition: the new owner reads them again."""
+    store, letters = FakeStore({}), []
+    pipe = pipeline(store, letters)
+    pipe.owned = lambda: set()
+    counts = await pipe.on_batch(CLICKS, messages(range(3), bad=1), {0: object()})
+    assert store.seen == [] and letters == [] and counts.valid == {}
+    assert not pipe.engines and not pipe.processed and not pipe.table.scan()
