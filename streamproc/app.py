@@ -10,6 +10,11 @@ is co-partitioned with the input, let the watermark advance and sessions close w
 Faust's own web server is off: ``/metrics`` is served from a thread by ``metrics.serve``.
 Table recovery reads the changelog up to the fetch high watermark (``_Consumer``), not up
 to ListOffsets LATEST, which some brokers answer short.
+
+Crash safety does not rest on Faust's own ordering: a batch is acked only once the changelog
+and dead-letter messages it sent are delivered (``_Deliveries``), and the consumer keeps the
+stream partitions paused through Faust's post-recovery seek, which would otherwise drop what
+was fetched meanwhile (``_Consumer.perform_seek``).
 """
 
 from __future__ import annotations
