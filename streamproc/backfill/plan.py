@@ -167,10 +167,12 @@ def worker_env(settings: Settings, name: str, *, bootstrap: str, redis_url: str)
 def stored_ends(plan: Plan, committed: Mapping[TopicPart, int | None]) -> dict[TopicPart, int]:
     """The end offsets the workers are given: the plan's, except 0 where nothing is left to read.
 
-    A worker knows a topic-partition is read to its end only from the messages it reads. One that
-    (re)starts at a committed position at or past the end (an empty range, a topic that is not
-    read, a resume, a rebalance) reads nothing there, so it could never tell; end 0 says "read
-    to the end" at once, and the end-offset filter drops whatever arrives there later.
+    A worker that (re)starts at a committed position at or past the end (an empty range, a topic
+    that is not read, a resume) reads nothing there; end 0 says "read to the end" at once, and the
+    end-offset filter drops whatever arrives there later; ``Backfill._watch`` lowers the ends so as
+    the committed offsets pass them (a rebalance during the run). The worker now also counts its
+    committed start as read (``Pipeline(read_from=)``), which covers the same cases; this older
+    route is redundant since, and kept until a run proves it can go.
     """
     ends = {}
     for tp, end in plan.ends.items():
