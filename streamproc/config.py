@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=65536, ge=1024, description="Larger messages are rejected (`too_large`)."
     )
+    dead_letter_max_bytes: int = Field(
+        default=524288,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="A dead letter's original key and value are kept up to this many bytes; a "
+        "larger one is cut to it, with headers giving its size and SHA-256. Keep it below the "
+        "broker's `message.max.bytes` (1 MiB by default).",
+    )
     max_future_seconds: int = Field(
         default=300,
         ge=0,
@@ -126,7 +134,9 @@ class Settings(BaseSettings):
         default=60,
         ge=1,
         description="After this long without events a partition's watermark advances with the "
-        "wall clock, so windows, sessions and carts close when traffic stops.",
+        "wall clock, so windows, sessions and carts close when traffic stops. Only once the "
+        "worker's consumer has had a fetch response for each of the partition's topics: a worker "
+        "that has not fetched yet does not know its backlog.",
     )
     session_timeout_seconds: int = Field(
         default=1800, ge=60, description="Inactivity (event time) that ends a session."
@@ -185,6 +195,20 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(
         default=200, ge=1, description="Longest an agent waits to fill a batch."
     )
+    max_event_failures: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="An event whose processing raises an error this many times in a row is "
+        "dead-lettered (`processing_error`) and the partition moves on.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="A Redis call without an answer this long counts as an outage: workers "
+        "hold and retry, the exporter keeps its last snapshot.",
+    )
     group_session_timeout_seconds: int = Field(
         default=10,
         ge=3,
@@ -217,6 +241,12 @@ class Settings(BaseSettings):
         le=3600,
         description="How often the exporter re-reads Redis and recomputes the KPIs; scrapes in "
         "between get the last result.",
+    )
+    exporter_stale_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="`/readyz` answers 503 once the exporter's last successful refresh is older "
+        "than this.",
     )
     state_dir: Path = Field(
         default=Path(".streamproc"),
