@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -36,6 +36,7 @@ from faust.types import TP
 from streamproc.broker import OffsetReader
 from streamproc.config import Settings
 from streamproc.deadletter import DeadLetter
+from streamproc.errors import TopicsChanged
 from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.metrics import WorkerMetrics
@@ -142,6 +143,26 @@ class _Consumer(faust_aiokafka.Consumer):
 
     placed_at: Mapping[TP, int] = MappingProxyType({})
     _held: frozenset[TP] = frozenset()
+    guarded: frozenset[str] = frozenset()  # the input topics: acked only once processed
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._released: set[Any] = set()
+
+    def release(self, messages: Iterable[Any]) -> None:
+        """These messages are processed (their state and dead letters delivered): their acks may
+        count. Faust acks a ``take_events`` batch in a ``finally``, so also when its processing
+        was cancelled (a shutdown, a crash elsewhere in the app) or raised; without this guard
+        the stop's commit moved past events that were never processed (seen: a worker stopped
+        while Redis was down committed 551 events it had not counted)."""
+        self._released.update(messages)
+
+    def ack(self, message: Any) -> bool:
+        if message.topic in self.guarded:
+            if message not in self._released:
+                return False  # never processed: its offset must not be committed
+            self._released.discard(message)
+        return bool(super().ack(message))
 
     async def perform_seek(self) -> None:
         """Faust's recovery resumes the stream partitions, awaits this seek, then resumes its
@@ -190,6 +211,24 @@ class _Consumer(faust_aiokafka.Consumer):
         return {tp: max(listed.get(tp) or 0, ends[(tp.topic, tp.partition)]) for tp in partitions}
 
 
+def state_topics(settings: Settings) -> dict[str, dict[str, str]]:
+    """The worker's own topics (its state table's changelog, its ticks) with their configs, as
+    Faust names them. ``streamproc worker`` creates them before Faust starts, with the input's
+    partition count: a broker auto-creates a topic a client asks for with its own default."""
+    app_id = _app_id(settings)
+    return {
+        f"{app_id}-{STATE_TABLE}-changelog": {"cleanup.policy": "compact"},
+        f"{app_id}-ticks": {},
+    }
+
+
+STATE_TABLE = "state"
+
+
+def _app_id(settings: Settings) -> str:
+    return f"{settings.namespace}-worker"
+
+
 def create_app(
     settings: Settings,
     *,
@@ -202,7 +241,7 @@ def create_app(
 ) -> faust.App:
     """Build the worker app: topics, the state table, agents and timers."""
     app = faust.App(
-        f"{settings.namespace}-worker",
+        _app_id(settings),
         broker=faust_broker_url(bootstrap_servers),
         store="memory://",
         autodiscover=False,
@@ -218,9 +257,12 @@ def create_app(
         table_standby_replicas=0,
         Table=_Table,
     )
-    app.transport.Consumer = _Consumer  # type: ignore[misc]  # instance attribute, not class
+    guarded = type("_GuardedConsumer", (_Consumer,), {"guarded": frozenset(settings.input_topics)})
+    app.transport.Consumer = guarded  # type: ignore[misc]  # instance attribute, not class
     # bytes values use faust's raw serializer (the engine encodes records itself); str keys JSON
-    table = cast(_Table, app.Table("state", key_type=str, value_type=bytes, partitions=partitions))
+    table = cast(
+        _Table, app.Table(STATE_TABLE, key_type=str, value_type=bytes, partitions=partitions)
+    )
     deliveries = table.deliveries = _Deliveries()
     raw: dict[str, Any] = {
         "key_type": bytes,
@@ -251,6 +293,7 @@ def create_app(
             if tp.topic == settings.topic_clickstream
         }
 
+    hold = _Holding(metrics)
     pipeline = Pipeline(
         settings,
         store=store,
@@ -267,12 +310,11 @@ def create_app(
     )
     for name in settings.input_topics:
         app.agent(app.topic(name, **raw), name=f"consume-{name}", concurrency=1)(
-            _consumer(settings, pipeline, name, metrics, deliveries)
+            _consumer(settings, pipeline, name, metrics, deliveries, hold)
         )
-    ticks = app.topic(
-        f"{settings.namespace}-worker-ticks", partitions=partitions, internal=True, **raw
-    )
-    _wire_ticks(app, ticks, pipeline, metrics, owned, deliveries)
+    ticks = app.topic(f"{_app_id(settings)}-ticks", partitions=partitions, internal=True, **raw)
+    _wire_ticks(app, ticks, pipeline, metrics, owned, deliveries, hold)
+    _watch_topics(app, dict.fromkeys((*settings.input_topics, *state_topics(settings)), partitions))
 
     async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
@@ -288,47 +330,93 @@ def create_app(
     return app
 
 
+class _Holding:
+    """The one retry path of the worker's Redis calls (batches, ticks, timers).
+
+    A transient Redis error holds the work: it is retried with backoff until Redis answers, while
+    the batch stays unacked, so no offset past it is committed (the consumer stops fetching once
+    its buffers are full). One line is logged when an outage starts and one when it ends. Any
+    other error stops the worker: see ``__call__``.
+    """
+
+    MAX_DELAY_S = 5.0
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self.since: float | None = None  # when the current outage began (monotonic)
+
+    async def __call__(self, work: Callable[[], Awaitable[T]], what: str) -> T:
+        """``work()`` once it succeeds.
+
+        An exception must not leave an agent: ``take_events`` acks a batch even when its
+        processing raised, and a crashed agent is restarted past it. Exiting at once keeps the
+        batch's offsets uncommitted, so it is processed again after the restart. (An error one
+        event causes is handled by the pipeline: that event becomes a dead letter.)
+        """
+        delay = 0.2
+        while True:
+            try:
+                result = await work()
+            except TRANSIENT as exc:
+                self.metrics.redis_retries.inc()
+                if self.since is None:
+                    self.since = time.monotonic()
+                    logger.warning(
+                        "Redis is unavailable (%s: %s): %s is held, nothing is committed, "
+                        "retrying until it answers",
+                        type(exc).__name__,
+                        exc,
+                        what,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.MAX_DELAY_S)
+                continue
+            except TopicsChanged as exc:
+                _exit(TopicsChanged.EXIT_CODE, "%s", exc)
+            except Exception:
+                logger.exception("%s: unexpected error; stopping so the work is done again", what)
+                _exit(70, "stopped by an unexpected error")
+            if self.since is not None:
+                logger.warning(
+                    "Redis answers again after %.1f s; processing resumes",
+                    time.monotonic() - self.since,
+                )
+                self.since = None
+            return result
+
+
+def _exit(code: int, message: str, *args: object) -> NoReturn:
+    """Stop the worker now, without Faust's shutdown: that would commit the offsets acked so far,
+    which is right, but also wait on a broker or Redis that may be gone. Nothing is lost: a batch
+    is acked only once it is processed and its messages are delivered."""
+    logger.error(message, *args)
+    logging.shutdown()
+    os._exit(code)
+
+
 def _consumer(
     settings: Settings,
     pipeline: Pipeline,
     topic: str,
     metrics: WorkerMetrics,
     deliveries: _Deliveries,
+    hold: _Holding,
 ) -> Callable[[Any], Any]:
     within = settings.batch_max_wait_ms / 1000
 
     async def consume(stream: Any) -> None:
+        consumer = cast(_Consumer, stream.app.consumer)
         async for events in stream.take_events(settings.batch_max_events, within=within):
             started = time.perf_counter()
             anchors: dict[int, object] = {e.message.partition: (stream, e) for e in events}
             messages = [_message(e) for e in events]
-            counts = await _until_done(partial(pipeline.on_batch, topic, messages, anchors), topic)
-            await _until_done(deliveries.wait, topic)  # before take_events acks the batch
+            counts = await hold(partial(pipeline.on_batch, topic, messages, anchors), topic)
+            await hold(deliveries.wait, topic)
+            consumer.release(e.message for e in events)  # now take_events may ack them
             _count(metrics, counts, len(events), time.perf_counter() - started)
 
     consume.__name__ = f"consume_{topic.replace('.', '_')}"
     return consume
-
-
-async def _until_done(work: Callable[[], Awaitable[T]], what: str) -> T:
-    """Retry a batch through transient Redis errors; stop the worker on anything else.
-
-    An exception must not leave the agent: ``take_events`` acks a batch even when its processing
-    raised, and a crashed agent is restarted past it. Exiting at once keeps the batch's offsets
-    uncommitted, so it is processed again after the restart.
-    """
-    delay = 0.5
-    while True:
-        try:
-            return await work()
-        except TRANSIENT as exc:
-            logger.warning("%s: Redis is unavailable (%s); retrying in %.1f s", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-        except Exception:
-            logger.exception("%s: unexpected error; stopping so the batch is processed again", what)
-            logging.shutdown()
-            os._exit(70)
 
 
 def _count(metrics: WorkerMetrics, counts: BatchCounts, size: int, seconds: float) -> None:
@@ -351,22 +439,34 @@ def _wire_ticks(
     metrics: WorkerMetrics,
     owned: Callable[[], set[int]],
     deliveries: _Deliveries,
+    hold: _Holding,
 ) -> None:
     @app.agent(ticks, name="ticks", concurrency=1)
     async def tick(stream: Any) -> None:
         async for event in stream.events():
             partition = event.message.partition
             tick = partial(pipeline.on_tick, partition, (stream, event))
-            plan = await _until_done(tick, f"tick {partition}")
-            await _until_done(deliveries.wait, f"tick {partition}")
+            plan = await hold(tick, f"tick {partition}")
+            await hold(deliveries.wait, f"tick {partition}")
             await stream.ack(event)  # else the last tick holds up shutdowns and rebalances
             if plan is not None:
                 metrics.evicted.inc(plan.evicted)
 
+    failing: list[str] = []  # the error ticks last failed with, while they fail
+
     @app.timer(1.0)
     async def send_ticks() -> None:
-        for partition in sorted(owned()):
-            await ticks.send(key=b"", value=b"", partition=partition)
+        try:
+            for partition in sorted(owned()):
+                await ticks.send(key=b"", value=b"", partition=partition)
+        except Exception as exc:  # an exception in a Faust timer stops the worker
+            if not failing:
+                logger.warning("cannot send ticks (%s: %s); retrying", type(exc).__name__, exc)
+            failing[:] = [type(exc).__name__]
+        else:
+            if failing:
+                logger.warning("ticks are sent again")
+                failing.clear()
         now = time.time()
         for partition, engine in list(pipeline.engines.items()):
             metrics.watermark.labels(str(partition)).set(max(engine.meta.watermark, 0) / 1000)
@@ -376,4 +476,26 @@ def _wire_ticks(
 
     @app.timer(2.0)
     async def refresh_ends() -> None:
-        await pipeline.refresh_ends()
+        await hold(pipeline.refresh_ends, "reading the input's known ends")
+
+
+def _watch_topics(app: faust.App, expected: dict[str, int]) -> None:
+    """Stop when a topic's partition count changes under the worker: the broker lost its topics
+    and auto-created them again when a client asked (Tansu and Kafka's default do so). Writing on
+    would put state into the wrong changelog partitions."""
+
+    @app.timer(5.0)
+    async def check_topics() -> None:
+        for name, count in expected.items():
+            found = app.consumer.topic_partitions(name)
+            if found is not None and found != count:
+                _exit(
+                    TopicsChanged.EXIT_CODE,
+                    "topic %s now has %d partitions, but had %d when this worker started: it was "
+                    "deleted and created again (a broker that lost its data creates the topics "
+                    "clients ask for, with its default partition count). Stopping; a restarted "
+                    "worker checks the topics again and says what to repair.",
+                    name,
+                    found,
+                    count,
+                )

@@ -38,18 +38,24 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     co_partitioned: Iterable[str] = (),
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, int]:
-    """Create missing topics and return the partition count of each.
+    """Create missing topics (with ``configs[name]``, if given) and return the partition count
+    of each.
 
     Existing topics are kept as they are, but the ``co_partitioned`` topics must all have the
     same partition count (events.md: all four input topics are co-partitioned).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    configs = configs or {}
     try:
         await admin.start()
         # Create before describing: some brokers auto-create a described topic with defaults.
         response = await admin.create_topics(
-            [NewTopic(name, count, replication_factor) for name, count in topics.items()]
+            [
+                NewTopic(name, count, replication_factor, topic_configs=dict(configs.get(name, {})))
+                for name, count in topics.items()
+            ]
         )
         for name, code, message in response.topic_errors:
             if code not in (0, _TOPIC_ALREADY_EXISTS):
@@ -69,6 +75,51 @@ async def ensure_topics(
             f"input topics must have the same partition count (co-partitioning): {listing}"
         )
     return counts
+
+
+async def ensure_state_topics(
+    bootstrap_servers: str,
+    topics: Mapping[str, Mapping[str, str]],
+    *,
+    partitions: int,
+    replication_factor: int = 1,
+    recreate: bool = False,
+) -> None:
+    """Create a worker's own topics (name -> configs) with the input's partition count.
+
+    A state changelog with another count was not made by streamproc (a broker auto-creates the
+    topics clients ask for, with its own default): Faust refuses to write to it, so nothing in it
+    can be used. It is an error, unless ``recreate``: then such topics are deleted and created
+    again.
+    """
+    wanted = dict.fromkeys(topics, partitions)
+    counts = await ensure_topics(
+        bootstrap_servers, wanted, replication_factor=replication_factor, configs=topics
+    )
+    wrong = {name: count for name, count in counts.items() if count != partitions}
+    if not wrong:
+        return
+    listing = ", ".join(f"{name} has {count}" for name, count in sorted(wrong.items()))
+    if not recreate:
+        raise ConfigError(
+            f"the worker's own topics must have the input's {partitions} partitions, but "
+            f"{listing} (created by a broker that auto-creates topics, not by streamproc; what "
+            "was written to them cannot be used). Delete and recreate them with: "
+            "streamproc worker --recreate-state-topics"
+        )
+    logger.warning("deleting %s to create them again with %d partitions", listing, partitions)
+    await delete_topics(bootstrap_servers, wrong)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30.0
+    while True:  # a deleted topic may take a moment to go
+        counts = await ensure_topics(
+            bootstrap_servers, wanted, replication_factor=replication_factor, configs=topics
+        )
+        if all(counts[name] == partitions for name in wrong):
+            return
+        if loop.time() > deadline:
+            raise BrokerError(f"could not recreate {', '.join(sorted(wrong))} within 30 s")
+        await asyncio.sleep(0.5)
 
 
 @dataclass

@@ -3,6 +3,8 @@
     StreamprocError
     ├── ConfigError          a setting is missing or malformed
     ├── InvalidEvent         one message breaks the event contract (goes to the dead-letter topic)
+    ├── TopicsChanged        the broker's topics no longer match what the worker read (a broker
+    │                        that lost its data, a topic recreated with another partition count)
     └── DevStackError        the embedded broker or Redis could not be started or reached
         └── DevStackTimeout  a component started but did not answer in time (retriable)
 
@@ -36,6 +38,13 @@ class InvalidEvent(StreamprocError):
         self.reason = reason
         self.detail = detail
         self.field = field
+
+
+class TopicsChanged(StreamprocError):
+    """The input or state topics changed under a running worker: its state no longer matches
+    them, so it stops rather than count on (``streamproc worker`` exits with EXIT_CODE)."""
+
+    EXIT_CODE = 75  # EX_TEMPFAIL: a restart creates what is missing or says what to repair
 
 
 class DevStackError(StreamprocError):

@@ -55,6 +55,7 @@ class WorkerMetrics(NamedTuple):
     batch_seconds: Histogram
     watermark: Gauge
     event_lag: Gauge
+    redis_retries: Counter
 
     @classmethod
     def create(
@@ -116,6 +117,12 @@ class WorkerMetrics(NamedTuple):
                 "streamproc_event_time_lag_seconds",
                 "Wall clock minus the highest event time read, per partition this worker owns.",
                 ["partition"],
+                registry=registry,
+            ),
+            redis_retries=Counter(
+                "streamproc_redis_retries",
+                "Redis calls that failed with a transient error and were retried; the worker "
+                "holds its batch (and commits nothing) meanwhile.",
                 registry=registry,
             ),
         )

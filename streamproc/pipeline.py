@@ -23,6 +23,7 @@ from typing import Protocol
 
 from streamproc.config import Settings
 from streamproc.deadletter import DeadLetter
+from streamproc.errors import StreamprocError, TopicsChanged
 from streamproc.events.parse import Reason
 from streamproc.ingest import BatchDecoder, Decoded, Message
 from streamproc.kpi.contrib import NEVER
@@ -34,9 +35,11 @@ from streamproc.kpi.engine import (
     Plan,
     Progress,
 )
-from streamproc.store import KpiStore, PartitionStatus
+from streamproc.store import STORE_ERRORS, KpiStore, PartitionStatus
 
 logger = logging.getLogger(__name__)
+
+PROCESSING_ERROR = "processing_error"
 
 
 class StateTable(Protocol):
@@ -66,6 +69,20 @@ class BatchCounts:
     duplicates: int = 0
     late: int = 0  # accepted events that amended an already closed window
     evicted: int = 0
+
+    def dead_letter(self, reason: str, n: int = 1) -> None:
+        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + n
+
+    def add(self, other: BatchCounts) -> None:
+        """Add what one partition's part of the batch did."""
+        for reason, n in other.dead_letters.items():
+            self.dead_letter(reason, n)
+        self.duplicates += other.duplicates
+        self.late += other.late
+        self.evicted += other.evicted
+
+
+Letters = list[tuple[Message, DeadLetter]]
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -113,6 +130,7 @@ class Pipeline:
         self.ends: dict[tuple[str, int], int] = {}
         self.finished: set[int] = set()
         self.ends_loaded = False  # a replay's or backfill's known ends hold the watermark back
+        self.shrunk: dict[tuple[str, int], int] = {}  # partitions seen ending before what was read
         self.lock = asyncio.Lock()
 
     # --- partitions -------------------------------------------------------------------------
@@ -158,15 +176,42 @@ class Pipeline:
             # partition for idle would move the watermark to the wall clock past its backlog.
             if high is None or high > done or end is not None:
                 backlog.add(index)
+            self._check_end(topic, partition, high, done)
         return Progress(frozenset(backlog), frozenset(ended), wall_ms)
+
+    def _check_end(self, topic: str, partition: int, high: int | None, done: int) -> None:
+        """A partition that ends before what was read of it: the broker lost its data (a
+        memory-only broker restarted) or the topic was recreated. Its new offsets would be taken
+        for ones already absorbed (records skip offsets at or below their markers): stop. Seen
+        on several ticks in a row first, so one odd fetch response is not taken for it."""
+        key = (topic, partition)
+        if high is None or high >= done:
+            self.shrunk.pop(key, None)
+            return
+        self.shrunk[key] = seen = self.shrunk.get(key, 0) + 1
+        if seen >= 3:
+            raise TopicsChanged(
+                f"{topic}[{partition}] ends at offset {high}, but this worker has read it up to "
+                f"offset {done}: the broker lost the topic's data (a memory-only broker "
+                "restarted?) or the topic was deleted and created again. Stopping: the state of "
+                f"namespace {self.settings.namespace!r} no longer matches the topics. Restart "
+                "the worker once the broker holds its topics again; to start over on an empty "
+                "broker, use a new STREAMPROC_NAMESPACE."
+            )
 
     # --- batches ----------------------------------------------------------------------------
 
     async def on_batch(
         self, topic: str, messages: list[Message], anchors: dict[int, object]
     ) -> BatchCounts:
-        """A batch of one input topic; ``anchors`` holds one event per partition for writes."""
+        """A batch of one input topic; ``anchors`` holds one event per partition for writes.
+
+        Dead letters are sent last, once every partition's state is written: a batch retried
+        after a Redis error (or processed again after a crash) sends them again only if it was
+        cut short after sending them.
+        """
         counts = BatchCounts(topic)
+        letters: Letters = []
         wall_ms = int(self.clock() * 1000)
         async with self.lock:
             if not self.ends_loaded:
@@ -177,9 +222,7 @@ class Pipeline:
             owned = self.owned()
             messages = [m for m in messages if m.partition in owned]
             batch = self.decoders[topic].decode(self._before_end(topic, messages), now_ms=wall_ms)
-            for message, letter in batch.dead_letters:
-                await self.dead_letter(message, letter)
-                counts.dead_letters[letter.reason] = counts.dead_letters.get(letter.reason, 0) + 1
+            letters += batch.dead_letters
             by_partition: dict[int, list[Decoded]] = defaultdict(list)
             for decoded in batch.events:
                 by_partition[decoded.message.partition].append(decoded)
@@ -189,16 +232,22 @@ class Pipeline:
                 (d.event.store_id for d in batch.events), cap=self.settings.max_stores
             )
             for partition, group in sorted(by_partition.items()):
+                part = _Part(topic, partition, labels, wall_ms, anchors[partition])
                 try:
-                    await self._partition_batch(
-                        topic, partition, group, labels, counts, wall_ms, anchors[partition]
-                    )
-                except BaseException:
+                    done = await self._partition_batch(part, group)
+                except BaseException as exc:
                     self.forget([partition])  # memory may be ahead of the table: rebuild it
-                    raise
+                    if not _event_error(exc):
+                        raise
+                    done = await self._one_by_one(part, group, exc)
+                counts.add(done.counts)
+                letters += done.letters
             for message in messages:  # also partitions whose messages were all bad or past the end
                 key = (topic, message.partition)
                 self.processed[key] = max(self.processed.get(key, -1), message.offset)
+            for message, letter in letters:
+                await self.dead_letter(message, letter)
+                counts.dead_letter(letter.reason)
         return counts
 
     def _before_end(self, topic: str, messages: list[Message]) -> list[Message]:
@@ -212,43 +261,96 @@ class Pipeline:
             if (end := self.ends.get((topic, m.partition))) is None or m.offset < end
         ]
 
-    async def _partition_batch(
-        self,
-        topic: str,
-        partition: int,
-        group: list[Decoded],
-        labels: dict[str, str],
-        counts: BatchCounts,
-        wall_ms: int,
-        anchor: object,
-    ) -> None:
-        engine = self.engine(partition)
-        index = self.topic_index[topic]
+    async def _partition_batch(self, part: _Part, group: list[Decoded]) -> _Done:
+        """One partition's events of a batch: judged, deduplicated, absorbed, published, stored.
+        Its dead letters (too late) are returned, to be sent after the whole batch."""
+        done = _Done(BatchCounts(part.topic))
+        engine = self.engine(part.partition)
+        index = self.topic_index[part.topic]
+        labels = part.labels
         items = [Item(d.event, index, d.message.offset, labels[d.event.store_id]) for d in group]
         # While its events are being read, this topic has a backlog (them): only once they are
         # absorbed may it count as read to its end.
-        verdicts = engine.read(items, self.progress(partition, wall_ms), wall_ms=wall_ms)
-        counts.late += verdicts.late
-        key = (topic, partition)
+        verdicts = engine.read(
+            items, self.progress(part.partition, part.wall_ms), wall_ms=part.wall_ms
+        )
+        done.counts.late += verdicts.late
+        key = (part.topic, part.partition)
         self.processed[key] = max(self.processed.get(key, -1), group[-1].message.offset)
-        progress = self.progress(partition, wall_ms)
+        progress = self.progress(part.partition, part.wall_ms)
         by_item = {id(item): d for item, d in zip(items, group, strict=True)}
         for item in verdicts.too_late:
             message = by_item[id(item)].message
             limit = self.settings.max_lateness_seconds
             detail = f"event_time is more than {limit} s behind the watermark"
-            await self.dead_letter(message, _letter(message, Reason.TOO_LATE, detail))
-            counts.dead_letters[Reason.TOO_LATE] = counts.dead_letters.get(Reason.TOO_LATE, 0) + 1
+            done.letters.append((message, _letter(message, Reason.TOO_LATE, detail)))
         first = await self.store.first_occurrences(
             [item.event.event_id for item in verdicts.on_time],
-            [f"{topic}:{partition}:{item.offset}" for item in verdicts.on_time],
+            [f"{part.topic}:{part.partition}:{item.offset}" for item in verdicts.on_time],
             horizon_s=self.settings.dedup_horizon_seconds,
         )
         accepted = [item for item, ok in zip(verdicts.on_time, first, strict=True) if ok]
-        counts.duplicates += len(verdicts.on_time) - len(accepted)
+        done.counts.duplicates += len(verdicts.on_time) - len(accepted)
         plan = engine.apply(accepted, progress, self.table)
-        counts.evicted += plan.evicted
-        await self._settle(engine, plan, wall_ms, anchor)
+        done.counts.evicted += plan.evicted
+        await self._settle(engine, plan, part.wall_ms, part.anchor)
+        return done
+
+    async def _one_by_one(self, part: _Part, group: list[Decoded], error: BaseException) -> _Done:
+        """A partition's batch raised (not a Redis outage): its events are processed one at a
+        time, so the one that fails is found. It gets ``max_event_failures`` tries in all; then
+        it becomes a ``processing_error`` dead letter and the partition moves on. A partition
+        that fails without any event (the error is not an event's) stops the worker."""
+        where = f"{part.topic}[{part.partition}]"
+        logger.warning(
+            "%s: a batch of %d events failed (%s: %s); processing them one at a time",
+            where,
+            len(group),
+            type(error).__name__,
+            error,
+        )
+        done = _Done(BatchCounts(part.topic))
+        for decoded in group:
+            for _ in range(self.settings.max_event_failures):
+                try:
+                    one = await self._partition_batch(part, [decoded])
+                except BaseException as exc:
+                    self.forget([part.partition])
+                    if not _event_error(exc):
+                        raise
+                    error = exc
+                else:
+                    done.counts.add(one.counts)
+                    done.letters += one.letters
+                    break
+            else:
+                await self._probe(part)  # raises when the partition fails without this event
+                message = decoded.message
+                logger.error(
+                    "%s@%d: processing failed %d times (%s: %s); the event goes to the "
+                    "dead-letter topic as %s and the partition moves on",
+                    where,
+                    message.offset,
+                    self.settings.max_event_failures,
+                    type(error).__name__,
+                    error,
+                    PROCESSING_ERROR,
+                    exc_info=error,
+                )
+                detail = f"{type(error).__name__}: {error}"[:1024]
+                letter = _letter(message, PROCESSING_ERROR, detail, field=None)
+                done.letters.append((message, letter))
+        return done
+
+    async def _probe(self, part: _Part) -> None:
+        """The partition's own work without any new event: raises when that fails too."""
+        engine = self.engine(part.partition)
+        try:
+            plan = engine.apply([], self.progress(part.partition, part.wall_ms), self.table)
+            await self._settle(engine, plan, part.wall_ms, part.anchor)
+        except BaseException:
+            self.forget([part.partition])
+            raise
 
     async def on_tick(self, partition: int, anchor: object) -> Plan | None:
         """No event needed: the watermark moves with the wall clock (idle) or known ends."""
@@ -284,11 +386,39 @@ class Pipeline:
         self.table.write(plan.writes, anchor)
 
 
-def _letter(message: Message, reason: str, detail: str) -> DeadLetter:
+@dataclass(frozen=True)
+class _Part:
+    """Where one partition's part of a batch goes."""
+
+    topic: str
+    partition: int
+    labels: dict[str, str]
+    wall_ms: int
+    anchor: object
+
+
+@dataclass
+class _Done:
+    """What one partition's part of a batch did, merged into the batch's once it succeeded."""
+
+    counts: BatchCounts
+    letters: Letters = field(default_factory=list)
+
+
+def _event_error(exc: BaseException) -> bool:
+    """Whether an error may be the event's doing: not a Redis error (an outage holds the batch,
+    any other Redis error stops the worker), not one of ours about the topics, not a
+    cancellation or exit."""
+    return isinstance(exc, Exception) and not isinstance(exc, (*STORE_ERRORS, StreamprocError))
+
+
+def _letter(
+    message: Message, reason: str, detail: str, *, field: str | None = "$.event_time"
+) -> DeadLetter:
     return DeadLetter(
         reason=reason,
         detail=detail,
-        field="$.event_time",
+        field=field,
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,

@@ -143,12 +143,19 @@ def visitor_hash(visitor: str) -> int:
     return value or 1
 
 
-# Redis errors worth retrying a batch for (the server is restarting, loading or unreachable).
+# Redis errors worth retrying a batch for: the server is unreachable, restarting, loading, frozen
+# (timeouts), failing over (read-only replica, master down) or out of memory until someone acts.
 TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.OutOfMemoryError,
 )
+# Every error that comes from Redis (transient or not): never the fault of one event.
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
 
 
 @dataclass(frozen=True)
@@ -196,19 +203,26 @@ class KpiStore:
         *,
         retention_s: int = 8 * 86400,
         exact_visitors: ExactVisitors | None = None,
+        timeout_s: float = 5.0,
     ) -> KpiStore:
-        client = aioredis.Redis.from_url(url)
+        """A store over a new client. ``timeout_s`` bounds every connect and every reply: a
+        frozen or unreachable Redis raises (a transient error) instead of hanging the caller."""
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         return cls(client, namespace, retention_s=retention_s, exact_visitors=exact_visitors)
 
     @classmethod
     def for_settings(cls, settings: Settings, url: str) -> KpiStore:
-        """The store of ``settings.namespace`` with its retention and exact-visitor limits."""
+        """The store of ``settings.namespace`` with its retention, exact-visitor limits and
+        timeout."""
         exact = ExactVisitors(settings.visitors_exact_per_minute, settings.visitors_exact_union)
         return cls.connect(
             url,
             settings.namespace,
             retention_s=settings.redis_retention_seconds,
             exact_visitors=exact,
+            timeout_s=settings.redis_timeout_seconds,
         )
 
     async def aclose(self) -> None:

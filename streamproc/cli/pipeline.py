@@ -23,13 +23,22 @@ from streamproc.cli.common import (
 
 
 @app.command("worker")
-def worker_command() -> None:
+def worker_command(
+    recreate_state_topics: Annotated[
+        bool,
+        typer.Option(
+            "--recreate-state-topics",
+            help="Delete and recreate the worker's state changelog and ticks topics when their "
+            "partition count differs from the input's (a broker auto-created them).",
+        ),
+    ] = False,
+) -> None:
     """Run a worker: compute the KPIs of the input partitions it is assigned, serve /metrics."""
     import faust.worker
     from prometheus_client import CollectorRegistry
 
     from streamproc import app as worker_app
-    from streamproc import metrics
+    from streamproc import broker, metrics
     from streamproc.events.parse import decoder_from_settings
     from streamproc.store import KpiStore
 
@@ -37,6 +46,14 @@ def worker_command() -> None:
     where = endpoints(loaded)
     servers = where.bootstrap_servers
     partitions = asyncio.run(ensure_topics(loaded, servers))
+    state = broker.ensure_state_topics(
+        servers,
+        worker_app.state_topics(loaded),
+        partitions=partitions,
+        replication_factor=loaded.replication_factor,
+        recreate=recreate_state_topics,
+    )
+    asyncio.run(state)
     store = KpiStore.for_settings(loaded, where.redis_url)
     registry = CollectorRegistry()
     worker_metrics = metrics.WorkerMetrics.create(

@@ -1,0 +1,137 @@
+"""What one worker's pipeline does when processing raises: an error one event causes makes that
+event a ``processing_error`` dead letter and the rest of the batch goes on; an error that is not
+an event's (a Redis outage, a partition that fails without any event) leaves the pipeline, so
+the batch is held or the worker stops, and nothing is counted or dead-lettered twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+import redis.exceptions
+from helpers import T0_MS, dumps, make_event
+
+from streamproc.config import load_settings
+from streamproc.deadletter import DeadLetter
+from streamproc.events.parse import EventDecoder
+from streamproc.ingest import BatchDecoder, Message
+from streamproc.pipeline import PROCESSING_ERROR, Pipeline
+
+SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1, max_event_failures=3)
+CLICKS = SETTINGS.topic_clickstream
+
+
+class Store:
+    """The KpiStore calls the pipeline makes, in memory; ``fail`` raises once per entry."""
+
+    def __init__(self) -> None:
+        self.fail: list[Exception] = []
+        self.published = 0
+
+    async def end_offsets(self) -> dict[tuple[str, int], int]:
+        return {}
+
+    async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:
+        return {store: store for store in stores}
+
+    async def first_occurrences(
+        self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
+    ) -> list[bool]:
+        return [True] * len(ids)
+
+    async def publish(self, partition: int, **parts: Any) -> None:
+        if self.fail:
+            raise self.fail.pop(0)
+        self.published += 1
+
+
+class Table(dict[str, bytes]):
+    """The state table; writing a record of a session in ``poisoned`` raises."""
+
+    def __init__(self, poisoned: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.poisoned = set(poisoned)
+        self.raised = 0
+
+    def scan(self) -> Iterable[str]:
+        return list(self)
+
+    def write(self, writes: list[tuple[str, bytes | None]], anchor: object) -> None:
+        for key, value in writes:
+            if (
+                any(key.endswith(f"s:{session}") for session in self.poisoned)
+                or "*" in self.poisoned
+            ):
+                self.raised += 1
+                raise OverflowError(f"cannot store {key}")
+            if value is None:
+                self.pop(key, None)
+            else:
+                self[key] = value
+
+
+def make_pipeline(store: Store, table: Table, letters: list[DeadLetter]) -> Pipeline:
+    async def dead_letter(message: Message, letter: DeadLetter) -> None:
+        letters.append(letter)
+
+    decoder = EventDecoder()
+    return Pipeline(
+        SETTINGS,
+        store=store,  # type: ignore[arg-type]
+        table=table,
+        decoders={t: BatchDecoder(decoder, f) for f, t in SETTINGS.topics_by_family.items()},
+        dead_letter=dead_letter,
+        highwater=lambda topic, partition: None,
+        read_from=lambda topic, partition: None,
+        owned=lambda: {0},
+        clock=lambda: T0_MS / 1000 + 60,
+    )
+
+
+def batch(sessions: list[str], *, bad_offset: int | None = None) -> list[Message]:
+    found = []
+    for offset, session in enumerate(sessions):
+        event = make_event("page_view", event_id=f"e{offset}", session_id=session)
+        value = b"{not json" if offset == bad_offset else dumps(event)
+        found.append(Message(CLICKS, 0, offset, T0_MS, b"k", value))
+    return found
+
+
+async def test_the_event_that_fails_becomes_a_dead_letter_and_the_rest_is_processed() -> None:
+    store, table, letters = Store(), Table(poisoned=["s-bad"]), []
+    pipe = make_pipeline(store, table, letters)
+    counts = await pipe.on_batch(CLICKS, batch(["s1", "s-bad", "s2", "s3"], bad_offset=3), {0: 0})
+    assert sorted(letter.reason for letter in letters) == ["not_json", PROCESSING_ERROR]
+    poisoned = next(letter for letter in letters if letter.reason == PROCESSING_ERROR)
+    assert (poisoned.topic, poisoned.partition, poisoned.offset) == (CLICKS, 0, 1)
+    assert poisoned.detail.startswith("OverflowError: cannot store")
+    assert counts.dead_letters == {"not_json": 1, PROCESSING_ERROR: 1}
+    assert counts.valid == {"page_view": 3}
+    # the whole batch once, then the bad event alone max_event_failures times
+    assert table.raised == 1 + SETTINGS.max_event_failures
+    assert {"0|s:s1", "0|s:s2"} <= set(table)
+    assert pipe.processed[(CLICKS, 0)] == 3
+
+
+async def test_an_error_without_any_event_is_not_put_on_an_event() -> None:
+    store, table, letters = Store(), Table(poisoned=["*"]), []
+    pipe = make_pipeline(store, table, letters)
+    with pytest.raises(OverflowError):
+        await pipe.on_batch(CLICKS, batch(["s1", "s2"]), {0: 0})
+    assert letters == []
+    assert pipe.engines == {}  # its memory may be ahead of the table: rebuilt next time
+
+
+async def test_a_redis_outage_leaves_the_batch_whole_and_its_dead_letters_unsent() -> None:
+    store, table, letters = Store(), Table(), []
+    pipe = make_pipeline(store, table, letters)
+    messages = batch(["s1", "s2", "s3"], bad_offset=1)
+    store.fail = [redis.exceptions.ConnectionError("Redis went away")]
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await pipe.on_batch(CLICKS, messages, {0: 0})
+    assert letters == []  # sent only once the batch is processed
+    counts = await pipe.on_batch(CLICKS, messages, {0: 0})  # the retry
+    assert [letter.reason for letter in letters] == ["not_json"]
+    assert counts.dead_letters == {"not_json": 1}
+    assert store.published == 1
