@@ -27,7 +27,7 @@ from streamproc.eventfile import Unroutable, routable
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
 from streamproc.reporting import aligned_report
-from streamproc.store import KpiStore
+from streamproc.store import TRANSIENT, KpiStore
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +144,23 @@ async def wait_until_done(
     on_progress: Callable[[int, int], None],
     check: Callable[[], None],
 ) -> None:
-    """Until every partition reports a watermark past all events (its input is decided)."""
+    """Until every partition reports a watermark past all events (its input is decided). A Redis
+    outage meanwhile is waited out, as the workers wait it out."""
     deadline = time.monotonic() + timeout_s
+    done, unavailable = 0, False
     while True:
-        statuses = await store.statuses()
-        done = sum(1 for s in statuses.values() if int(s["watermark"]) >= NEVER)
-        on_progress(done, partitions)
-        if done >= partitions:
-            return
+        try:
+            statuses = await store.statuses()
+        except TRANSIENT as exc:
+            if not unavailable:
+                logger.warning("Redis is unavailable (%s); waiting for it", exc)
+            unavailable = True
+        else:
+            unavailable = False
+            done = sum(1 for s in statuses.values() if int(s["watermark"]) >= NEVER)
+            on_progress(done, partitions)
+            if done >= partitions:
+                return
         check()
         if time.monotonic() > deadline:
             raise ReplayError(f"only {done} of {partitions} partitions finished in {timeout_s:g} s")
