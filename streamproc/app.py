@@ -314,7 +314,9 @@ def create_app(
         )
     ticks = app.topic(f"{_app_id(settings)}-ticks", partitions=partitions, internal=True, **raw)
     _wire_ticks(app, ticks, pipeline, metrics, owned, deliveries, hold)
-    _watch_topics(app, dict.fromkeys((*settings.input_topics, *state_topics(settings)), partitions))
+    _watch_topics(
+        app, pipeline, dict.fromkeys((*settings.input_topics, *state_topics(settings)), partitions)
+    )
 
     async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
@@ -479,16 +481,22 @@ def _wire_ticks(
         await hold(pipeline.refresh_ends, "reading the input's known ends")
 
 
-def _watch_topics(app: faust.App, expected: dict[str, int]) -> None:
-    """Stop when a topic's partition count changes under the worker: the broker lost its topics
-    and auto-created them again when a client asked (Tansu and Kafka's default do so). Writing on
-    would put state into the wrong changelog partitions."""
+def _watch_topics(app: faust.App, pipeline: Pipeline, expected: dict[str, int]) -> None:
+    """Stop when the topics change under the worker: a partition ends before what was read of it
+    (``Pipeline.check_ends``), or a topic's partition count differs from the one it started with
+    (the broker lost its topics and created them again when a client asked, as Tansu and Kafka's
+    default do). Going on would take new offsets for absorbed ones, or put state into the wrong
+    changelog partitions."""
 
-    @app.timer(5.0)
+    @app.timer(2.0)
     async def check_topics() -> None:
+        try:
+            pipeline.check_ends()
+        except TopicsChanged as exc:
+            _exit(TopicsChanged.EXIT_CODE, "%s", exc)
         for name, count in expected.items():
             found = app.consumer.topic_partitions(name)
-            if found is not None and found != count:
+            if found and found != count:  # 0: not known (yet)
                 _exit(
                     TopicsChanged.EXIT_CODE,
                     "topic %s now has %d partitions, but had %d when this worker started: it was "

@@ -131,6 +131,9 @@ class Pipeline:
         self.finished: set[int] = set()
         self.ends_loaded = False  # a replay's or backfill's known ends hold the watermark back
         self.shrunk: dict[tuple[str, int], int] = {}  # partitions seen ending before what was read
+        # the offset after the last message read of each partition, kept when a partition moves
+        # (offsets never go back on a broker that keeps its data)
+        self.read_max: dict[tuple[str, int], int] = {}
         self.lock = asyncio.Lock()
 
     # --- partitions -------------------------------------------------------------------------
@@ -176,14 +179,23 @@ class Pipeline:
             # partition for idle would move the watermark to the wall clock past its backlog.
             if high is None or high > done or end is not None:
                 backlog.add(index)
-            self._check_end(topic, partition, high, done)
         return Progress(frozenset(backlog), frozenset(ended), wall_ms)
 
+    def check_ends(self) -> None:
+        """Raise TopicsChanged when an owned partition ends before what was read of it, in
+        several checks in a row (one odd fetch response is not taken for it): the broker lost
+        its data (a memory-only broker restarted) or the topic was created again. Its new
+        offsets would be taken for ones already absorbed (records skip offsets at or below
+        their markers)."""
+        for partition in sorted(self.owned()):
+            for topic in self.topics:
+                done = max(
+                    self.read_max.get((topic, partition), 0),
+                    self.read_from(topic, partition) or 0,
+                )
+                self._check_end(topic, partition, self.highwater(topic, partition), done)
+
     def _check_end(self, topic: str, partition: int, high: int | None, done: int) -> None:
-        """A partition that ends before what was read of it: the broker lost its data (a
-        memory-only broker restarted) or the topic was recreated. Its new offsets would be taken
-        for ones already absorbed (records skip offsets at or below their markers): stop. Seen
-        on several ticks in a row first, so one odd fetch response is not taken for it."""
         key = (topic, partition)
         if high is None or high >= done:
             self.shrunk.pop(key, None)
@@ -245,6 +257,7 @@ class Pipeline:
             for message in messages:  # also partitions whose messages were all bad or past the end
                 key = (topic, message.partition)
                 self.processed[key] = max(self.processed.get(key, -1), message.offset)
+                self.read_max[key] = max(self.read_max.get(key, 0), message.offset + 1)
             for message, letter in letters:
                 await self.dead_letter(message, letter)
                 counts.dead_letter(letter.reason)
