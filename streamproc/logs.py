@@ -1,9 +1,11 @@
 """Rate-limited logging: one line per state change, not one per retry.
 
-With the broker gone, aiokafka logs each reconnect attempt of each client (~100 error lines a
-second) and Faust adds its own. :class:`RateLimitFilter` lets the first record of each *kind*
-(logger, level, message template) through, counts the repeats for ``window_s`` and then logs one
-summary line; a kind not seen within the window passes at once, so "connected again" always shows.
+With the broker gone, aiokafka logs each reconnect attempt of each client (~110 error lines a
+second). :class:`RateLimitFilter` lets the first warning or error of each *kind* (logger, level,
+message template) through, counts the repeats for ``window_s`` and then logs one summary line; a
+kind not seen within the window passes at once. Info lines are not limited: in aiokafka and Faust
+they are the state changes ("Discovered coordinator", "Setting newly assigned partitions"), which
+repeat whenever the state does, and the floods are warnings and errors.
 
 It is a handler filter because a filter on a logger does not see the records its child loggers
 propagate (``aiokafka`` vs ``aiokafka.conn``); :func:`install` puts one on each handler of the
@@ -45,8 +47,8 @@ class RateLimitFilter(logging.Filter):
 
     A summary is due once the window of its kind is over; it is handed to ``emit`` (the handler
     this filter sits on, see :func:`install`) before the record being filtered, so during an
-    outage it appears about ``window_s`` after the first line. Records of loggers under ``exempt``
-    are never limited.
+    outage it appears about ``window_s`` after the first line. Records below ``level``, and those
+    of loggers under ``exempt``, are never limited.
 
     Args:
         emit: where summaries go; they carry the logger and level of the records they count.
@@ -58,12 +60,14 @@ class RateLimitFilter(logging.Filter):
         emit: Callable[[logging.LogRecord], object],
         *,
         window_s: float = WINDOW_S,
+        level: int = logging.WARNING,
         exempt: tuple[str, ...] = EXEMPT,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.emit = emit
         self.window_s = window_s
+        self.level = level
         self.exempt = exempt
         self.now = now
         self._windows: dict[Kind, _Window] = {}
@@ -71,7 +75,11 @@ class RateLimitFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "rate_limit_summary", False) or _exempt(record.name, self.exempt):
+        if (
+            record.levelno < self.level
+            or getattr(record, "rate_limit_summary", False)
+            or _exempt(record.name, self.exempt)
+        ):
             return True
         with self._lock:
             now = self.now()
@@ -127,16 +135,12 @@ def _exempt(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
-def install(logger: logging.Logger | None = None, *, window_s: float = WINDOW_S) -> int:
+def install(logger: logging.Logger | None = None, *, window_s: float = WINDOW_S) -> None:
     """Add a :class:`RateLimitFilter` to each handler of ``logger`` (the root) lacking one.
 
     Each handler gets its own filter: one shared by two handlers would count every record twice.
-    Returns how many filters were added.
     """
     target = logging.getLogger() if logger is None else logger
-    added = 0
     for handler in target.handlers:
         if not any(isinstance(f, RateLimitFilter) for f in handler.filters):
             handler.addFilter(RateLimitFilter(handler.handle, window_s=window_s))
-            added += 1
-    return added

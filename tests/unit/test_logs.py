@@ -78,6 +78,12 @@ def test_other_kinds_pass_at_once(limiter: logs.RateLimitFilter, clock: Clock) -
     assert limiter.filter(record(level=logging.WARNING)) is True
 
 
+def test_info_lines_are_state_changes_and_never_limited(limiter: logs.RateLimitFilter) -> None:
+    joined = record("Discovered coordinator %s for group %s", 1, "g", level=logging.INFO)
+    assert limiter.filter(joined) is True
+    assert limiter.filter(joined) is True  # the broker came back: the same line, a new event
+
+
 def test_digits_in_preformatted_messages_do_not_make_new_kinds(
     limiter: logs.RateLimitFilter,
 ) -> None:
@@ -102,7 +108,9 @@ def test_summary_is_due_whatever_kind_comes_next(
     limiter.filter(record())
     limiter.filter(record())
     clock.t += 75
-    assert limiter.filter(record("Group joined", level=logging.INFO)) is True
+    assert (
+        limiter.filter(record("Heartbeat failed: %s", "rejoining", level=logging.WARNING)) is True
+    )
     [summary] = summaries
     assert summary.getMessage().startswith("2 similar messages suppressed in the last 75 s")
 
