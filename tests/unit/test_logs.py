@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from streamproc import logs
+from streamproc.cli import common
 
 
 class Clock:
@@ -175,3 +176,10 @@ def test_summary_goes_to_the_handler_the_filter_is_on(
         "4 similar messages suppressed in the last 60 s; the last: Timer woke up too late",
         "Timer woke up too late",
     ]
+
+
+def test_cli_logging_is_rate_limited(root_handlers: list[logging.Handler]) -> None:
+    # exporter, produce, simulate, dev: the worker's hook is tested with a real worker.
+    common.configure_logging("info")
+    [handler] = logging.getLogger().handlers
+    assert any(isinstance(f, logs.RateLimitFilter) for f in handler.filters)
