@@ -69,7 +69,11 @@ class Snapshot:
 
     exposition: Exposition = field(default_factory=Exposition)
     positions: tuple[Position, ...] = ()
-    refreshed_ms: int | None = None  # wall clock of the refresh that made it
+
+    @property
+    def refreshed_ms(self) -> int | None:
+        """Wall clock of the refresh that made it; None for the empty start snapshot."""
+        return self.exposition.refreshed_ms
 
 
 def _cancel_requested() -> bool:
@@ -193,8 +197,9 @@ class Exporter:
             latest_event_ms=latest if latest >= 0 else None,
             watermark_ms=mark,
             window_end_ms=end,
+            refreshed_ms=round(self.now() * 1000),
         )
-        return Snapshot(exposition, positions, round(self.now() * 1000))
+        return Snapshot(exposition, positions)
 
     async def run(self, metrics: ExporterMetrics, *, interval_s: float) -> None:
         """Refresh every ``interval_s`` until cancelled. A failed or slow refresh is counted and
@@ -227,7 +232,6 @@ class Exporter:
                     if logged:
                         logger.info("refresh works again")
                         logged.clear()
-                    metrics.last_refresh.set(self.now())
                 finally:
                     metrics.refresh_seconds.observe(time.monotonic() - started)
                 if _cancel_requested():
