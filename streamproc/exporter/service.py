@@ -104,7 +104,8 @@ class Exporter:
         self.now = now
         self.snapshot = Snapshot()
         self.errors = 0
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # of the latest refresh; None once one succeeds
+        self.last_failure: tuple[int, str] | None = None  # (wall ms, error), kept after recovery
         self.running = False
         self._trailing = Trailing(config.sizes_ms)
         self._since_ms: float | None = None  # None: read every minute next time
@@ -213,13 +214,14 @@ class Exporter:
                 try:
                     async with asyncio.timeout(timeout_s):
                         await self.refresh()
-                except Exception as exc:
+                except Exception as exc:  # Redis down or frozen (TimeoutError) included
                     if _cancel_requested():
                         raise asyncio.CancelledError from exc  # an error our cancel caused
                     kind = type(exc).__name__
                     metrics.refresh_errors.labels(kind).inc()
                     self.errors += 1
                     self.last_error = f"{kind}: {exc}" if str(exc) else kind
+                    self.last_failure = (round(self.now() * 1000), self.last_error)
                     if kind not in logged:
                         logged.add(kind)
                         logger.warning(
@@ -232,6 +234,7 @@ class Exporter:
                     if logged:
                         logger.info("refresh works again")
                         logged.clear()
+                    self.last_error = None
                 finally:
                     metrics.refresh_seconds.observe(time.monotonic() - started)
                 if _cancel_requested():
@@ -277,6 +280,9 @@ class Exporter:
             "refreshed_at": when(snap.refreshed_ms),
             "refresh_errors": self.errors,
             "last_error": self.last_error,
+            "last_failure": None
+            if self.last_failure is None
+            else {"at": when(self.last_failure[0]), "error": self.last_failure[1]},
             "windows": [window_label(s) for s in self.config.sizes_ms],
             "trailing_end": when(expo.window_end_ms),
             "watermark": when(expo.watermark_ms),

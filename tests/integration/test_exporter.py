@@ -282,6 +282,7 @@ async def test_status_and_health(running: Running) -> None:
     assert body["windows"] == ["1m", "5m"] and body["refresh_errors"] == 0
     assert [p["partition"] for p in body["partitions"]] == [0, 1]
     assert body["partitions"][1]["latest_event_time"] == rfc3339(C + 30_000)
+    assert body["last_error"] is None and body["last_failure"] is None
     assert await running.get("/healthz") == (200, {"status": "ok"})
 
 
@@ -316,3 +317,6 @@ async def test_a_failing_redis_keeps_the_last_snapshot_served(
     errors_then = exporter.errors
     await until(lambda: any("works again" in r.getMessage() for r in caplog.records))
     assert exporter.errors == errors_then
+    _, body = await running.get("/api/status")
+    assert body["last_error"] is None and body["refresh_errors"] == errors_then
+    assert body["last_failure"]["error"].startswith("ConnectionError")
