@@ -2,8 +2,8 @@
 
 A refresh re-reads only the minutes whose ``changed`` score moved since the previous one (less a
 margin for clock skew between workers and the exporter), applies them to the trailing sums and
-swaps in a new snapshot; a failed refresh leaves the last snapshot in place. Every
-``RESYNC_SECONDS`` it re-reads everything, so nothing missed can stay wrong.
+swaps in a new snapshot; a failed refresh leaves the last snapshot in place, and the next one
+re-reads everything. So does one every ``RESYNC_SECONDS``, so nothing missed can stay wrong.
 
 Served data is *stale* once the last successful refresh is older than ``stale_s``: the exporter
 is then not ready (``/readyz``), though still alive (``/healthz``) and still serving the snapshot.
@@ -229,6 +229,9 @@ class Exporter:
                     self.errors += 1
                     self.last_error = f"{kind}: {exc}" if str(exc) else kind
                     self.last_failure = (round(self.now() * 1000), self.last_error)
+                    # Redis may come back having lost or rolled back data (restart without
+                    # persistence, failover), which a read of what changed cannot see.
+                    self._since_ms = None  # so the next refresh re-reads everything
                     if kind not in logged:
                         logged.add(kind)
                         logger.warning(

@@ -247,6 +247,35 @@ async def test_last_error_clears_once_a_refresh_succeeds(failure: Exception) -> 
         await asyncio.wait([task], timeout=1)
 
 
+async def test_after_a_failed_refresh_everything_is_read_again() -> None:
+    """Redis came back without a minute it had (no persistence): the next refresh must not keep
+    serving it, though no read of what changed since could tell."""
+    clock = [T / 1000 + 600]
+    store = Breaks(clock)
+    store.put(T, "s1", sessions=3)
+    store.reached(0, T + 2 * M + 5)
+    service = exporter(store, clock)
+    metrics = ExporterMetrics.create(CollectorRegistry(), exposition=service.exposition)
+    task = asyncio.create_task(service.run(metrics, interval_s=0.001))
+    try:
+        await until(lambda: service.snapshot.refreshed_ms is not None)
+        store.failure = redis.exceptions.ConnectionError("Connection closed by server.")
+        await until(lambda: service.errors > 0)
+        store.cells_.clear()  # the restarted Redis lost minute T ...
+        store.changed.clear()
+        store.put(T + M, "s1", sessions=3)  # ... and got the next one, in the same window
+        store.reached(0, T + 3 * M + 5)
+        clock[0] += 5
+        store.failure = None
+        await until(lambda: service.last_error is None)
+        fresh = exporter(store, clock)
+        await fresh.refresh()
+        assert service.snapshot.exposition == fresh.snapshot.exposition
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=1)
+
+
 class Hangs(FakeStore):
     """Never answers once ``frozen`` is set, as a SIGSTOPped Redis without a socket timeout."""
 
