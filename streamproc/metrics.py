@@ -236,6 +236,11 @@ class KpiCollector(Collector):
     shop_first_response_seconds{window="1h",store_id="all",quantile="0.9"} 1840.0
     streamproc_exporter_event_time_lag_seconds 2.4
     streamproc_exporter_watermark_timestamp_seconds 1.7943e+09
+    streamproc_exporter_last_refresh_timestamp_seconds 1.7943e+09
+    streamproc_exporter_snapshot_age_seconds 3.1
+
+    The last two are absent until the first successful refresh (no misleading 0 = 1970), and
+    always come with the snapshot they date: a scrape sees the KPIs and how old they are.
     """
 
     def __init__(self, exposition: Callable[[], Exposition], *, now: Callable[[], float]) -> None:
@@ -271,6 +276,18 @@ class KpiCollector(Collector):
             expo.partitions,
         )
         yield gauge("streamproc_exporter_series", "KPI series in the last snapshot.", expo.series)
+        if expo.refreshed_ms is not None:
+            refreshed = expo.refreshed_ms / 1000
+            yield gauge(
+                "streamproc_exporter_last_refresh_timestamp_seconds",
+                "When the KPIs were last refreshed successfully.",
+                refreshed,
+            )
+            yield gauge(
+                "streamproc_exporter_snapshot_age_seconds",
+                "Wall clock minus the last successful refresh: how old the served KPIs are.",
+                max(0.0, self._now() - refreshed),
+            )
         if expo.latest_event_ms is not None:
             yield gauge(
                 "streamproc_exporter_event_time_lag_seconds",
@@ -294,7 +311,6 @@ class KpiCollector(Collector):
 class ExporterMetrics(NamedTuple):
     registry: CollectorRegistry
     refresh_seconds: Histogram
-    last_refresh: Gauge
     refresh_errors: Counter
 
     @classmethod
@@ -312,11 +328,6 @@ class ExporterMetrics(NamedTuple):
                 "streamproc_exporter_refresh_seconds",
                 "Time to read Redis and recompute the KPIs, failed refreshes included.",
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-                registry=registry,
-            ),
-            last_refresh=Gauge(
-                "streamproc_exporter_last_refresh_timestamp_seconds",
-                "When the KPIs were last refreshed successfully.",
                 registry=registry,
             ),
             refresh_errors=Counter(

@@ -10,13 +10,21 @@ from streamproc.errors import ConfigError
 
 @app.command("exporter")
 def exporter_command() -> None:
-    """Serve the KPIs from Redis: /metrics (trailing windows), /api/kpis (aligned windows)."""
+    """Serve the KPIs from Redis: /metrics (trailing windows), /api/kpis (aligned windows);
+    /healthz (alive) and /readyz (the KPIs are fresh)."""
     from prometheus_client import CollectorRegistry
 
     from streamproc import exporter, metrics
     from streamproc.store import KpiStore
 
     loaded = settings()
+    if loaded.exporter_stale_seconds < 2 * loaded.exporter_refresh_seconds:
+        log.warning(
+            "STREAMPROC_EXPORTER_STALE_SECONDS=%d is less than twice "
+            "STREAMPROC_EXPORTER_REFRESH_SECONDS=%d: /readyz will flap to 503 between refreshes",
+            loaded.exporter_stale_seconds,
+            loaded.exporter_refresh_seconds,
+        )
     where = endpoints(loaded)
     store = KpiStore.for_settings(loaded, where.redis_url)
     service = exporter.Exporter(store, exporter.ExporterConfig.from_settings(loaded))

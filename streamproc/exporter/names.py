@@ -18,7 +18,7 @@ are not the counters a summary's ``_count`` and ``_sum`` promise. Exposition lin
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streamproc.kpi.report import Row
 
@@ -199,6 +199,9 @@ class Exposition:
     latest_event_ms: int | None = None  # highest event time read by any partition
     watermark_ms: int | None = None  # lowest watermark of the partitions still running
     window_end_ms: int | None = None  # end of the trailing windows
+    # Wall clock of the refresh that made it; not part of the result, so two refreshes that
+    # read the same data compare equal.
+    refreshed_ms: int | None = field(default=None, compare=False)
 
     @property
     def series(self) -> int:

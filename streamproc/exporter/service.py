@@ -2,8 +2,11 @@
 
 A refresh re-reads only the minutes whose ``changed`` score moved since the previous one (less a
 margin for clock skew between workers and the exporter), applies them to the trailing sums and
-swaps in a new snapshot; a failed refresh leaves the last snapshot in place. Every
-``RESYNC_SECONDS`` it re-reads everything, so nothing missed can stay wrong.
+swaps in a new snapshot; a failed refresh leaves the last snapshot in place, and the next one
+re-reads everything. So does one every ``RESYNC_SECONDS``, so nothing missed can stay wrong.
+
+Served data is *stale* once the last successful refresh is older than ``stale_s``: the exporter
+is then not ready (``/readyz``), though still alive (``/healthz``) and still serving the snapshot.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class ExporterConfig:
     sizes_ms: tuple[int, ...]
     currency: str
     allowed_lateness_ms: int
+    stale_s: float = 60.0  # /readyz: 503 once the last successful refresh is older than this
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExporterConfig:
@@ -55,6 +59,7 @@ class ExporterConfig:
             sizes_ms=tuple(s * 1000 for s in settings.window_seconds),
             currency=settings.reporting_currency,
             allowed_lateness_ms=settings.allowed_lateness_seconds * 1000,
+            stale_s=float(settings.exporter_stale_seconds),
         )
 
     @property
@@ -69,7 +74,11 @@ class Snapshot:
 
     exposition: Exposition = field(default_factory=Exposition)
     positions: tuple[Position, ...] = ()
-    refreshed_ms: int | None = None  # wall clock of the refresh that made it
+
+    @property
+    def refreshed_ms(self) -> int | None:
+        """Wall clock of the refresh that made it; None for the empty start snapshot."""
+        return self.exposition.refreshed_ms
 
 
 def _cancel_requested() -> bool:
@@ -100,8 +109,10 @@ class Exporter:
         self.now = now
         self.snapshot = Snapshot()
         self.errors = 0
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # of the latest refresh; None once one succeeds
+        self.last_failure: tuple[int, str] | None = None  # (wall ms, error), kept after recovery
         self.running = False
+        self._refreshing_since: float | None = None  # wall clock; None between refreshes
         self._trailing = Trailing(config.sizes_ms)
         self._since_ms: float | None = None  # None: read every minute next time
         self._full_at_ms = 0.0
@@ -193,8 +204,9 @@ class Exporter:
             latest_event_ms=latest if latest >= 0 else None,
             watermark_ms=mark,
             window_end_ms=end,
+            refreshed_ms=round(self.now() * 1000),
         )
-        return Snapshot(exposition, positions, round(self.now() * 1000))
+        return Snapshot(exposition, positions)
 
     async def run(self, metrics: ExporterMetrics, *, interval_s: float) -> None:
         """Refresh every ``interval_s`` until cancelled. A failed or slow refresh is counted and
@@ -205,16 +217,21 @@ class Exporter:
         try:
             while True:
                 started = time.monotonic()
+                self._refreshing_since = self.now()
                 try:
                     async with asyncio.timeout(timeout_s):
                         await self.refresh()
-                except Exception as exc:
+                except Exception as exc:  # Redis down or frozen (TimeoutError) included
                     if _cancel_requested():
                         raise asyncio.CancelledError from exc  # an error our cancel caused
                     kind = type(exc).__name__
                     metrics.refresh_errors.labels(kind).inc()
                     self.errors += 1
                     self.last_error = f"{kind}: {exc}" if str(exc) else kind
+                    self.last_failure = (round(self.now() * 1000), self.last_error)
+                    # Redis may come back having lost or rolled back data (restart without
+                    # persistence, failover), which a read of what changed cannot see.
+                    self._since_ms = None  # so the next refresh re-reads everything
                     if kind not in logged:
                         logged.add(kind)
                         logger.warning(
@@ -227,8 +244,9 @@ class Exporter:
                     if logged:
                         logger.info("refresh works again")
                         logged.clear()
-                    metrics.last_refresh.set(self.now())
+                    self.last_error = None
                 finally:
+                    self._refreshing_since = None
                     metrics.refresh_seconds.observe(time.monotonic() - started)
                 if _cancel_requested():
                     raise asyncio.CancelledError
@@ -261,6 +279,45 @@ class Exporter:
             found += ticket_rows(await self.store.open_tickets(), at_ms=at, watermark=mark)
         return [row for row in found if query.wants_row(row)]
 
+    def age_s(self) -> float | None:
+        """Seconds since the last successful refresh; None before the first one."""
+        refreshed_ms = self.snapshot.refreshed_ms
+        if refreshed_ms is None:
+            return None
+        return max(0.0, self.now() - refreshed_ms / 1000)  # a clock stepped back: fresh
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """``/readyz``: ready while the last successful refresh is at most ``stale_s`` old.
+
+        The body says why not: ``status`` is ``starting`` before the first success, ``stale``
+        after; with the age, the latest refresh's error and how long a refresh has been waiting.
+        """
+        age = self.age_s()
+        limit = self.config.stale_s
+        ready = age is not None and age <= limit
+        refreshed_ms = self.snapshot.refreshed_ms
+        body: dict[str, Any] = {
+            "status": "ready" if ready else "starting" if age is None else "stale",
+            "refreshed_at": None if refreshed_ms is None else rfc3339(refreshed_ms),
+            "refresh_age_seconds": None if age is None else round(age, 3),
+            "stale_after_seconds": limit,
+        }
+        if not ready:
+            because = (
+                "no successful refresh yet"
+                if age is None
+                else f"last successful refresh {age:.1f} s ago, more than {limit:g} s"
+            )
+            if self.last_error is not None:
+                because += f"; last error: {self.last_error}"
+            body["reason"] = because
+            body["last_error"] = self.last_error
+            since = self._refreshing_since
+            body["refreshing_for_seconds"] = (
+                None if since is None else round(max(0.0, self.now() - since), 3)
+            )
+        return ready, body
+
     def status(self) -> dict[str, Any]:
         """``/api/status``: what the last snapshot knows, and the refresh loop's health."""
 
@@ -269,10 +326,18 @@ class Exporter:
 
         snap = self.snapshot
         expo = snap.exposition
+        ready, readiness = self.readiness()
         return {
             "refreshed_at": when(snap.refreshed_ms),
+            "refresh_age_seconds": readiness["refresh_age_seconds"],
+            "ready": ready,
+            "stale": readiness["status"] == "stale",
+            "stale_after_seconds": self.config.stale_s,
             "refresh_errors": self.errors,
             "last_error": self.last_error,
+            "last_failure": None
+            if self.last_failure is None
+            else {"at": when(self.last_failure[0]), "error": self.last_failure[1]},
             "windows": [window_label(s) for s in self.config.sizes_ms],
             "trailing_end": when(expo.window_end_ms),
             "watermark": when(expo.watermark_ms),

@@ -1,4 +1,8 @@
-"""The exporter's HTTP server (aiohttp): ``/metrics``, ``/api/kpis``, ``/api/status``, ``/healthz``.
+"""The exporter's HTTP server (aiohttp): ``/metrics``, ``/api/kpis``, ``/api/status``, ``/healthz``,
+``/readyz``.
+
+``/healthz`` is liveness (the refresh loop runs: restarting would not help a Redis outage) and
+``/readyz`` readiness (the served KPIs are fresh); a stale exporter keeps serving its snapshot.
 
 One event loop runs both the refresh and the server. That is safe because the server only reads
 the snapshot, which a refresh replaces whole, and the loop is never busy for long: Redis waits are
@@ -26,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 EXPORTER = web.AppKey("exporter", Exporter)
 METRICS = web.AppKey("metrics", ExporterMetrics)
-ENDPOINTS = ("/metrics", "/api/kpis", "/api/status", "/healthz")
+ENDPOINTS = ("/metrics", "/api/kpis", "/api/status", "/healthz", "/readyz")
 
 
 def _json(value: object, *, status: int = 200) -> web.Response:
@@ -65,6 +69,12 @@ async def _health(request: web.Request) -> web.Response:
     return _json(body, status=200 if exporter.running else 503)
 
 
+async def _ready(request: web.Request) -> web.Response:
+    """Ready while the last successful refresh is recent enough; 503 with the reason if not."""
+    ready, body = request.app[EXPORTER].readiness()
+    return _json(body, status=200 if ready else 503)
+
+
 async def _index(request: web.Request) -> web.Response:
     return web.Response(text="streamproc exporter: " + " ".join(ENDPOINTS) + "\n")
 
@@ -78,6 +88,7 @@ def create_app(exporter: Exporter, metrics: ExporterMetrics) -> web.Application:
     app.router.add_get("/api/kpis", _kpis)
     app.router.add_get("/api/status", _status)
     app.router.add_get("/healthz", _health)
+    app.router.add_get("/readyz", _ready)
     return app
 
 

@@ -282,7 +282,18 @@ async def test_status_and_health(running: Running) -> None:
     assert body["windows"] == ["1m", "5m"] and body["refresh_errors"] == 0
     assert [p["partition"] for p in body["partitions"]] == [0, 1]
     assert body["partitions"][1]["latest_event_time"] == rfc3339(C + 30_000)
+    assert (body["ready"], body["stale"], body["refresh_age_seconds"]) == (True, False, 0.0)
+    assert body["last_error"] is None and body["last_failure"] is None
     assert await running.get("/healthz") == (200, {"status": "ok"})
+    assert await running.get("/readyz") == (
+        200,
+        {
+            "status": "ready",
+            "refreshed_at": rfc3339(int(NOW_S * 1000)),
+            "refresh_age_seconds": 0.0,
+            "stale_after_seconds": 60.0,
+        },
+    )
 
 
 async def test_a_failing_redis_keeps_the_last_snapshot_served(
@@ -316,3 +327,6 @@ async def test_a_failing_redis_keeps_the_last_snapshot_served(
     errors_then = exporter.errors
     await until(lambda: any("works again" in r.getMessage() for r in caplog.records))
     assert exporter.errors == errors_then
+    _, body = await running.get("/api/status")
+    assert body["last_error"] is None and body["refresh_errors"] == errors_then
+    assert body["last_failure"]["error"].startswith("ConnectionError")

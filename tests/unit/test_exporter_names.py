@@ -147,6 +147,7 @@ def page() -> str:
         latest_event_ms=int((NOW_S - 2.5) * 1000),
         watermark_ms=1_790_000_000_000,
         window_end_ms=1_790_000_040_000,
+        refreshed_ms=int((NOW_S - 4) * 1000),
     )
     metrics = ExporterMetrics.create(
         CollectorRegistry(), exposition=lambda: expo, now=lambda: NOW_S
@@ -167,7 +168,9 @@ def test_the_page_shows_every_kpi_and_the_exporters_progress() -> None:
     assert parsed["streamproc_exporter_watermark_timestamp_seconds"].samples[0].value == 1.79e9
     assert parsed["streamproc_exporter_refresh_errors"].type == "counter"
     assert parsed["streamproc_exporter_refresh_seconds"].type == "histogram"
-    assert "streamproc_exporter_last_refresh_timestamp_seconds" in parsed
+    refreshed = parsed["streamproc_exporter_last_refresh_timestamp_seconds"]
+    assert refreshed.type == "gauge" and refreshed.samples[0].value == NOW_S - 4
+    assert parsed["streamproc_exporter_snapshot_age_seconds"].samples[0].value == 4.0
     series = parsed["streamproc_exporter_series"].samples[0].value
     assert series == sum(len(parsed[n].samples) for n in {m.name for m in METRICS.values()})
     for metric in METRICS.values():  # a constant label set per metric
@@ -226,6 +229,15 @@ def promlint(text: str) -> list[str]:
         if kind != "gauge" and full.endswith("_timestamp_seconds"):
             problems.append(f"{full}: _timestamp_seconds on a {kind}")
     return problems
+
+
+def test_before_the_first_refresh_the_page_does_not_date_its_kpis() -> None:
+    """No last-refresh timestamp of 0 (1970): the series are absent until a refresh succeeds."""
+    metrics = ExporterMetrics.create(CollectorRegistry(), exposition=Exposition, now=lambda: NOW_S)
+    parsed = {f.name for f in text_string_to_metric_families(metrics.render()[0].decode())}
+    assert "streamproc_exporter_series" in parsed
+    assert "streamproc_exporter_last_refresh_timestamp_seconds" not in parsed
+    assert "streamproc_exporter_snapshot_age_seconds" not in parsed
 
 
 def test_the_page_passes_the_promtool_naming_rules() -> None:

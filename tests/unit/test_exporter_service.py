@@ -1,17 +1,22 @@
 """The refresh without Redis: incremental results equal results from scratch, unchanged visitor
-unions are not counted again, and the refresh loop stops even when a cancel gets lost."""
+unions are not counted again, the refresh loop stops even when a cancel gets lost, and readiness
+follows the age of the last successful refresh (an injected clock)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
+import redis.exceptions
 from prometheus_client import CollectorRegistry
 
 from streamproc.exporter import Exporter, ExporterConfig
 from streamproc.exporter.service import CLOCK_MARGIN_MS
 from streamproc.kpi import counters as c
+from streamproc.kpi.windows import rfc3339
 from streamproc.metrics import ExporterMetrics
 
 M = 60_000
@@ -55,8 +60,8 @@ class FakeStore:
         return {}
 
 
-def exporter(store: FakeStore, clock: list[float]) -> Exporter:
-    return Exporter(store, CONFIG, now=lambda: clock[0])  # type: ignore[arg-type]
+def exporter(store: FakeStore, clock: list[float], config: ExporterConfig = CONFIG) -> Exporter:
+    return Exporter(store, config, now=lambda: clock[0])  # type: ignore[arg-type]
 
 
 async def test_incremental_refreshes_equal_fresh_ones() -> None:
@@ -130,3 +135,179 @@ async def test_the_refresh_loop_stops_even_when_a_cancel_is_lost() -> None:
     done, _ = await asyncio.wait([task], timeout=1)
     assert done == {task} and task.cancelled()
     assert service.errors == 0 and not service.running
+
+
+STALE = dataclasses.replace(CONFIG, stale_s=10.0)
+
+
+async def test_ready_while_the_last_successful_refresh_is_recent() -> None:
+    clock = [T / 1000 + 600]
+    store = FakeStore(clock)
+    store.put(T, "s1", sessions=2)
+    store.reached(0, T + M + 5)
+    service = exporter(store, clock, STALE)
+    ready, body = service.readiness()
+    assert not ready
+    assert body == {
+        "status": "starting",
+        "refreshed_at": None,
+        "refresh_age_seconds": None,
+        "stale_after_seconds": 10.0,
+        "reason": "no successful refresh yet",
+        "last_error": None,
+        "refreshing_for_seconds": None,
+    }
+    status = service.status()
+    assert (status["ready"], status["stale"], status["refreshed_at"]) == (False, False, None)
+
+    await service.refresh()
+    refreshed_at = rfc3339(round(clock[0] * 1000))
+    assert service.readiness() == (
+        True,
+        {
+            "status": "ready",
+            "refreshed_at": refreshed_at,
+            "refresh_age_seconds": 0.0,
+            "stale_after_seconds": 10.0,
+        },
+    )
+    clock[0] += 10  # at the limit: still ready
+    assert service.readiness()[0] and service.status()["refresh_age_seconds"] == 10.0
+    clock[0] += 0.5
+    ready, body = service.readiness()
+    assert not ready
+    assert body["status"] == "stale" and body["refreshed_at"] == refreshed_at
+    assert body["refresh_age_seconds"] == 10.5
+    assert body["reason"] == "last successful refresh 10.5 s ago, more than 10 s"
+    status = service.status()
+    assert (status["ready"], status["stale"]) == (False, True)
+    await service.refresh()
+    assert service.readiness()[0]
+
+
+class Breaks(FakeStore):
+    """Raises ``failure`` on every read while it is set, as a store whose Redis is down."""
+
+    failure: Exception | None = None
+
+    async def statuses(self) -> dict[int, dict[str, Any]]:
+        if self.failure is not None:
+            raise self.failure
+        return await super().statuses()
+
+
+async def until(check: Callable[[], bool], *, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379."),
+        redis.exceptions.TimeoutError("Timeout reading from socket"),  # socket_timeout
+        TimeoutError(),  # the refresh's overall asyncio.timeout
+    ],
+    ids=["refused", "socket-timeout", "refresh-timeout"],
+)
+async def test_last_error_clears_once_a_refresh_succeeds(failure: Exception) -> None:
+    clock = [T / 1000 + 600]
+    store = Breaks(clock)
+    store.reached(0, T + M + 5)
+    service = exporter(store, clock, STALE)
+    metrics = ExporterMetrics.create(CollectorRegistry(), exposition=service.exposition)
+    task = asyncio.create_task(service.run(metrics, interval_s=0.001))
+    try:
+        await until(lambda: service.snapshot.refreshed_ms is not None)
+        store.failure = failure
+        clock[0] += 11
+        await until(lambda: service.errors >= 2)
+        error = type(failure).__name__ + (f": {failure}" if str(failure) else "")
+        ready, body = service.readiness()
+        assert not ready and body["status"] == "stale" and body["last_error"] == error
+        assert (
+            body["reason"]
+            == f"last successful refresh 11.0 s ago, more than 10 s; last error: {error}"
+        )
+        kind = {"kind": type(failure).__name__}
+        assert metrics.registry.get_sample_value(
+            "streamproc_exporter_refresh_errors_total", kind
+        ) == pytest.approx(service.errors, abs=1)  # the loop may be one failure ahead
+
+        store.failure = None
+        await until(lambda: service.last_error is None)
+        assert service.readiness()[0]
+        status = service.status()
+        assert status["last_error"] is None and status["refresh_errors"] >= 2
+        assert status["last_failure"] == {"at": rfc3339(round(clock[0] * 1000)), "error": error}
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=1)
+
+
+async def test_after_a_failed_refresh_everything_is_read_again() -> None:
+    """Redis came back without a minute it had (no persistence): the next refresh must not keep
+    serving it, though no read of what changed since could tell."""
+    clock = [T / 1000 + 600]
+    store = Breaks(clock)
+    store.put(T, "s1", sessions=3)
+    store.reached(0, T + 2 * M + 5)
+    service = exporter(store, clock)
+    metrics = ExporterMetrics.create(CollectorRegistry(), exposition=service.exposition)
+    task = asyncio.create_task(service.run(metrics, interval_s=0.001))
+    try:
+        await until(lambda: service.snapshot.refreshed_ms is not None)
+        store.failure = redis.exceptions.ConnectionError("Connection closed by server.")
+        await until(lambda: service.errors > 0)
+        store.cells_.clear()  # the restarted Redis lost minute T ...
+        store.changed.clear()
+        store.put(T + M, "s1", sessions=3)  # ... and got the next one, in the same window
+        store.reached(0, T + 3 * M + 5)
+        clock[0] += 5
+        store.failure = None
+        await until(lambda: service.last_error is None)
+        fresh = exporter(store, clock)
+        await fresh.refresh()
+        assert service.snapshot.exposition == fresh.snapshot.exposition
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=1)
+
+
+class Hangs(FakeStore):
+    """Never answers once ``frozen`` is set, as a SIGSTOPped Redis without a socket timeout."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__(clock)
+        self.frozen = False
+        self.hanging = asyncio.Event()  # set once a read hangs
+
+    async def statuses(self) -> dict[int, dict[str, Any]]:
+        if self.frozen:
+            self.hanging.set()
+            await asyncio.Event().wait()
+        return await super().statuses()
+
+
+async def test_a_hanging_refresh_makes_the_exporter_stale_not_dead() -> None:
+    clock = [T / 1000 + 600]
+    store = Hangs(clock)
+    store.reached(0, T + M + 5)
+    service = exporter(store, clock, STALE)
+    metrics = ExporterMetrics.create(CollectorRegistry(), exposition=service.exposition)
+    task = asyncio.create_task(service.run(metrics, interval_s=0.001))
+    try:
+        await until(lambda: service.snapshot.refreshed_ms is not None)
+        store.frozen = True
+        await asyncio.wait_for(store.hanging.wait(), 5)
+        clock[0] += 30
+        ready, body = service.readiness()
+        assert not ready and service.running  # /readyz 503, /healthz still 200
+        assert body["refresh_age_seconds"] == pytest.approx(30, abs=0.01)
+        assert body["refreshing_for_seconds"] == 30.0 and body["last_error"] is None
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=1)
+    assert task.cancelled()
