@@ -256,7 +256,8 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=65535,
-        description="Port of the embedded broker started by `streamproc dev up` (0: a free port).",
+        description="Port of the embedded broker started by `streamproc dev up` (0: the port "
+        "it had last time, else a free one).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level: debug, info, warning or error."

@@ -93,6 +93,8 @@ class DevStack:
         redis: "auto" reuses ``redis_url`` when it answers PING, else starts redis-server, else
             Valkey; the other modes force one of these.
         broker_binary: a Tansu binary to run instead of the one found by ``find_broker_binary``.
+        keep_port: False for a stack whose clients start and stop with it (the demo): its broker
+            takes any free port instead of the last one's.
     """
 
     def __init__(
@@ -103,7 +105,9 @@ class DevStack:
         redis_url: str | None = None,
         redis: RedisMode = "auto",
         broker_binary: Path | None = None,
+        keep_port: bool = True,
     ) -> None:
+        self.keep_port = keep_port
         self.state_dir = Path(state_dir).absolute()  # the state file records absolute paths
         self.state_file = self.state_dir / "dev" / "stack.json"
         self.port_file = self.state_dir / "dev" / "broker.port"
@@ -213,7 +217,7 @@ class DevStack:
                     "another port"
                 )
             return self.broker_port
-        port = recorded or self._remembered_port()
+        port = (recorded or self._remembered_port()) if self.keep_port else None
         if port is None:
             return _free_port()
         if _port_in_use(port):
