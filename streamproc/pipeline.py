@@ -187,7 +187,8 @@ class Pipeline:
         its data (a memory-only broker restarted) or the topic was created again. Its new
         offsets would be taken for ones already absorbed (records skip offsets at or below
         their markers)."""
-        for partition in sorted(self.owned()):
+        read = {partition for _, partition in self.read_max}
+        for partition in sorted(self.owned() | read):  # owned() is empty during a rebalance
             for topic in self.topics:
                 done = max(
                     self.read_max.get((topic, partition), 0),

@@ -14,9 +14,10 @@ from helpers import T0_MS, dumps, make_event
 
 from streamproc.config import load_settings
 from streamproc.deadletter import DeadLetter
+from streamproc.errors import TopicsChanged
 from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
-from streamproc.pipeline import PROCESSING_ERROR, Pipeline
+from streamproc.pipeline import PROCESSING_ERROR, Highwater, Pipeline
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1, max_event_failures=3)
 CLICKS = SETTINGS.topic_clickstream
@@ -71,7 +72,9 @@ class Table(dict[str, bytes]):
                 self[key] = value
 
 
-def make_pipeline(store: Store, table: Table, letters: list[DeadLetter]) -> Pipeline:
+def make_pipeline(
+    store: Store, table: Table, letters: list[DeadLetter], *, highwater: Highwater | None = None
+) -> Pipeline:
     async def dead_letter(message: Message, letter: DeadLetter) -> None:
         letters.append(letter)
 
@@ -82,7 +85,7 @@ def make_pipeline(store: Store, table: Table, letters: list[DeadLetter]) -> Pipe
         table=table,
         decoders={t: BatchDecoder(decoder, f) for f, t in SETTINGS.topics_by_family.items()},
         dead_letter=dead_letter,
-        highwater=lambda topic, partition: None,
+        highwater=highwater or (lambda topic, partition: None),
         read_from=lambda topic, partition: None,
         owned=lambda: {0},
         clock=lambda: T0_MS / 1000 + 60,
@@ -135,3 +138,22 @@ async def test_a_redis_outage_leaves_the_batch_whole_and_its_dead_letters_unsent
     assert [letter.reason for letter in letters] == ["not_json"]
     assert counts.dead_letters == {"not_json": 1}
     assert store.published == 1
+
+
+async def test_a_partition_that_ends_before_what_was_read_stops_the_worker() -> None:
+    ends = {CLICKS: 4}
+    letters: list[DeadLetter] = []
+    pipe = make_pipeline(Store(), Table(), letters, highwater=lambda t, p: ends.get(t))
+    await pipe.on_batch(CLICKS, batch(["s1", "s2", "s3", "s4"]), {0: 0})
+    pipe.check_ends()
+    ends[CLICKS] = 1  # the broker came back without the topic's data, and it was written to
+    pipe.check_ends()
+    pipe.check_ends()
+    ends[CLICKS] = 4  # one odd answer: forgotten
+    pipe.check_ends()
+    ends[CLICKS] = 0
+    pipe.forget([0])  # a rebalance: what was read is remembered all the same
+    pipe.check_ends()
+    pipe.check_ends()
+    with pytest.raises(TopicsChanged, match=r"clickstream\[0\] ends at offset 0, but .* 4"):
+        pipe.check_ends()
