@@ -331,10 +331,12 @@ class EventDecoder:
             )
         # Cheapest test first: nearly every event is one object without arrays, which two
         # memchr calls show (with int arguments: ``b"[" in raw`` raises and clears a TypeError
-        # inside). Only a message with more than MAX_DEPTH brackets gets the exact scan.
+        # inside). Only a message with more than MAX_DEPTH brackets gets the exact scan, and
+        # only if it is an object: msgspec rejects anything else at its first byte (not_object).
         if (
             (raw.rfind(_OPEN_BRACE) > 0 or _OPEN_BRACKET in raw)
             and raw.count(b"{") + raw.count(b"[") > MAX_DEPTH
+            and raw.lstrip()[:1] == b"{"
             and (depth := nesting_depth(raw)) > MAX_DEPTH
         ):
             raise InvalidEvent(

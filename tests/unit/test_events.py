@@ -492,6 +492,13 @@ def test_depth_limit(opener: bytes, closer: bytes) -> None:
         assert f"nest {levels + 1} deep (limit {MAX_DEPTH})" in error.detail
 
 
+@pytest.mark.parametrize("raw", [b"[" * 30_000 + b"]" * 30_000, b" \n[" * 20_000])
+def test_a_deep_array_is_not_an_object_first(raw: bytes) -> None:
+    """msgspec rejects a message that is no object at its first byte, without recursing."""
+    error = rejected(raw)
+    assert (error.reason, error.field) == (Reason.NOT_OBJECT, None)
+
+
 def test_depth_limit_holds_for_known_fields_and_ignores_strings() -> None:
     error = rejected(with_raw(make_event("page_view", page_path=nested(40))))
     assert error.reason == Reason.TOO_DEEP
