@@ -43,10 +43,10 @@ Id = Annotated[str, Meta(min_length=1, max_length=256)]
 Text = Annotated[str, Meta(max_length=2048)]
 
 # Every integer is bounded, so that any accepted value fits the engine's msgpack state (64-bit
-# integers) and the counters that sum it keep a wide margin (events.md, "Bounds").
+# integers) and the counters that sum it keep a wide margin.
 # Money: 10**13 minor units is 100 billion USD, or 400 million USD in VND (no minor unit), far
 # above any order; a per-minute, per-store revenue counter then needs ~900,000 maximal orders to
-# overflow a signed 64-bit integer, where a real peak stays below a 10**-6 share of it. Converted
+# overflow a signed 64-bit integer, and real traffic stays a million times below that. Converted
 # amounts are held to the same bound (``parse.py``).
 MAX_MONEY_MINOR: Final = 10**13
 # Units of one line; an order's units (all lines of a 64 KiB message) stay below 3 * 10**12.
