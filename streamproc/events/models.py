@@ -3,7 +3,9 @@
 The structs are decoded straight from message bytes by msgspec (see ``parse.py``). After
 ``EventDecoder.decode`` returns, an event is normalised:
 
-* ``event_time`` (and ``opened_at``) are :class:`EpochMs`: integer epoch milliseconds, UTC;
+* ``event_time`` (and ``opened_at``) are :class:`EpochMs`: integer epoch milliseconds, UTC,
+  from 2000-01-01 to 9999-12-31T23:59:59.999Z;
+* every integer lies within the bounds below, so arithmetic on it and its msgpack encoding are safe;
 * enum-valued fields hold one of the documented values, unknown values mapped to ``"other"``
   (``device_type`` stays ``None`` when absent, so that a session's first event can set it);
 * money fields are integer minor units of the **reporting** currency, and ``currency`` is the
@@ -13,7 +15,7 @@ The structs are decoded straight from message bytes by msgspec (see ``parse.py``
 from __future__ import annotations
 
 import enum
-from typing import Annotated, TypeAlias
+from typing import Annotated, Final, TypeAlias
 
 import msgspec
 from msgspec import Meta, Struct
@@ -39,9 +41,30 @@ StoreId = Annotated[str, Meta(min_length=1, max_length=64)]
 # Ids are not bounded by the contract; 256 characters keeps per-session state small.
 Id = Annotated[str, Meta(min_length=1, max_length=256)]
 Text = Annotated[str, Meta(max_length=2048)]
-Money = Annotated[int, Meta(ge=0)]
-Quantity = Annotated[int, Meta(ge=1)]
-Index = Annotated[int, Meta(ge=1)]
+
+# Every integer is bounded, so that any accepted value fits the engine's msgpack state (64-bit
+# integers) and the counters that sum it keep a wide margin.
+# Money: 10**13 minor units is 100 billion USD, or 400 million USD in VND (no minor unit), far
+# above any order; a per-minute, per-store revenue counter then needs ~900,000 maximal orders to
+# overflow a signed 64-bit integer, and real traffic stays a million times below that. Converted
+# amounts are held to the same bound (``parse.py``).
+MAX_MONEY_MINOR: Final = 10**13
+# Units of one line; an order's units (all lines of a 64 KiB message) stay below 3 * 10**12.
+MAX_QUANTITY: Final = 10**9
+# Counts and small numbers (visit and order indexes, schema versions, engagement in ms: 24.8
+# days) fit a signed 32-bit integer, in any store downstream.
+MAX_INT32: Final = 2**31 - 1
+# Survey scores: every common scale (CSAT 1-5, NPS 0-10, CES 1-7, percentages, signed Likert)
+# fits; the csat and nps ranges are checked per survey type.
+MIN_SCORE: Final = -100
+MAX_SCORE: Final = 100
+
+Money = Annotated[int, Meta(ge=0, le=MAX_MONEY_MINOR)]
+Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
+Index = Annotated[int, Meta(ge=1, le=MAX_INT32)]
+SchemaVersion = Annotated[int, Meta(ge=1, le=MAX_INT32)]
+DurationMs = Annotated[int, Meta(ge=0, le=MAX_INT32)]
+Score = Annotated[int, Meta(ge=MIN_SCORE, le=MAX_SCORE)]
 
 CHANNEL_GROUPS = frozenset(
     {
@@ -77,7 +100,7 @@ class Event(Struct, tag_field="event_type", kw_only=True):
     session_id: Id | None = None
     customer_id: Id | None = None
     device_type: str | None = None
-    schema_version: int = 1
+    schema_version: SchemaVersion = 1
 
     @property
     def event_type(self) -> str:
@@ -117,7 +140,7 @@ class ProductView(WebEvent, tag="product_view", kw_only=True):
 
 
 class PagePing(WebEvent, tag="page_ping", kw_only=True):
-    engagement_ms: Annotated[int, Meta(ge=0)] | None = None
+    engagement_ms: DurationMs | None = None
 
 
 # --- cart --------------------------------------------------------------------------------------
@@ -210,7 +233,7 @@ class TicketReopened(TicketEvent, tag="ticket_reopened", kw_only=True):
 
 class SurveyResponse(Event, tag="survey_response", kw_only=True):
     survey_type: str
-    score: int
+    score: Score
     ticket_id: Id | None = None
     opened_at: EpochMs | None = None
 

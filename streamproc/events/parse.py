@@ -4,17 +4,20 @@
 or raises :class:`~streamproc.errors.InvalidEvent` with a reason code from :class:`Reason`.
 msgspec does the decoding and the type/constraint checks in one pass over the bytes; what it
 cannot express (time forms, enums with an ``other`` fallback, currencies, score ranges that depend
-on the survey type) is checked here afterwards.
+on the survey type) is checked here afterwards. Before it, size and nesting depth are checked, so
+that no message can exhaust memory or the stack: every message either decodes or is rejected.
 """
 
 from __future__ import annotations
 
 import enum
+import operator
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
+from itertools import accumulate, count
 from typing import Any, Final
 
 import msgspec
@@ -24,7 +27,14 @@ from streamproc.events import models as m
 
 # 2000-01-01T00:00:00Z: integer times below this are almost surely seconds, not milliseconds.
 MIN_EPOCH_MS: Final = 946_684_800_000
+# 9999-12-31T23:59:59.999Z, the last millisecond an RFC 3339 time can name.
+MAX_EPOCH_MS: Final = 253_402_300_799_999
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The deepest nesting of objects and arrays accepted. The contract itself nests three levels
+# (event, items, item); the rest is room for unknown fields. msgspec recurses once per level, on
+# the C stack, up to Python's recursion limit: deeper input is refused before it is decoded.
+MAX_DEPTH: Final = 32
 
 
 class Reason(enum.StrEnum):
@@ -46,6 +56,8 @@ class Reason(enum.StrEnum):
     TOO_LONG = "too_long"
     INVALID_VALUE = "invalid_value"
     TOO_LATE = "too_late"
+    TOO_DEEP = "too_deep"
+    PROCESSING_ERROR = "processing_error"  # an unexpected error (a bug), see ingest.py
 
 
 # ISO 4217 currencies whose minor unit is not 1/100.
@@ -101,7 +113,9 @@ def parse_event_time(value: Any) -> m.EpochMs:
     if type(value) is int:
         if value < MIN_EPOCH_MS:
             hint = " (seconds? expected milliseconds)" if value > MIN_EPOCH_MS // 1000 else ""
-            raise ValueError(f"{Reason.INVALID_TIME}: {value} is before 2000-01-01{hint}")
+            raise ValueError(f"{Reason.INVALID_TIME}: {_short(value)} is before 2000-01-01{hint}")
+        if value > MAX_EPOCH_MS:
+            raise ValueError(f"{Reason.INVALID_TIME}: {_short(value)} is after 9999-12-31")
         return m.EpochMs(value)
     if type(value) is str:
         try:
@@ -114,11 +128,37 @@ def parse_event_time(value: Any) -> m.EpochMs:
         ms = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
         if ms < MIN_EPOCH_MS:
             raise ValueError(f"{Reason.INVALID_TIME}: {value!r} is before 2000-01-01")
+        if ms > MAX_EPOCH_MS:  # 9999-12-31 with a negative offset
+            raise ValueError(f"{Reason.INVALID_TIME}: {value!r} is after 9999-12-31 in UTC")
         return m.EpochMs(ms)
     raise TypeError(
         f"{Reason.WRONG_TYPE}: expected an RFC 3339 string or integer epoch milliseconds, "
         f"got {_json_type_name(value)}"
     )
+
+
+def _short(number: int) -> str:
+    """An integer for a message: a 400-digit one is shown by its digit count."""
+    text = str(number)
+    return text if len(text) <= 24 else f"a {len(text.lstrip('-'))}-digit integer"
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deeply objects and arrays nest in JSON text; brackets inside strings do not count.
+
+    An unterminated string is not recognised as one; its brackets count, which can only overstate
+    the depth of text that is not JSON anyway.
+    """
+    marks = _JSON_STRING.sub(b"", raw).translate(_MARKS, _NOT_BRACKETS)
+    # A mark is 2 for an opening and 0 for a closing bracket: after the k-th bracket, the depth
+    # is the sum of the first k marks minus k. All in C: a few ms for the largest message.
+    return max(map(operator.sub, accumulate(marks), count(1)), default=0)
+
+
+_OPEN_BRACE, _OPEN_BRACKET = ord("{"), ord("[")
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_MARKS = bytes.maketrans(b"{[}]", b"\x02\x02\x00\x00")
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"{[}]")
 
 
 def _json_type_name(value: Any) -> str:
@@ -141,7 +181,16 @@ _CONSTRAINT = re.compile(
 )
 _OWN_REASON = re.compile(r"^(?P<reason>[a-z_]+): (?P<detail>.*)$", re.DOTALL)
 _REASON_VALUES = frozenset(reason.value for reason in Reason)
-_QUANTITY_FIELDS = frozenset({"quantity"})
+# msgspec's words for an integer with more than 4300 digits, and for a float beyond 1.8e308.
+_HUGE_INT = "Integer value out of range"
+_HUGE_NUMBER = "Number out of range"
+# The reason for a number outside its bounds, by field name; any other field: invalid_value.
+_RANGE_REASONS: Final = {
+    "quantity": Reason.INVALID_QUANTITY,
+    "score": Reason.SCORE_OUT_OF_RANGE,
+    "event_time": Reason.INVALID_TIME,
+    "opened_at": Reason.INVALID_TIME,
+}
 
 
 def _leaf(path: str) -> str:
@@ -182,13 +231,16 @@ def _from_validation_error(message: str, family: m.Family) -> InvalidEvent:
         if kind == "str":
             reason = Reason.TOO_LONG if op == "<=" else Reason.INVALID_VALUE
             return InvalidEvent(reason, f"`{path[2:]}` must have length {op} {bound}", field=path)
-        if leaf in m.MONEY_FIELDS:
+        if leaf in m.MONEY_FIELDS and op == ">=":
             return InvalidEvent(
                 Reason.NEGATIVE_MONEY, f"`{path[2:]}` must not be negative", field=path
             )
-        reason = Reason.INVALID_QUANTITY if leaf in _QUANTITY_FIELDS else Reason.INVALID_VALUE
+        reason = _RANGE_REASONS.get(leaf, Reason.INVALID_VALUE)
         return InvalidEvent(reason, f"`{path[2:]}` must be {op} {bound}", field=path)
-    if text.startswith("Expected `"):
+    if text == _HUGE_INT:
+        reason = _RANGE_REASONS.get(leaf, Reason.INVALID_VALUE)
+        return InvalidEvent(reason, f"`{path[2:]}` has more than 4300 digits", field=path)
+    if text.startswith("Expected `") or text == _HUGE_NUMBER:
         return InvalidEvent(Reason.WRONG_TYPE, f"`{path[2:] or 'event'}`: {text}", field=path)
     return InvalidEvent(Reason.INVALID_VALUE, message, field=path)
 
@@ -214,6 +266,7 @@ def _enum(table: dict[str, str], value: str) -> str:
 
 
 SCORE_RANGES: Final = {"csat": (1, 5), "nps": (0, 10)}
+_MAX_MONEY: Final = m.MAX_MONEY_MINOR
 
 
 class EventDecoder:
@@ -276,6 +329,19 @@ class EventDecoder:
                 Reason.TOO_LARGE,
                 f"message of {len(raw)} bytes exceeds the limit of {self.max_message_bytes}",
             )
+        # Cheapest test first: nearly every event is one object without arrays, which two
+        # memchr calls show (with int arguments: ``b"[" in raw`` raises and clears a TypeError
+        # inside). Only a message with more than MAX_DEPTH brackets gets the exact scan, and
+        # only if it is an object: msgspec rejects anything else at its first byte (not_object).
+        if (
+            (raw.rfind(_OPEN_BRACE) > 0 or _OPEN_BRACKET in raw)
+            and raw.count(b"{") + raw.count(b"[") > MAX_DEPTH
+            and raw.lstrip()[:1] == b"{"
+            and (depth := nesting_depth(raw)) > MAX_DEPTH
+        ):
+            raise InvalidEvent(
+                Reason.TOO_DEEP, f"objects and arrays nest {depth} deep (limit {MAX_DEPTH})"
+            )
         try:
             event: m.Event = self._decoders[family].decode(raw)
         except msgspec.ValidationError as exc:
@@ -284,11 +350,13 @@ class EventDecoder:
             raise InvalidEvent(Reason.NOT_JSON, f"not valid JSON: {exc}") from None
         except UnicodeDecodeError as exc:
             raise InvalidEvent(Reason.NOT_JSON, f"not valid UTF-8: {exc.reason}") from None
+        except RecursionError:  # a backstop: the depth check above keeps msgspec from this
+            raise InvalidEvent(Reason.TOO_DEEP, "objects and arrays nest too deep") from None
         if event.event_time > now_ms + self.max_future_ms:
-            ahead = (event.event_time - now_ms) / 1000
+            ahead_s = (event.event_time - now_ms) // 1000  # integers: exact for any value
             raise InvalidEvent(
                 Reason.FUTURE_TIME,
-                f"event_time is {ahead:.0f} s in the future (limit {self.max_future_ms // 1000} s)",
+                f"event_time is {ahead_s} s in the future (limit {self.max_future_ms // 1000} s)",
                 field="$.event_time",
             )
         if event.device_type is not None:
@@ -299,6 +367,7 @@ class EventDecoder:
     # --- per-type normalisation ----------------------------------------------------------------
 
     def _convert(self, amount: int, currency: str, field: str) -> int:
+        """``amount`` in reporting minor units; ``field`` is its path without the ``$.``."""
         converter = self._converters.get(currency)
         if converter is None:
             converter = self._converters.get(currency.upper())
@@ -309,7 +378,15 @@ class EventDecoder:
                     f"no exchange rate for currency {currency!r} (accepted: {accepted})",
                     field="$.currency",
                 )
-        return converter(amount)
+        converted = converter(amount)
+        if converted > _MAX_MONEY:  # a rate above 1 can lift a bounded amount over it
+            raise InvalidEvent(
+                Reason.INVALID_VALUE,
+                f"`{field}` converted to {self.reporting_currency} is {converted} minor units, "
+                f"above the limit of {_MAX_MONEY}",
+                field=f"$.{field}",
+            )
+        return converted
 
     def _priced(self, field: str) -> Callable[[Any], None]:
         def normalize(event: Any) -> None:
@@ -343,10 +420,10 @@ class EventDecoder:
             if amount is not None:
                 setattr(event, field, self._convert(amount, currency, field))
         if event.items:
-            for item in event.items:
+            for i, item in enumerate(event.items):
                 if item.unit_price_minor is not None:
                     item.unit_price_minor = self._convert(
-                        item.unit_price_minor, currency, "unit_price_minor"
+                        item.unit_price_minor, currency, f"items[{i}].unit_price_minor"
                     )
         event.currency = self.reporting_currency
 

@@ -19,8 +19,12 @@ from streamproc.events.parse import Reason
 from streamproc.events.routing import key_for
 from streamproc.simulate.timeline import DAY_MS
 
-# ``too_late`` is a processing decision (the watermark), not a property of the bytes.
-BAD_INPUT_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r is not Reason.TOO_LATE)
+# ``too_late`` is a processing decision (the watermark), not a property of the bytes, and
+# ``processing_error`` a bug. ``too_deep`` has no builder yet: leaving it out keeps the simulator's
+# output as it was (the reasons are drawn by index).
+BAD_INPUT_REASONS: tuple[Reason, ...] = tuple(
+    r for r in Reason if r not in {Reason.TOO_LATE, Reason.TOO_DEEP, Reason.PROCESSING_ERROR}
+)
 MAX_MESSAGE_BYTES = 65_536  # the contract's limit (events.md, "Encoding")
 UNKNOWN_CURRENCIES = ("XTS", "XXX")  # ISO codes for "testing" and "no currency": never given rates
 

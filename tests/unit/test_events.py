@@ -21,12 +21,17 @@ from helpers import (
 
 from streamproc.errors import InvalidEvent
 from streamproc.events import models as m
+from streamproc.events import parse
 from streamproc.events.parse import (
+    MAX_DEPTH,
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
     Converter,
     EventDecoder,
     Reason,
     build_converters,
     minor_unit_exponent,
+    nesting_depth,
     parse_event_time,
 )
 from streamproc.events.routing import key_for
@@ -322,3 +327,210 @@ def test_invalid_variants_matrix(event_type: str) -> None:
         with pytest.raises(InvalidEvent) as info:
             DECODER.decode(raw, family(event_type), now_ms=NOW_MS)
         assert info.value.reason == reason, label
+
+
+# --- bounds: every integer is range-checked, so no accepted value can break arithmetic or state -
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "low", "high", "reason"),
+    [
+        *[
+            (t, f, 0, m.MAX_MONEY_MINOR, Reason.INVALID_VALUE)
+            for t in ALL_TYPES
+            for f in EXAMPLES[t]
+            if f in m.MONEY_FIELDS
+        ],
+        ("add_to_cart", "quantity", 1, m.MAX_QUANTITY, Reason.INVALID_QUANTITY),
+        ("remove_from_cart", "quantity", 1, m.MAX_QUANTITY, Reason.INVALID_QUANTITY),
+        ("session_start", "session_index", 1, m.MAX_INT32, Reason.INVALID_VALUE),
+        ("order_placed", "customer_order_index", 1, m.MAX_INT32, Reason.INVALID_VALUE),
+        ("page_ping", "engagement_ms", 0, m.MAX_INT32, Reason.INVALID_VALUE),
+        ("page_view", "schema_version", 1, m.MAX_INT32, Reason.INVALID_VALUE),
+        ("survey_response", "score", m.MIN_SCORE, m.MAX_SCORE, Reason.SCORE_OUT_OF_RANGE),
+    ],
+)
+def test_integer_bounds(event_type: str, field: str, low: int, high: int, reason: Reason) -> None:
+    overrides = {"survey_type": "ces"} if field == "score" else {}
+    for value in (low, high):
+        decode(make_event(event_type, **{field: value}, **overrides), event_type)
+    for value in (high + 1, 10**19, 10**400):
+        error = rejected(make_event(event_type, **{field: value}, **overrides), event_type)
+        assert (error.reason, error.field) == (reason, f"$.{field}"), value
+        assert f"<= {high}" in error.detail
+    if field not in m.MONEY_FIELDS:  # below zero, money is negative_money (test_negative_money)
+        error = rejected(make_event(event_type, **{field: low - 1}, **overrides), event_type)
+        assert (error.reason, error.field) == (reason, f"$.{field}")
+        assert f">= {low}" in error.detail
+
+
+def test_item_bounds_name_the_item() -> None:
+    items = [{"product_id": "p", "quantity": m.MAX_QUANTITY + 1}]
+    error = rejected(make_event("order_placed", items=items), "order_placed")
+    assert (error.reason, error.field) == (Reason.INVALID_QUANTITY, "$.items[0].quantity")
+    items = [{"product_id": "p", "unit_price_minor": 10**400}]
+    error = rejected(make_event("order_placed", items=items), "order_placed")
+    assert (error.reason, error.field) == (Reason.INVALID_VALUE, "$.items[0].unit_price_minor")
+
+
+def test_integers_beyond_4300_digits() -> None:
+    """msgspec does not parse them; the reason still follows the field."""
+    cases = [
+        ("page_view", "event_time", Reason.INVALID_TIME),
+        ("order_placed", "total_minor", Reason.INVALID_VALUE),
+        ("add_to_cart", "quantity", Reason.INVALID_QUANTITY),
+    ]
+    for event_type, field, reason in cases:
+        placeholder = f'"{field}":7'.encode()
+        raw = dumps(make_event(event_type, **{field: 7}))
+        raw = raw.replace(placeholder, placeholder[:-1] + b"1" + b"0" * 5000)
+        error = rejected(raw, event_type)
+        assert (error.reason, error.field) == (reason, f"$.{field}")
+
+
+def test_converted_money_is_bounded_too() -> None:
+    """A rate above 1 lifts an amount within the bound over it (1.10 USD per EUR here)."""
+    at_bound = m.MAX_MONEY_MINOR * 10 // 11  # 1.1 x this is still within
+    decode(make_event("order_refunded", currency="EUR", refund_minor=at_bound), "order_refunded")
+    error = rejected(
+        make_event("order_refunded", currency="EUR", refund_minor=m.MAX_MONEY_MINOR),
+        "order_refunded",
+    )
+    assert (error.reason, error.field) == (Reason.INVALID_VALUE, "$.refund_minor")
+    assert "USD" in error.detail and str(m.MAX_MONEY_MINOR) in error.detail
+    items = [{"product_id": "p", "unit_price_minor": m.MAX_MONEY_MINOR}]
+    error = rejected(make_event("order_placed", currency="EUR", items=items), "order_placed")
+    assert (error.reason, error.field) == (Reason.INVALID_VALUE, "$.items[0].unit_price_minor")
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        (MAX_EPOCH_MS, True),
+        ("9999-12-31T23:59:59.999Z", True),
+        ("9999-12-31T23:59:59.999+23:59", True),
+        (MAX_EPOCH_MS + 1, False),
+        (10**19, False),
+        (10**400, False),
+        (-(10**400), False),
+        ("9999-12-31T23:59:59.999-00:01", False),  # 10000-01-01 in UTC
+        ("0001-01-01T00:00:00+23:59", False),
+        (MIN_EPOCH_MS - 1, False),
+        (MIN_EPOCH_MS, True),
+        (0, False),
+    ],
+)
+def test_event_time_bounds(value: Any, ok: bool) -> None:
+    """From 2000-01-01 to 9999-12-31T23:59:59.999Z; judged against a clock at the far end."""
+    for field, event_type in (("event_time", "page_view"), ("opened_at", "ticket_resolved")):
+        event = make_event(event_type, **{field: value})
+        if ok:
+            DECODER.decode(dumps(event), family(event_type), now_ms=MAX_EPOCH_MS)
+        else:
+            with pytest.raises(InvalidEvent) as info:
+                DECODER.decode(dumps(event), family(event_type), now_ms=MAX_EPOCH_MS)
+            assert (info.value.reason, info.value.field) == (Reason.INVALID_TIME, f"$.{field}")
+            assert len(info.value.detail) < 100  # a 400-digit time is not quoted whole
+
+
+def test_far_future_time_is_future_not_a_crash() -> None:
+    error = rejected(make_event("page_view", event_time=MAX_EPOCH_MS))
+    assert (error.reason, error.field) == (Reason.FUTURE_TIME, "$.event_time")
+    assert f"{(MAX_EPOCH_MS - NOW_MS) // 1000} s in the future" in error.detail
+
+
+# --- nesting depth --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "depth"),
+    [
+        (b"{}", 1),
+        (b"1", 0),
+        (b'{"a": [1, {"b": []}]}', 4),
+        (b'{"a": "[[[{{{"}', 1),
+        (b'{"a": "\\"[[[", "b": ["\\\\", ["x"]]}', 3),  # escaped quote and backslash
+        (b"[" * 40 + b"]" * 40, 40),
+        (b'{"a": "]]]"}' + b"[[", 2),
+    ],
+)
+def test_nesting_depth(raw: bytes, depth: int) -> None:
+    assert nesting_depth(raw) == depth
+
+
+def nested(levels: int, *, opener: bytes = b"[", closer: bytes = b"]") -> Any:
+    """A value nested ``levels`` deep, as raw JSON text."""
+    return RawJson(opener * levels + b"1" + closer * levels)
+
+
+class RawJson(bytes):
+    """JSON text to splice into an event as is."""
+
+
+def with_raw(event: dict[str, Any]) -> bytes:
+    """``dumps``, with RawJson values spliced in as they are."""
+    spliced = {k: (f"@{k}@" if isinstance(v, RawJson) else v) for k, v in event.items()}
+    raw = dumps(spliced)
+    for key, value in event.items():
+        if isinstance(value, RawJson):
+            raw = raw.replace(f'"@{key}@"'.encode(), bytes(value))
+    return raw
+
+
+@pytest.mark.parametrize(("opener", "closer"), [(b"[", b"]"), (b'{"a":', b"}")])
+def test_depth_limit(opener: bytes, closer: bytes) -> None:
+    """The event object is level 1: an unknown field may nest 31 more levels, not 32."""
+    fine = make_event("page_view", extra=nested(MAX_DEPTH - 1, opener=opener, closer=closer))
+    decode(with_raw(fine))
+    for levels in (MAX_DEPTH, 1000, 30_000):
+        deep = make_event("page_view", extra=nested(levels, opener=opener, closer=closer))
+        raw = with_raw(deep)
+        if len(raw) > DECODER.max_message_bytes:
+            continue
+        error = rejected(raw)
+        assert (error.reason, error.field) == (Reason.TOO_DEEP, None)
+        assert f"nest {levels + 1} deep (limit {MAX_DEPTH})" in error.detail
+
+
+@pytest.mark.parametrize("raw", [b"[" * 30_000 + b"]" * 30_000, b" \n[" * 20_000])
+def test_a_deep_array_is_not_an_object_first(raw: bytes) -> None:
+    """msgspec rejects a message that is no object at its first byte, without recursing."""
+    error = rejected(raw)
+    assert (error.reason, error.field) == (Reason.NOT_OBJECT, None)
+
+
+def test_depth_limit_holds_for_known_fields_and_ignores_strings() -> None:
+    error = rejected(with_raw(make_event("page_view", page_path=nested(40))))
+    assert error.reason == Reason.TOO_DEEP
+    decode(make_event("page_view", page_path="[" * 1000))  # inside a string: text, not nesting
+
+
+def test_recursion_error_is_a_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Were the depth check ever bypassed, msgspec's RecursionError is still a dead letter."""
+    monkeypatch.setattr(parse, "MAX_DEPTH", 10**6)
+    error = rejected(with_raw(make_event("page_view", extra=nested(5000))))
+    assert error.reason == Reason.TOO_DEEP
+
+
+# --- the poison messages that crashed the worker before these checks ----------------------------
+
+
+def test_poison_event_time_10_to_the_400() -> None:
+    error = rejected(make_event("page_view", event_time=10**400))
+    assert (error.reason, error.field) == (Reason.INVALID_TIME, "$.event_time")
+
+
+def test_poison_session_index_10_to_the_400() -> None:
+    error = rejected(make_event("session_start", session_index=10**400), "session_start")
+    assert (error.reason, error.field) == (Reason.INVALID_VALUE, "$.session_index")
+
+
+def test_poison_unknown_field_nested_1000_deep() -> None:
+    raw = with_raw(make_event("page_view", extra=nested(1000)))
+    assert len(raw) < 2500
+    assert rejected(raw).reason == Reason.TOO_DEEP
+
+
+def test_poison_10_mb_message() -> None:
+    error = rejected(make_event("page_view", padding="x" * 10_000_000))
+    assert error.reason == Reason.TOO_LARGE

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from helpers import T0_MS, dumps, make_event
 
-from streamproc.events.models import Family
+from streamproc.deadletter import DETAIL_MAX_BYTES, DeadLetter
+from streamproc.events.models import Event, Family
 from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
 
@@ -56,3 +60,84 @@ def test_future_is_judged_against_when_the_message_was_produced() -> None:
     # a record time stamped in the future does not lift the limit: the wall clock caps it
     live = decoder.decode([message(ahead, offset=4, timestamp_ms=T0_MS + DAY_MS)], now_ms=T0_MS)
     assert [letter.reason for _, letter in live.dead_letters] == ["future_time"]
+
+
+class Exploding(EventDecoder):
+    """A decoder with a bug: it raises what no message should make it raise."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def decode(self, raw: bytes, family: Family, *, now_ms: int) -> Event:
+        if raw == b"boom":
+            raise self.error
+        return super().decode(raw, family, now_ms=now_ms)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+
+def test_an_unexpected_error_makes_a_dead_letter_not_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    decoder = BatchDecoder(Exploding(KeyError("x" * 5000)), Family.CLICKSTREAM)
+    messages = [
+        message(b"boom", offset=1, timestamp_ms=T0_MS),
+        message(dumps(make_event("page_view")), offset=2, timestamp_ms=T0_MS),
+        message(b"boom", offset=3, timestamp_ms=T0_MS),
+    ]
+    with caplog.at_level(logging.ERROR, logger="streamproc.ingest"):
+        batch = decoder.decode(messages, now_ms=T0_MS + DAY_MS)
+    assert [d.message.offset for d in batch.events] == [2]
+    letters = [(m.offset, letter.reason) for m, letter in batch.dead_letters]
+    assert letters == [(1, "processing_error"), (3, "processing_error")]
+    detail = batch.dead_letters[0][1].detail
+    assert detail.startswith("KeyError: 'xxx") and len(detail.encode()) <= DETAIL_MAX_BYTES
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # once per exception type, with its traceback
+    assert errors[0].exc_info is not None and "KeyError" in errors[0].getMessage()
+
+
+def test_each_exception_type_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    failing = Exploding(ValueError("v"))
+    decoder = BatchDecoder(failing, Family.CLICKSTREAM)
+    with caplog.at_level(logging.ERROR, logger="streamproc.ingest"):
+        for error in (ValueError("v"), Unprintable(), ValueError("w"), Unprintable()):
+            failing.error = error
+            batch = decoder.decode([message(b"boom", offset=1, timestamp_ms=None)], now_ms=T0_MS)
+            assert batch.dead_letters[0][1].reason == "processing_error"
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ValueError, Unprintable]
+    assert batch.dead_letters[0][1].detail == "Unprintable: (no message)"
+
+
+def test_memory_error_is_not_blamed_on_the_message() -> None:
+    decoder = BatchDecoder(Exploding(MemoryError()), Family.CLICKSTREAM)
+    with pytest.raises(MemoryError):
+        decoder.decode([message(b"boom", offset=1, timestamp_ms=None)], now_ms=T0_MS)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (dumps(make_event("page_view", event_time=10**400)), "invalid_time"),
+        (dumps(make_event("session_start", session_index=10**400)), "invalid_value"),
+        (
+            dumps(make_event("page_view"))[:-1] + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+            "too_deep",
+        ),
+        (dumps(make_event("page_view", padding="x" * 10_000_000)), "too_large"),
+    ],
+    ids=["event_time_10e400", "session_index_10e400", "nested_1000_deep", "10_MB"],
+)
+def test_poison_messages_are_dead_letters(value: bytes, reason: str) -> None:
+    """Each of these crashed the worker once (and again on every restart)."""
+    decoder = BatchDecoder(EventDecoder(), Family.CLICKSTREAM)
+    batch = decoder.decode([message(value, offset=7, timestamp_ms=T0_MS)], now_ms=T0_MS + DAY_MS)
+    assert [letter.reason for _, letter in batch.dead_letters] == [reason]
+    letter = batch.dead_letters[0][1]
+    key, cut, headers = letter.record(b"s-1", value, max_bytes=524_288)
+    assert len(key or b"") + len(cut or b"") <= 524_288
+    assert DeadLetter.from_headers(headers).reason == reason
