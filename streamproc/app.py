@@ -273,8 +273,11 @@ def create_app(
     dlq = app.topic(settings.topic_dlq, **raw)
 
     async def dead_letter(message: Message, letter: DeadLetter) -> None:
-        sent = await dlq.send(key=message.key, value=message.value, headers=letter.headers())
-        deliveries.add(sent)
+        # cut to what the producer (and the broker) accepts: a 10 MB message is still rejected
+        key, value, headers = letter.record(
+            message.key, message.value, max_bytes=settings.dead_letter_max_bytes
+        )
+        deliveries.add(await dlq.send(key=key, value=value, headers=headers))
 
     def highwater(topic: str, partition: int) -> int | None:
         try:

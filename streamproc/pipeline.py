@@ -39,8 +39,6 @@ from streamproc.store import STORE_ERRORS, KpiStore, PartitionStatus
 
 logger = logging.getLogger(__name__)
 
-PROCESSING_ERROR = "processing_error"
-
 
 class StateTable(Protocol):
     """The changelogged state (a Faust table): reads anywhere, writes with a partition's event."""
@@ -348,11 +346,11 @@ class Pipeline:
                     self.settings.max_event_failures,
                     type(error).__name__,
                     error,
-                    PROCESSING_ERROR,
+                    Reason.PROCESSING_ERROR,
                     exc_info=error,
                 )
                 detail = f"{type(error).__name__}: {error}"[:1024]
-                letter = _letter(message, PROCESSING_ERROR, detail, field=None)
+                letter = _letter(message, Reason.PROCESSING_ERROR, detail, field=None)
                 done.letters.append((message, letter))
         return done
 

@@ -62,7 +62,7 @@ MAX_SCORE: Final = 100
 Money = Annotated[int, Meta(ge=0, le=MAX_MONEY_MINOR)]
 Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
 Index = Annotated[int, Meta(ge=1, le=MAX_INT32)]
-SchemaVersion = Annotated[int, Meta(ge=1, le=MAX_INT32)]
+SchemaVersion = Annotated[int, Meta(ge=0, le=MAX_INT32)]
 DurationMs = Annotated[int, Meta(ge=0, le=MAX_INT32)]
 Score = Annotated[int, Meta(ge=MIN_SCORE, le=MAX_SCORE)]
 

@@ -15,9 +15,9 @@ from helpers import T0_MS, dumps, make_event
 from streamproc.config import load_settings
 from streamproc.deadletter import DeadLetter
 from streamproc.errors import TopicsChanged
-from streamproc.events.parse import EventDecoder
+from streamproc.events.parse import EventDecoder, Reason
 from streamproc.ingest import BatchDecoder, Message
-from streamproc.pipeline import PROCESSING_ERROR, Highwater, Pipeline
+from streamproc.pipeline import Highwater, Pipeline
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1, max_event_failures=3)
 CLICKS = SETTINGS.topic_clickstream
@@ -105,11 +105,11 @@ async def test_the_event_that_fails_becomes_a_dead_letter_and_the_rest_is_proces
     store, table, letters = Store(), Table(poisoned=["s-bad"]), []
     pipe = make_pipeline(store, table, letters)
     counts = await pipe.on_batch(CLICKS, batch(["s1", "s-bad", "s2", "s3"], bad_offset=3), {0: 0})
-    assert sorted(letter.reason for letter in letters) == ["not_json", PROCESSING_ERROR]
-    poisoned = next(letter for letter in letters if letter.reason == PROCESSING_ERROR)
+    assert sorted(letter.reason for letter in letters) == ["not_json", Reason.PROCESSING_ERROR]
+    poisoned = next(letter for letter in letters if letter.reason == Reason.PROCESSING_ERROR)
     assert (poisoned.topic, poisoned.partition, poisoned.offset) == (CLICKS, 0, 1)
     assert poisoned.detail.startswith("OverflowError: cannot store")
-    assert counts.dead_letters == {"not_json": 1, PROCESSING_ERROR: 1}
+    assert counts.dead_letters == {"not_json": 1, Reason.PROCESSING_ERROR: 1}
     assert counts.valid == {"page_view": 3}
     # the whole batch once, then the bad event alone max_event_failures times
     assert table.raised == 1 + SETTINGS.max_event_failures
