@@ -211,6 +211,24 @@ class _Consumer(faust_aiokafka.Consumer):
         return {tp: max(listed.get(tp) or 0, ends[(tp.topic, tp.partition)]) for tp in partitions}
 
 
+def never_auto_create_topics() -> None:
+    """The Kafka clients of this process (Faust's consumer and producer) stop asking the broker
+    to create the topics their metadata requests name.
+
+    aiokafka always asks (``allow_auto_topic_creation``), and Tansu and Kafka's default create
+    such a topic with the broker's default partition count. After a broker lost its topics, the
+    worker's own clients recreated its state changelog that way, with another partition count
+    than the input's: state restored into the wrong partitions, or every batch refused. The
+    worker creates every topic it needs explicitly (``streamproc worker`` before Faust starts,
+    Faust its internal ones through the admin API), so a missing topic stays missing and the
+    worker notices (``_watch_topics``).
+    """
+    import aiokafka.client
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    aiokafka.client.MetadataRequest = partial(MetadataRequest, allow_auto_topic_creation=False)
+
+
 def state_topics(settings: Settings) -> dict[str, dict[str, str]]:
     """The worker's own topics (its state table's changelog, its ticks) with their configs, as
     Faust names them. ``streamproc worker`` creates them before Faust starts, with the input's
@@ -259,6 +277,7 @@ def create_app(
     )
     guarded = type("_GuardedConsumer", (_Consumer,), {"guarded": frozenset(settings.input_topics)})
     app.transport.Consumer = guarded  # type: ignore[misc]  # instance attribute, not class
+    never_auto_create_topics()
     # bytes values use faust's raw serializer (the engine encodes records itself); str keys JSON
     table = cast(
         _Table, app.Table(STATE_TABLE, key_type=str, value_type=bytes, partitions=partitions)
@@ -463,7 +482,8 @@ def _wire_ticks(
     async def send_ticks() -> None:
         try:
             for partition in sorted(owned()):
-                await ticks.send(key=b"", value=b"", partition=partition)
+                sent = await ticks.send(key=b"", value=b"", partition=partition)
+                sent.add_done_callback(_retrieved)  # a lost tick is harmless: the next one comes
         except Exception as exc:  # an exception in a Faust timer stops the worker
             if not failing:
                 logger.warning("cannot send ticks (%s: %s); retrying", type(exc).__name__, exc)
@@ -484,12 +504,20 @@ def _wire_ticks(
         await hold(pipeline.refresh_ends, "reading the input's known ends")
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (asyncio logs unretrieved ones as errors)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _watch_topics(app: faust.App, pipeline: Pipeline, expected: dict[str, int]) -> None:
     """Stop when the topics change under the worker: a partition ends before what was read of it
     (``Pipeline.check_ends``), or a topic's partition count differs from the one it started with
     (the broker lost its topics and created them again when a client asked, as Tansu and Kafka's
     default do). Going on would take new offsets for absorbed ones, or put state into the wrong
     changelog partitions."""
+
+    missing: dict[str, int] = {}  # topic -> checks in a row that found it gone
 
     @app.timer(2.0)
     async def check_topics() -> None:
@@ -499,7 +527,17 @@ def _watch_topics(app: faust.App, pipeline: Pipeline, expected: dict[str, int]) 
             _exit(TopicsChanged.EXIT_CODE, "%s", exc)
         for name, count in expected.items():
             found = app.consumer.topic_partitions(name)
-            if found and found != count:  # 0: not known (yet)
+            missing[name] = missing.get(name, 0) + 1 if found == 0 else 0
+            if missing[name] >= 3:  # a metadata answer without it, three checks in a row
+                _exit(
+                    TopicsChanged.EXIT_CODE,
+                    "topic %s is gone from the broker (a memory-only broker restarted, or the "
+                    "topic was deleted). Stopping: a restarted worker creates the topics again "
+                    "(the input's with STREAMPROC_PARTITIONS) and starts from their beginning; "
+                    "what the lost topics held is not counted.",
+                    name,
+                )
+            if found and found != count:  # 0: not known, or gone
                 _exit(
                     TopicsChanged.EXIT_CODE,
                     "topic %s now has %d partitions, but had %d when this worker started: it was "

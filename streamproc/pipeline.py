@@ -204,10 +204,10 @@ class Pipeline:
             raise TopicsChanged(
                 f"{topic}[{partition}] ends at offset {high}, but this worker has read it up to "
                 f"offset {done}: the broker lost the topic's data (a memory-only broker "
-                "restarted?) or the topic was deleted and created again. Stopping: the state of "
-                f"namespace {self.settings.namespace!r} no longer matches the topics. Restart "
-                "the worker once the broker holds its topics again; to start over on an empty "
-                "broker, use a new STREAMPROC_NAMESPACE."
+                "restarted?) or the topic was deleted and created again. Stopping: this worker's "
+                "state no longer matches the topics. A restarted worker creates what is missing "
+                "and reads on from the group's committed offsets (from the beginning on a broker "
+                "that lost them); what the lost records counted stays in the KPIs."
             )
 
     # --- batches ----------------------------------------------------------------------------
