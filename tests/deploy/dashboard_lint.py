@@ -126,7 +126,9 @@ def known_metrics() -> set[str]:
     worker = CollectorRegistry()
     WorkerMetrics.create(worker, topics=settings.topics_by_family, dlq_reasons=all_reasons())
     exporter = CollectorRegistry()
-    progress = Exposition(partitions=1, latest_event_ms=1, watermark_ms=1, window_end_ms=1)
+    progress = Exposition(
+        partitions=1, latest_event_ms=1, watermark_ms=1, window_end_ms=1, refreshed_ms=1
+    )
     ExporterMetrics.create(exporter, exposition=lambda: progress)
     recorded = {
         rule["record"]

@@ -363,7 +363,8 @@ def test_server_not_answering_times_out_and_is_killed(tmp_path: Path) -> None:
     with pytest.raises(DevStackTimeout, match="did not answer") as caught:
         DevStack(tmp_path, broker_binary=fake).up(timeout=1.0)
     assert "fake broker up" in str(caught.value)
-    assert _gone(int(pid_file.read_text()))
+    child = int(pid_file.read_text())
+    _wait_for(lambda: _gone(child))  # signalled with its group; it may take a moment under load
     assert not (tmp_path / "dev" / "stack.json").exists()
 
 
