@@ -25,7 +25,6 @@ import asyncio
 import atexit
 import contextlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiokafka.partitioner import DefaultPartitioner
+from helpers import anomalous_traffic
 from reference.accept import event_time_ms, is_valid, read_message
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
@@ -56,7 +56,6 @@ from streamproc.devstack import find_broker_binary, ping_broker, ping_redis
 from streamproc.eventfile import FileRecord, parse_line, read_records
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi.contrib import NEVER
-from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 from streamproc.store import KpiStore
 
 HOST = "127.0.0.1"
@@ -325,28 +324,8 @@ def _accepts(port: int) -> bool:
 def simulated_lines(*, minutes: int = 150, seed: int = 5, rate: float = 4.0) -> list[bytes]:
     """An events file with every anomaly, three stores and two currencies (test_replay's mix):
     about 6.6 * minutes * rate lines."""
-    config = SimConfig(
-        start=START,
-        duration_seconds=minutes * 60,
-        seed=seed,
-        sessions_per_minute=rate,
-        stores=3,
-        currencies={"store-02": "EUR"},
-        anomalies=Anomalies(
-            duplicate_share=0.02,
-            out_of_order_share=0.03,
-            late_share=0.01,
-            too_late_share=0.005,
-            malformed_share=0.01,
-            abandonment_spikes=(
-                TimeRange(START + timedelta(minutes=40), START + timedelta(minutes=60)),
-            ),
-            idle_gaps=(TimeRange(START + timedelta(minutes=100), START + timedelta(minutes=115)),),
-        ),
-    )
-    out = io.BytesIO()
-    write_jsonl(simulate(config), out)
-    return [line for line in out.getvalue().splitlines() if _partition_known(line)]
+    lines = anomalous_traffic(start=START, minutes=minutes, seed=seed, rate=rate)
+    return [line for line in lines if _partition_known(line)]
 
 
 def _partition_known(line: bytes) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from streamproc.events.models import FAMILY_OF_TYPE, MONEY_FIELDS, Family
+from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
 T0_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 NOW_MS = T0_MS + 3_600_000
@@ -147,3 +150,32 @@ def family(event_type: str) -> Family:
 
 def dumps(event: dict[str, Any]) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
+
+
+def anomalous_traffic(
+    *, start: datetime, minutes: float, seed: int, rate: float, episodes: bool = True
+) -> list[bytes]:
+    """Simulated traffic with every anomaly, three stores and two currencies (store-02 in EUR),
+    as events-file lines; with ``episodes`` also an abandonment spike 40-60 min and an idle gap
+    100-115 min after ``start``."""
+    at = lambda minute: start + timedelta(minutes=minute)  # noqa: E731
+    config = SimConfig(
+        start=start,
+        duration_seconds=int(minutes * 60),
+        seed=seed,
+        sessions_per_minute=rate,
+        stores=3,
+        currencies={"store-02": "EUR"},
+        anomalies=Anomalies(
+            duplicate_share=0.02,
+            out_of_order_share=0.03,
+            late_share=0.01,
+            too_late_share=0.005,
+            malformed_share=0.01,
+            abandonment_spikes=(TimeRange(at(40), at(60)),) if episodes else (),
+            idle_gaps=(TimeRange(at(100), at(115)),) if episodes else (),
+        ),
+    )
+    out = io.BytesIO()
+    write_jsonl(simulate(config), out)
+    return out.getvalue().splitlines()

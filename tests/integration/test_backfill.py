@@ -18,7 +18,6 @@ vary from run to run, for replays as much as for backfills, and no exact compari
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
+from helpers import anomalous_traffic
 from procs import StreamprocProcess, drop_keys, free_port
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
@@ -51,7 +51,6 @@ from streamproc.devstack import StackInfo
 from streamproc.eventfile import FileRecord, read_records
 from streamproc.exporter.names import labels_of
 from streamproc.kpi.report import Row
-from streamproc.simulate import Anomalies, SimConfig, simulate, write_jsonl
 from streamproc.store import KpiStore
 
 pytestmark = pytest.mark.integration
@@ -80,24 +79,8 @@ def ms(moment: datetime) -> int:
 
 
 def sim_lines(*, seed: int, start: datetime, duration: timedelta, rate: float) -> list[bytes]:
-    config = SimConfig(
-        start=start,
-        duration_seconds=int(duration.total_seconds()),
-        seed=seed,
-        sessions_per_minute=rate,
-        stores=3,
-        currencies={"store-02": "EUR"},
-        anomalies=Anomalies(
-            duplicate_share=0.02,
-            out_of_order_share=0.03,
-            late_share=0.01,
-            too_late_share=0.005,
-            malformed_share=0.01,
-        ),
-    )
-    out = io.BytesIO()
-    write_jsonl(simulate(config), out)
-    return out.getvalue().splitlines()
+    minutes = duration.total_seconds() / 60
+    return anomalous_traffic(start=start, minutes=minutes, seed=seed, rate=rate, episodes=False)
 
 
 Coordinates = tuple[str, int, int, int]  # topic, partition, offset, record timestamp

@@ -4,26 +4,25 @@ with the independent reference, with one worker, two workers, and workers killed
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import anomalous_traffic
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
 from reference.report import compare_reports
 
 from streamproc import replay
 from streamproc.config import load_settings
-from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 from streamproc.store import KpiStore
 
 pytestmark = pytest.mark.integration
@@ -35,30 +34,11 @@ START = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
 
 
 def sim_file(path: Path, *, minutes: int, seed: int, rate: float) -> list[bytes]:
-    """A simulated stretch with every anomaly, three stores and two currencies."""
-    config = SimConfig(
-        start=START,
-        duration_seconds=minutes * 60,
-        seed=seed,
-        sessions_per_minute=rate,
-        stores=3,
-        currencies={"store-02": "EUR"},
-        anomalies=Anomalies(
-            duplicate_share=0.02,
-            out_of_order_share=0.03,
-            late_share=0.01,
-            too_late_share=0.005,
-            malformed_share=0.01,
-            abandonment_spikes=(
-                TimeRange(START + timedelta(minutes=40), START + timedelta(minutes=60)),
-            ),
-            idle_gaps=(TimeRange(START + timedelta(minutes=100), START + timedelta(minutes=115)),),
-        ),
-    )
-    out = io.BytesIO()
-    write_jsonl(simulate(config), out)
-    path.write_bytes(out.getvalue())
-    return out.getvalue().splitlines()
+    """A simulated stretch with every anomaly, three stores and two currencies, written to
+    ``path``."""
+    lines = anomalous_traffic(start=START, minutes=minutes, seed=seed, rate=rate)
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return lines
 
 
 def env_for(stack: Any, **extra: str) -> dict[str, str]:
