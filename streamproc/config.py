@@ -190,10 +190,14 @@ class Settings(BaseSettings):
         default=2000,
         ge=1,
         le=100_000,
-        description="Most events an agent takes per batch (state is written once per batch).",
+        description="Most events a worker fetches at once; each partition's share of a fetch is "
+        "one batch (its state is written once per batch).",
     )
     batch_max_wait_ms: int = Field(
-        default=200, ge=1, description="Longest an agent waits to fill a batch."
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Longest a worker's fetch waits for input when there is none.",
     )
     max_event_failures: int = Field(
         default=3,

@@ -136,16 +136,18 @@ async def test_idle_close_label_caps_and_late_events_through_the_live_pipeline(
         windows="1m,1h",
     )
     m0 = _minute_ago(30)
-    traffic = [
+    first = [  # the first two stores seen keep their label (the cap is 2) ...
         *_session("s1", "a", m0, "page_view", "add_to_cart", "checkout_started", "order_placed"),
         *_session("s2", "b", m0, "page_view", "add_to_cart"),  # abandoned
+    ]
+    then = [  # ... these two, seen later, are `other`
         *_session("s3", "c", m0, "page_view"),  # a bounce
         *_session("s4", "d", m0, "page_view", "page_view"),
     ]
-    for event in traffic:
+    for event in first:
         if event["event_type"] == "order_placed":
             event |= {"total_minor": 5000, "currency": "USD"}
-    await _send(stack.bootstrap_servers, env, traffic)
+    await _send(stack.bootstrap_servers, env, first)
 
     logs = tmp_path
     with (
@@ -153,6 +155,13 @@ async def test_idle_close_label_caps_and_late_events_through_the_live_pipeline(
         StreamprocProcess(["exporter"], env, logs / "exporter.log") as exporter,
     ):
         views = Views(exporter_port, m0)
+        worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
+        _wait(
+            lambda: metrics.scrape(worker_metrics).total("streamproc_events_total") >= len(first),
+            60,
+            "the first two stores' events to be read",
+        )
+        await _send(stack.bootstrap_servers, env, then)
 
         def decided() -> dict[tuple[str, str], dict[str, Any]] | None:
             rows = views.rows()

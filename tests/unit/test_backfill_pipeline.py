@@ -15,7 +15,7 @@ from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import FAMILY_INDEX
-from streamproc.pipeline import Highwater, Pipeline, ReadFrom
+from streamproc.worker.pipeline import Highwater, Pipeline, ReadFrom
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1)
 CLICKS = SETTINGS.topic_clickstream
@@ -49,7 +49,7 @@ class Table(dict[str, bytes]):
     def scan(self) -> Iterable[str]:
         return list(self)
 
-    def write(self, writes: list[tuple[str, bytes | None]], anchor: object) -> None:
+    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
         for key, value in writes:
             if value is None:
                 self.pop(key, None)
@@ -95,14 +95,14 @@ async def test_messages_at_or_past_the_end_count_nowhere_but_the_partition_is_re
     ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 3}
     store, letters = FakeStore(ends), []
     pipe = pipeline(store, letters)
-    counts = await pipe.on_batch(CLICKS, messages(range(6), bad=4), {0: object()})
+    counts = await pipe.on_batch(CLICKS, messages(range(6), bad=4))
     assert store.seen == ["e0", "e1", "e2"]  # only these reached dedup and the engine
     assert counts.valid == {"page_view": 3}
     assert letters == [] and counts.dead_letters == {}  # the bad message lies beyond the end
     assert pipe.processed[(CLICKS, 0)] == 5
     progress = pipe.progress(0, T0_MS)
     assert FAMILY_INDEX[Family.CLICKSTREAM] in progress.ended and not progress.backlog
-    await pipe.on_tick(0, object())  # every topic read to its end: all values are final
+    await pipe.on_tick(0)  # every topic read to its end: all values are final
     assert store.watermarks[-1] >= NEVER
 
 
@@ -110,19 +110,19 @@ async def test_a_batch_wholly_past_the_end_still_ends_the_topic() -> None:
     ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 3}
     store, letters = FakeStore(ends), []
     pipe = pipeline(store, letters)
-    await pipe.on_batch(CLICKS, messages(range(2)), {0: object()})
-    await pipe.on_tick(0, object())
+    await pipe.on_batch(CLICKS, messages(range(2)))
+    await pipe.on_tick(0)
     assert store.watermarks[-1] < NEVER  # offset 2 is still to be read
-    await pipe.on_batch(CLICKS, messages(range(7, 9)), {0: object()})  # the live topic went on
+    await pipe.on_batch(CLICKS, messages(range(7, 9)))  # the live topic went on
     assert store.seen == ["e0", "e1"]
-    await pipe.on_tick(0, object())
+    await pipe.on_tick(0)
     assert store.watermarks[-1] >= NEVER
 
 
 async def test_without_known_ends_every_message_counts() -> None:
     store, letters = FakeStore({}), []
     pipe = pipeline(store, letters)
-    counts = await pipe.on_batch(CLICKS, messages(range(6), bad=4), {0: object()})
+    counts = await pipe.on_batch(CLICKS, messages(range(6), bad=4))
     assert store.seen == ["e0", "e1", "e2", "e3", "e5"]
     assert [letter.reason for letter in letters] == ["not_json"]
     assert counts.valid == {"page_view": 5}
@@ -136,15 +136,15 @@ async def test_a_partition_assigned_again_is_read_again_before_it_counts_as_ende
     ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 3}
     store, letters = FakeStore(ends), []
     pipe = pipeline(store, letters)
-    await pipe.on_batch(CLICKS, messages(range(3)), {0: object()})
+    await pipe.on_batch(CLICKS, messages(range(3)))
     assert store.watermarks[-1] >= NEVER
     pipe.forget([0])
     table = pipe.table
     assert isinstance(table, Table)
     table.clear()  # the state this worker finds: nothing of it reached the changelog
-    await pipe.on_tick(0, object())
+    await pipe.on_tick(0)
     assert store.watermarks[-1] < NEVER  # offsets 0-2 are to be read again
-    counts = await pipe.on_batch(CLICKS, messages(range(3)), {0: object()})
+    counts = await pipe.on_batch(CLICKS, messages(range(3)))
     assert counts.valid == {"page_view": 3}
     assert letters == []  # none of them too late
     assert store.watermarks[-1] >= NEVER
@@ -159,9 +159,9 @@ async def test_a_live_partition_is_not_idle_before_its_first_fetch_response() ->
         wall = [T0_MS / 1000]
         pipe = pipeline(FakeStore({}), [], highwater=lambda topic, partition, h=high: h)
         pipe.clock = lambda wall=wall: wall[0]
-        await pipe.on_tick(0, object())  # the engine starts
+        await pipe.on_tick(0)  # the engine starts
         wall[0] += idle_s + 3600  # an hour past the idle timeout, no event
-        await pipe.on_tick(0, object())
+        await pipe.on_tick(0)
         watermark = pipe.engines[0].meta.watermark
         assert (watermark >= T0_MS) is advances, (high, watermark)
 
@@ -175,7 +175,7 @@ async def test_a_topic_an_earlier_owner_read_to_its_end_counts_as_ended() -> Non
     for start, final in ((None, False), (3, True)):
         store = FakeStore(ends)
         pipe = pipeline(store, [], read_from=lambda topic, partition, s=start: s)
-        await pipe.on_tick(0, object())
+        await pipe.on_tick(0)
         assert (store.watermarks[-1] >= NEVER) is final, start
 
 
@@ -184,6 +184,6 @@ async def test_events_of_a_partition_this_worker_no_longer_owns_change_nothing()
     store, letters = FakeStore({}), []
     pipe = pipeline(store, letters)
     pipe.owned = lambda: set()
-    counts = await pipe.on_batch(CLICKS, messages(range(3), bad=1), {0: object()})
+    counts = await pipe.on_batch(CLICKS, messages(range(3), bad=1))
     assert store.seen == [] and letters == [] and counts.valid == {}
     assert not pipe.engines and not pipe.processed and not pipe.table.scan()

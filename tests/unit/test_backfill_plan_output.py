@@ -379,9 +379,9 @@ def test_the_names_a_backfill_derives_are_the_ones_its_workers_use() -> None:
     start: they must be what ``app.create_app`` makes of the namespace."""
     from prometheus_client import CollectorRegistry
 
-    from streamproc import app as worker_app
     from streamproc.events.parse import EventDecoder
     from streamproc.metrics import WorkerMetrics
+    from streamproc.worker import app as worker_app
 
     settings = load_settings(env_file=None, namespace="bf-x")
     metrics = WorkerMetrics.create(

@@ -117,7 +117,7 @@ def test_summary_is_due_whatever_kind_comes_next(
 
 
 def test_our_own_loggers_are_not_limited(limiter: logs.RateLimitFilter) -> None:
-    ours = [record("Redis is unavailable", name="streamproc.app") for _ in range(3)]
+    ours = [record("Redis is unavailable", name="streamproc.worker.tasks") for _ in range(3)]
     assert all(limiter.filter(r) for r in ours)
     assert limiter.filter(record(name="streamprocessor")) is True
     assert limiter.filter(record(name="streamprocessor")) is False  # not ours: only a prefix

@@ -17,7 +17,7 @@ from streamproc.deadletter import DeadLetter
 from streamproc.errors import TopicsChanged
 from streamproc.events.parse import EventDecoder, Reason
 from streamproc.ingest import BatchDecoder, Message
-from streamproc.pipeline import Highwater, Pipeline
+from streamproc.worker.pipeline import Highwater, Pipeline
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1, max_event_failures=3)
 CLICKS = SETTINGS.topic_clickstream
@@ -58,7 +58,7 @@ class Table(dict[str, bytes]):
     def scan(self) -> Iterable[str]:
         return list(self)
 
-    def write(self, writes: list[tuple[str, bytes | None]], anchor: object) -> None:
+    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
         for key, value in writes:
             if (
                 any(key.endswith(f"s:{session}") for session in self.poisoned)
@@ -104,7 +104,7 @@ def batch(sessions: list[str], *, bad_offset: int | None = None) -> list[Message
 async def test_the_event_that_fails_becomes_a_dead_letter_and_the_rest_is_processed() -> None:
     store, table, letters = Store(), Table(poisoned=["s-bad"]), []
     pipe = make_pipeline(store, table, letters)
-    counts = await pipe.on_batch(CLICKS, batch(["s1", "s-bad", "s2", "s3"], bad_offset=3), {0: 0})
+    counts = await pipe.on_batch(CLICKS, batch(["s1", "s-bad", "s2", "s3"], bad_offset=3))
     assert sorted(letter.reason for letter in letters) == ["not_json", Reason.PROCESSING_ERROR]
     poisoned = next(letter for letter in letters if letter.reason == Reason.PROCESSING_ERROR)
     assert (poisoned.topic, poisoned.partition, poisoned.offset) == (CLICKS, 0, 1)
@@ -121,7 +121,7 @@ async def test_an_error_without_any_event_is_not_put_on_an_event() -> None:
     store, table, letters = Store(), Table(poisoned=["*"]), []
     pipe = make_pipeline(store, table, letters)
     with pytest.raises(OverflowError):
-        await pipe.on_batch(CLICKS, batch(["s1", "s2"]), {0: 0})
+        await pipe.on_batch(CLICKS, batch(["s1", "s2"]))
     assert letters == []
     assert pipe.engines == {}  # its memory may be ahead of the table: rebuilt next time
 
@@ -132,9 +132,9 @@ async def test_a_redis_outage_leaves_the_batch_whole_and_its_dead_letters_unsent
     messages = batch(["s1", "s2", "s3"], bad_offset=1)
     store.fail = [redis.exceptions.ConnectionError("Redis went away")]
     with pytest.raises(redis.exceptions.ConnectionError):
-        await pipe.on_batch(CLICKS, messages, {0: 0})
+        await pipe.on_batch(CLICKS, messages)
     assert letters == []  # sent only once the batch is processed
-    counts = await pipe.on_batch(CLICKS, messages, {0: 0})  # the retry
+    counts = await pipe.on_batch(CLICKS, messages)  # the retry
     assert [letter.reason for letter in letters] == ["not_json"]
     assert counts.dead_letters == {"not_json": 1}
     assert store.published == 1
@@ -144,7 +144,7 @@ async def test_a_partition_that_ends_before_what_was_read_stops_the_worker() -> 
     ends = {CLICKS: 4}
     letters: list[DeadLetter] = []
     pipe = make_pipeline(Store(), Table(), letters, highwater=lambda t, p: ends.get(t))
-    await pipe.on_batch(CLICKS, batch(["s1", "s2", "s3", "s4"]), {0: 0})
+    await pipe.on_batch(CLICKS, batch(["s1", "s2", "s3", "s4"]))
     pipe.check_ends()
     ends[CLICKS] = 1  # the broker came back without the topic's data, and it was written to
     pipe.check_ends()

@@ -1,8 +1,8 @@
 """One worker's processing: batches of one input topic (or ticks) through the partition engines.
 
-Framework-free: the Faust agents (``app.py``) hand in messages and provide the state table, the
-dead-letter sink and the consumer's high watermarks through small protocols. Per batch, under one
-lock (the engines and the table are shared by the agents of all topics):
+Framework-free: the worker's tasks (``tasks.py``) hand in messages and provide the state table,
+the dead-letter sink and the consumer's high watermarks through small protocols. Per batch, under
+one lock (the engines and the table are shared by the batch processor and the ticks):
 
     decode -> dead-letter bad input -> store labels -> too late? -> duplicate? -> engine
     -> publish to Redis (absolute values, idempotent adds) -> write the state table
@@ -45,7 +45,9 @@ class StateTable(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
     def scan(self) -> Iterable[str]: ...
-    def write(self, writes: list[tuple[str, bytes | None]], anchor: object) -> None: ...
+    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
+        """Store the writes in order, to the changelog partition ``partition``."""
+        ...
 
 
 DeadLetterSink = Callable[[Message, DeadLetter], Awaitable[None]]
@@ -212,10 +214,8 @@ class Pipeline:
 
     # --- batches ----------------------------------------------------------------------------
 
-    async def on_batch(
-        self, topic: str, messages: list[Message], anchors: dict[int, object]
-    ) -> BatchCounts:
-        """A batch of one input topic; ``anchors`` holds one event per partition for writes.
+    async def on_batch(self, topic: str, messages: list[Message]) -> BatchCounts:
+        """A batch of one input topic (of one or several partitions).
 
         Dead letters are sent last, once every partition's state is written: a batch retried
         after a Redis error (or processed again after a crash) sends them again only if it was
@@ -243,7 +243,7 @@ class Pipeline:
                 (d.event.store_id for d in batch.events), cap=self.settings.max_stores
             )
             for partition, group in sorted(by_partition.items()):
-                part = _Part(topic, partition, labels, wall_ms, anchors[partition])
+                part = _Part(topic, partition, labels, wall_ms)
                 try:
                     done = await self._partition_batch(part, group)
                 except BaseException as exc:
@@ -305,7 +305,7 @@ class Pipeline:
         done.counts.duplicates += len(verdicts.on_time) - len(accepted)
         plan = engine.apply(accepted, progress, self.table)
         done.counts.evicted += plan.evicted
-        await self._settle(engine, plan, part.wall_ms, part.anchor)
+        await self._settle(engine, plan, part.wall_ms)
         return done
 
     async def _one_by_one(self, part: _Part, group: list[Decoded], error: BaseException) -> _Done:
@@ -359,12 +359,12 @@ class Pipeline:
         engine = self.engine(part.partition)
         try:
             plan = engine.apply([], self.progress(part.partition, part.wall_ms), self.table)
-            await self._settle(engine, plan, part.wall_ms, part.anchor)
+            await self._settle(engine, plan, part.wall_ms)
         except BaseException:
             self.forget([part.partition])
             raise
 
-    async def on_tick(self, partition: int, anchor: object) -> Plan | None:
+    async def on_tick(self, partition: int) -> Plan | None:
         """No event needed: the watermark moves with the wall clock (idle) or known ends."""
         if partition not in self.owned():
             return None  # a tick for a partition another worker owns
@@ -375,15 +375,13 @@ class Pipeline:
             engine = self.engine(partition)
             try:
                 plan = engine.apply([], self.progress(partition, wall_ms), self.table)
-                await self._settle(engine, plan, wall_ms, anchor)
+                await self._settle(engine, plan, wall_ms)
             except BaseException:
                 self.forget([partition])  # memory may be ahead of the table: rebuild it
                 raise
         return plan
 
-    async def _settle(
-        self, engine: PartitionEngine, plan: Plan, wall_ms: int, anchor: object
-    ) -> None:
+    async def _settle(self, engine: PartitionEngine, plan: Plan, wall_ms: int) -> None:
         if plan.watermark >= NEVER and plan.partition not in self.finished:
             self.finished.add(plan.partition)
             logger.info("partition %d: input read to its end, every value is final", plan.partition)
@@ -395,7 +393,7 @@ class Pipeline:
             open_tickets=plan.open_tickets,
             status=status,
         )
-        self.table.write(plan.writes, anchor)
+        self.table.write(plan.writes, plan.partition)
 
 
 @dataclass(frozen=True)
@@ -406,7 +404,6 @@ class _Part:
     partition: int
     labels: dict[str, str]
     wall_ms: int
-    anchor: object
 
 
 @dataclass

@@ -1,0 +1,205 @@
+"""The worker's Faust app: the input topics, the state table, the batch processor and the ticks.
+
+Faust runs the consumer group (partitions of the input and of the state changelog assigned
+together), recovers the state table from its changelog, and commits offsets. The input reaches
+the pipeline a fetched batch at a time (``consumer.py``); its state goes to the table a partition
+at a time (``state.py``). Faust's own web server is off: ``/metrics`` is served from a thread by
+``metrics.serve``.
+
+Crash safety does not rest on Faust's own ordering: a batch is acked only once the changelog and
+dead-letter messages it sent are delivered (``state.Deliveries``), and the consumer keeps the input
+partitions paused through Faust's post-recovery seek, which would otherwise drop what was fetched
+meanwhile (``Consumer.perform_seek``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, cast
+
+import faust
+from faust.types import TP
+
+from streamproc.config import Settings
+from streamproc.deadletter import DeadLetter
+from streamproc.events.parse import EventDecoder
+from streamproc.ingest import BatchDecoder, Message
+from streamproc.metrics import WorkerMetrics
+from streamproc.store import KpiStore
+from streamproc.worker.consumer import Consumer
+from streamproc.worker.pipeline import Pipeline
+from streamproc.worker.state import Deliveries, StateTable, TableState
+from streamproc.worker.tasks import Holding, watch_topics, wire_batches, wire_ticks
+
+STATE_TABLE = "state"
+QUEUED_BATCHES = 16  # fetched batches waiting for the processor; then fetching waits
+_RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+def faust_broker_url(bootstrap_servers: str) -> str:
+    """``a:9092,b:9092`` -> ``kafka://a:9092;kafka://b:9092``."""
+    hosts = [host.strip() for host in bootstrap_servers.split(",") if host.strip()]
+    return ";".join(f"kafka://{host}" for host in hosts)
+
+
+def never_auto_create_topics() -> None:
+    """The Kafka clients of this process (Faust's consumer and producer) stop asking the broker
+    to create the topics their metadata requests name.
+
+    aiokafka always asks (``allow_auto_topic_creation``), and Tansu and Kafka's default create
+    such a topic with the broker's default partition count. After a broker lost its topics, the
+    worker's own clients recreated its state changelog that way, with another partition count
+    than the input's: state restored into the wrong partitions, or every batch refused. The
+    worker creates every topic it needs explicitly (``streamproc worker`` before Faust starts,
+    Faust its internal ones through the admin API), so a missing topic stays missing and the
+    worker notices (``tasks.watch_topics``).
+    """
+    import aiokafka.client
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    aiokafka.client.MetadataRequest = partial(MetadataRequest, allow_auto_topic_creation=False)
+
+
+def state_topics(settings: Settings) -> dict[str, dict[str, str]]:
+    """The worker's own topics (its state table's changelog, its ticks) with their configs, as
+    Faust names them. ``streamproc worker`` creates them before Faust starts, with the input's
+    partition count: a broker auto-creates a topic a client asks for with its own default."""
+    app_id = _app_id(settings)
+    return {
+        f"{app_id}-{STATE_TABLE}-changelog": {"cleanup.policy": "compact"},
+        f"{app_id}-ticks": {},
+    }
+
+
+def _app_id(settings: Settings) -> str:
+    return f"{settings.namespace}-worker"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    bootstrap_servers: str,
+    partitions: int,
+    decoder: EventDecoder,
+    store: KpiStore,
+    metrics: WorkerMetrics,
+    clock: Callable[[], float] = time.time,
+) -> faust.App:
+    """Build the worker app: topics, the state table, the batch processor, ticks and timers."""
+    app = _faust_app(settings, bootstrap_servers=bootstrap_servers, partitions=partitions)
+    batches = app.FlowControlQueue(maxsize=QUEUED_BATCHES, clear_on_resume=True)
+    consumer = type(
+        "AppConsumer",
+        (Consumer,),
+        {
+            "batched": frozenset(settings.input_topics),
+            "batches": batches,
+            "fetch_max_wait_ms": settings.batch_max_wait_ms,
+        },
+    )
+    app.transport.Consumer = consumer  # type: ignore[misc]  # instance attribute, not class
+    never_auto_create_topics()
+    for name in settings.input_topics:  # subscribed; the consumer hands them to the processor
+        app.topics.add(app.topic(name, **_RAW))
+    # bytes values use faust's raw serializer (the engine encodes records itself); str keys JSON
+    table = cast(
+        StateTable, app.Table(STATE_TABLE, key_type=str, value_type=bytes, partitions=partitions)
+    )
+    deliveries = table.deliveries = Deliveries()
+    pipeline = _pipeline(app, settings, table, decoder, store, clock)
+    hold = Holding(metrics)
+    wire_batches(app, batches, pipeline, metrics, deliveries, hold)
+    ticks = app.topic(f"{_app_id(settings)}-ticks", partitions=partitions, internal=True, **_RAW)
+    wire_ticks(app, ticks, pipeline, metrics, deliveries, hold)
+    watched = (*settings.input_topics, *state_topics(settings))
+    watch_topics(app, pipeline, dict.fromkeys(watched, partitions))
+
+    async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
+        pipeline.forget(gone)
+        for partition in gone:  # another worker reports them now: no frozen series here
+            for gauge in (metrics.watermark, metrics.event_lag):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(str(partition))
+
+    app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
+    app.pipeline = pipeline  # type: ignore[attr-defined]  # for tests and tools
+    return app
+
+
+def _faust_app(settings: Settings, *, bootstrap_servers: str, partitions: int) -> faust.App:
+    return faust.App(
+        _app_id(settings),
+        broker=faust_broker_url(bootstrap_servers),
+        store="memory://",
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=settings.batch_max_events,
+        broker_session_timeout=settings.group_session_timeout_seconds,
+        broker_heartbeat_interval=settings.group_heartbeat_interval_seconds,
+        broker_rebalance_timeout=settings.group_rebalance_timeout_seconds,
+        web_enabled=False,
+        worker_redirect_stdouts=False,
+        table_standby_replicas=0,
+        Table=StateTable,
+    )
+
+
+def _pipeline(
+    app: faust.App,
+    settings: Settings,
+    table: StateTable,
+    decoder: EventDecoder,
+    store: KpiStore,
+    clock: Callable[[], float],
+) -> Pipeline:
+    deliveries = table.deliveries
+    assert deliveries is not None
+    dlq = app.topic(settings.topic_dlq, **_RAW)
+
+    async def dead_letter(message: Message, letter: DeadLetter) -> None:
+        # cut to what the producer (and the broker) accepts: a 10 MB message is still rejected
+        key, value, headers = letter.record(
+            message.key, message.value, max_bytes=settings.dead_letter_max_bytes
+        )
+        deliveries.add(await dlq.send(key=key, value=value, headers=headers))
+
+    def highwater(topic: str, partition: int) -> int | None:
+        try:
+            value = app.consumer.highwater(TP(topic, partition))
+        except (AssertionError, KeyError, AttributeError):
+            return None
+        return int(value) if value is not None else None
+
+    def read_from(topic: str, partition: int) -> int | None:
+        return cast(Consumer, app.consumer).placed_at.get(TP(topic, partition))
+
+    def owned() -> set[int]:
+        assignment = app.consumer.assignment()
+        return {tp.partition for tp in assignment if tp.topic == settings.topic_clickstream}
+
+    return Pipeline(
+        settings,
+        store=store,
+        table=TableState(table),
+        decoders={
+            name: BatchDecoder(decoder, family)
+            for family, name in settings.topics_by_family.items()
+        },
+        dead_letter=dead_letter,
+        highwater=highwater,
+        read_from=read_from,
+        owned=owned,
+        clock=clock,
+    )

@@ -1,0 +1,237 @@
+"""Faust's consumer, handing the input over a fetched batch at a time.
+
+Faust delivers a message at a time: for every message its drain loop awaits the conductor's
+callback against the flow-control event (two tasks a message), then a stream iterates it; that
+hand-off cost more than all of the KPI work. Here the records ``getmany`` fetched for one input
+partition go to a queue as one ``Batch``, and the worker acks the batch's offset range once it is
+processed (``ack_range``): Faust's commit then moves past it. The other topics (the ticks) keep
+Faust's per-message path. The queue belongs to Faust's flow control, so a rebalance drops what
+was queued, as it drops what the streams buffered; a batch fetched in an earlier consumer
+generation is not processed (``tasks.py``).
+
+Two more corrections of Faust's behaviour live here: the end offsets table recovery reads to, and
+the seek after a recovery (see the methods).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, cast
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+from streamproc.broker import OffsetReader
+
+# How long a stopping worker waits for the batch in hand (it may be held by a Redis outage: its
+# offsets then stay uncommitted and it is processed again after the restart).
+STOP_WAIT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The records of one input partition from one fetch, in offset order."""
+
+    tp: TP
+    records: list[Any]  # aiokafka ConsumerRecords
+    generation: int  # the consumer group generation they were fetched in
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with batch hand-off, true end offsets and a safe seek.
+
+    ``batched``: the topics handed over in batches (the input topics); ``batches``: the queue
+    they go to (an ``app.FlowControlQueue``); both set by ``app.create_app``. ``busy`` is True
+    while the worker processes a batch: a rebalance waits for it (``wait_empty``), as Faust waits
+    for the messages its streams hold.
+
+    ``placed_at`` keeps what ``seek_to_committed`` (Faust's seek after every assignment) found:
+    where this worker's reading of each partition starts.
+    """
+
+    batched: frozenset[str] = frozenset()
+    batches: Any = None
+    fetch_max_wait_ms = 1500  # Faust's fixed value
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    placed_at: Mapping[TP, int] = MappingProxyType({})
+    _held: frozenset[TP] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.busy = False
+
+    # --- the hand-off ---------------------------------------------------------------------
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop (``Consumer._drain_messages``), a partition's records at a time."""
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                records, active = await self._wait_next_records(1.0)
+                generation = self.app.consumer_generation_id
+                await self.sleep(0)
+                if records and not self.should_stop:
+                    await self._dispatch(records, active, generation)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _dispatch(
+        self, records: Mapping[TP, list[Any]], active: set[TP] | None, generation: int
+    ) -> None:
+        if not self.flow_active:  # as Faust's getmany: fetched while stopped, read again later
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                self.log.warning("exception performing seek when flow not active %r", exc)
+            return
+        for tp, fetched in records.items():
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                return  # a rebalance began: the rest is read again after it
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            fresh = await self._unread(tp, fetched)
+            if not fresh:
+                continue
+            if tp.topic in self.batched:
+                await self.wait_first(
+                    self.batches.put(Batch(tp, fresh, generation)), self.suspend_flow.wait()
+                )
+            else:
+                for record in fresh:
+                    message = self._to_message(tp, record)
+                    await self.wait_first(self.callback(message), self.suspend_flow.wait())
+            self._read_offset[tp] = fresh[-1].offset
+            commit_every = self._commit_every
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+
+    async def _unread(self, tp: TP, fetched: list[Any]) -> list[Any]:
+        """The records at or after the read offset, as Faust delivers them; a jump over offsets
+        (compaction, transaction markers) is recorded as a gap, so commits can pass it."""
+        read = self._read_offset[tp]
+        fresh = fetched if read is None else [r for r in fetched if r.offset >= read]
+        if (
+            fresh
+            and read
+            and fresh[0].offset - read > 1
+            and self.app.topics.acks_enabled_for(tp.topic)
+        ):
+            await self._add_gap(tp, read + 1, fresh[0].offset)
+        return fresh
+
+    def ack_range(self, tp: TP, first: int, last: int) -> None:
+        """Offsets ``first`` to ``last`` of ``tp`` are processed: the next commit may pass them
+        (Faust's ``ack``, for a run of offsets at once)."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            start = first if committed is None else max(first, committed)
+            index = self._acked_index[tp]
+            new = [offset for offset in range(start, last + 1) if offset not in index]
+            if new:
+                index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+            notify(self._waiting_for_ack)
+
+    async def wait_empty(self) -> None:
+        """Faust's wait for in-flight messages, and for the batch in hand: a rebalance must not
+        finish while its state is being written. A stopping worker waits at most STOP_WAIT_S."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT_S if self.app.should_stop else None
+        while self.busy and not self.should_stop:
+            if deadline is not None and loop.time() > deadline:
+                self.log.warning("stopping with a batch in hand: it is processed again later")
+                break
+            await asyncio.sleep(0.02)
+        await super().wait_empty()
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    async def perform_seek(self) -> None:
+        """Faust's recovery resumes the stream partitions, awaits this seek, then resumes its
+        flow control, which empties the queues. What was fetched during the seek was dropped
+        unprocessed and fetching went on after it: a run of events never processed (seen after
+        restarts with a backlog). The input partitions stay paused from here until the flow is
+        resumed, and the seek puts them back where reading must start."""
+        held: set[TP] = set()
+        if self.flow_active:  # else a rebalance paused everything; its recovery resumes them
+            held = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
+            self.pause_partitions(held)
+            self._held = frozenset(held)
+        await super().perform_seek()
+        for tp in held - set(self.placed_at):
+            # Nothing committed: aiokafka leaves the position where its prefetch got to, past
+            # records that may have been dropped with the queues. Reading starts at the
+            # beginning (a position before the log start resets to it: auto_offset_reset).
+            await self.seek(tp, 0)
+
+    def resume_flow(self) -> None:
+        super().resume_flow()  # after Faust's flow control emptied the queues
+        if self.app.in_recovery:  # the flow resumed to read changelogs: the input waits for it
+            return
+        held, self._held = self._held, frozenset()
+        if held:
+            self.resume_partitions(held & self.assignment())
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._held = frozenset()  # a new rebalance: its recovery pauses and resumes them
+        await super().on_partitions_revoked(revoked)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        # aiokafka does not seek for 0 or None (nothing committed): reading starts at the
+        # beginning; a partition no longer assigned is dropped with the old mapping
+        self.placed_at = {tp: offset for tp, offset in committed.items() if offset}
+        return committed
+
+    async def highwaters(self, *partitions: TP) -> dict[TP, int]:
+        """End offsets from a fetch response. Table recovery reads each changelog partition up
+        to these; Faust asks ListOffsets LATEST, which Tansu answers with the last batch's base
+        offset + 1. Trusting it stops recovery short of the last batch's other records, and a
+        partition that moves between workers (or a restarted worker) loses its newest state.
+        Only recovery and standby reads call this."""
+        if not partitions:
+            return {}
+        listed = await super().highwaters(*partitions)
+        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.transport.url)
+        async with OffsetReader(bootstrap) as reader:
+            ends = await reader.highwaters((tp.topic, tp.partition) for tp in partitions)
+        return {tp: max(listed.get(tp) or 0, ends[(tp.topic, tp.partition)]) for tp in partitions}
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, with the consumer's ``fetch_max_wait_ms`` (Faust fixes 1.5 s:
+    how long a fetch may wait for data; the broker answers at once when it has some)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = cast(Consumer, self.consumer).fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = wait_ms  # read by its start()
+        return consumer

@@ -1,0 +1,78 @@
+"""The worker's changelogged state: a Faust table of bytes, written a partition at a time.
+
+The pipeline writes the keys of one partition with that partition's number: the value goes into
+the table's store and to the changelog partition directly (``Table.send_changelog``), without the
+current event Faust's ``table[key] = value`` needs to pick the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+import faust
+
+
+class Deliveries:
+    """Futures of the messages a worker sends (state changelog, dead letters) until delivered.
+
+    Faust's commit is meant to flush the producer first, but its buffer's ``flush()`` gives up
+    after 0.1 s without a message sent, and then commits offsets whose state changes may still be
+    unsent: a SIGKILL at that moment loses them. Each batch waits for its messages before it is
+    acked (so before its offsets can be committed): Promise 1 does not rest on that flush.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[Awaitable[Any]] = []
+
+    def add(self, future: Awaitable[Any]) -> None:
+        self.pending.append(future)
+
+    async def wait(self) -> None:
+        """Until every message sent so far is on the broker (or raise its error)."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+
+class StateTable(faust.Table[str, bytes]):
+    """Faust's table, handing the futures of its changelog sends to ``deliveries``."""
+
+    deliveries: Deliveries | None = None
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        future = super().send_changelog(*args, **kwargs)
+        if self.deliveries is not None:
+            self.deliveries.add(future)
+        return future
+
+
+class TableState:
+    """The pipeline's StateTable over a Faust table of bytes (memory store)."""
+
+    def __init__(self, table: StateTable) -> None:
+        self.table = table
+
+    @property
+    def store(self) -> Any:
+        """The table's memory store: a dict-like without the table's write hooks."""
+        return self.table.data
+
+    def get(self, key: str) -> bytes | None:
+        value = self.store.get(key)
+        return bytes(value) if value is not None else None
+
+    def scan(self) -> Iterable[str]:
+        return list(self.store.keys())
+
+    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
+        """Store the writes in order, each also to changelog partition ``partition``."""
+        store, send = self.store, self.table.send_changelog
+        for key, value in writes:
+            if value is not None:
+                store[key] = value
+                send(partition, key, value)
+            elif key in store:
+                del store[key]
+                send(partition, key, None, value_serializer="raw")

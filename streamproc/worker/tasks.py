@@ -1,0 +1,233 @@
+"""What the worker runs inside Faust: the batch processor, the ticks, and the topic watch.
+
+Every Redis call goes through one retry path (``Holding``); any other error stops the worker at
+once (``exit_now``): a batch is acked only once it is processed and its messages delivered, so a
+restart processes it again and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, NoReturn, TypeVar, cast
+
+import faust
+
+from streamproc.errors import TopicsChanged
+from streamproc.ingest import Message
+from streamproc.metrics import WorkerMetrics
+from streamproc.store import TRANSIENT
+from streamproc.worker.consumer import Batch, Consumer
+from streamproc.worker.pipeline import BatchCounts, Pipeline
+from streamproc.worker.state import Deliveries
+
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+
+class Holding:
+    """The one retry path of the worker's Redis calls (batches, ticks, timers).
+
+    A transient Redis error holds the work: it is retried with backoff until Redis answers, while
+    the batch stays unacked, so no offset past it is committed (the consumer stops fetching once
+    its queue is full). One line is logged when an outage starts and one when it ends. Any other
+    error stops the worker: see ``__call__``.
+    """
+
+    MAX_DELAY_S = 5.0
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+        self.since: float | None = None  # when the current outage began (monotonic)
+
+    async def __call__(self, work: Callable[[], Awaitable[T]], what: str) -> T:
+        """``work()`` once it succeeds. Another exception stops the worker: its batch is not
+        acked, so it is processed again after the restart. (An error one event causes is
+        handled by the pipeline: that event becomes a dead letter.)"""
+        delay = 0.2
+        while True:
+            try:
+                result = await work()
+            except TRANSIENT as exc:
+                self.metrics.redis_retries.inc()
+                if self.since is None:
+                    self.since = time.monotonic()
+                    logger.warning(
+                        "Redis is unavailable (%s: %s): %s is held, nothing is committed, "
+                        "retrying until it answers",
+                        type(exc).__name__,
+                        exc,
+                        what,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.MAX_DELAY_S)
+                continue
+            except TopicsChanged as exc:
+                exit_now(TopicsChanged.EXIT_CODE, "%s", exc)
+            except Exception:
+                logger.exception("%s: unexpected error; stopping so the work is done again", what)
+                exit_now(70, "stopped by an unexpected error")
+            if self.since is not None:
+                logger.warning(
+                    "Redis answers again after %.1f s; processing resumes",
+                    time.monotonic() - self.since,
+                )
+                self.since = None
+            return result
+
+
+def exit_now(code: int, message: str, *args: object) -> NoReturn:
+    """Stop the worker now, without Faust's shutdown: that would commit the offsets acked so far,
+    which is right, but also wait on a broker or Redis that may be gone. Nothing is lost: a batch
+    is acked only once it is processed and its messages are delivered."""
+    logger.error(message, *args)
+    logging.shutdown()
+    os._exit(code)
+
+
+def wire_batches(
+    app: faust.App,
+    batches: Any,
+    pipeline: Pipeline,
+    metrics: WorkerMetrics,
+    deliveries: Deliveries,
+    hold: Holding,
+) -> None:
+    """Process the input batches the consumer queues (``consumer.Batch``), one at a time."""
+
+    async def process(batch: Batch) -> None:
+        started = time.perf_counter()
+        tp, records = batch.tp, batch.records
+        messages = [
+            Message(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records
+        ]
+        counts = await hold(partial(pipeline.on_batch, tp.topic, messages), tp.topic)
+        await hold(deliveries.wait, tp.topic)  # the state of the batch is on the broker
+        cast(Consumer, app.consumer).ack_range(tp, records[0].offset, records[-1].offset)
+        count(metrics, counts, len(messages), time.perf_counter() - started)
+
+    @app.task
+    async def process_batches() -> None:
+        while True:
+            batch = await batches.get()
+            consumer = cast(Consumer, app.consumer)
+            if batch.generation != app.consumer_generation_id:
+                continue  # fetched before a rebalance: read again from the committed offset
+            consumer.busy = True
+            try:
+                await process(batch)
+            finally:
+                consumer.busy = False
+
+
+def count(metrics: WorkerMetrics, counts: BatchCounts, size: int, seconds: float) -> None:
+    topic = counts.topic
+    for event_type, n in counts.valid.items():
+        metrics.events.labels(topic, event_type).inc(n)
+    for reason, n in counts.dead_letters.items():
+        metrics.dead_letters.labels(topic, reason).inc(n)
+    metrics.duplicates.labels(topic).inc(counts.duplicates)
+    metrics.late.labels(topic).inc(counts.late)
+    metrics.evicted.inc(counts.evicted)
+    metrics.batch_events.labels(topic).observe(size)
+    metrics.batch_seconds.labels(topic).observe(seconds)
+
+
+def wire_ticks(
+    app: faust.App,
+    ticks: Any,
+    pipeline: Pipeline,
+    metrics: WorkerMetrics,
+    deliveries: Deliveries,
+    hold: Holding,
+) -> None:
+    """Ticks, one per owned partition a second on an internal topic co-partitioned with the
+    input: the watermark advances and sessions close without events."""
+
+    @app.agent(ticks, name="ticks", concurrency=1)
+    async def tick(stream: Any) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            plan = await hold(partial(pipeline.on_tick, partition), f"tick {partition}")
+            await hold(deliveries.wait, f"tick {partition}")
+            await stream.ack(event)  # else the last tick holds up shutdowns and rebalances
+            if plan is not None:
+                metrics.evicted.inc(plan.evicted)
+
+    failing: list[str] = []  # the error ticks last failed with, while they fail
+
+    @app.timer(1.0)
+    async def send_ticks() -> None:
+        try:
+            for partition in sorted(pipeline.owned()):
+                sent = await ticks.send(key=b"", value=b"", partition=partition)
+                sent.add_done_callback(_retrieved)  # a lost tick is harmless: the next one comes
+        except Exception as exc:  # an exception in a Faust timer stops the worker
+            if not failing:
+                logger.warning("cannot send ticks (%s: %s); retrying", type(exc).__name__, exc)
+            failing[:] = [type(exc).__name__]
+        else:
+            if failing:
+                logger.warning("ticks are sent again")
+                failing.clear()
+        now = time.time()
+        for partition, engine in list(pipeline.engines.items()):
+            metrics.watermark.labels(str(partition)).set(max(engine.meta.watermark, 0) / 1000)
+            latest = max(engine.meta.max_ts)
+            if latest > 0:
+                metrics.event_lag.labels(str(partition)).set(now - latest / 1000)
+
+    @app.timer(2.0)
+    async def refresh_ends() -> None:
+        await hold(pipeline.refresh_ends, "reading the input's known ends")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (asyncio logs unretrieved ones as errors)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def watch_topics(app: faust.App, pipeline: Pipeline, expected: dict[str, int]) -> None:
+    """Stop when the topics change under the worker: a partition ends before what was read of it
+    (``Pipeline.check_ends``), a topic is gone, or a topic's partition count differs from the
+    one it started with (the broker lost its topics and created them again when a client asked,
+    as Tansu and Kafka's default do). Going on would take new offsets for absorbed ones, or put
+    state into the wrong changelog partitions."""
+
+    missing: dict[str, int] = {}  # topic -> checks in a row that found it gone
+
+    @app.timer(2.0)
+    async def check_topics() -> None:
+        try:
+            pipeline.check_ends()
+        except TopicsChanged as exc:
+            exit_now(TopicsChanged.EXIT_CODE, "%s", exc)
+        for name, count in expected.items():
+            found = app.consumer.topic_partitions(name)
+            missing[name] = missing.get(name, 0) + 1 if found == 0 else 0
+            if missing[name] >= 3:  # a metadata answer without it, three checks in a row
+                exit_now(
+                    TopicsChanged.EXIT_CODE,
+                    "topic %s is gone from the broker (a memory-only broker restarted, or the "
+                    "topic was deleted). Stopping: a restarted worker creates the topics again "
+                    "(the input's with STREAMPROC_PARTITIONS) and starts from their beginning; "
+                    "what the lost topics held is not counted.",
+                    name,
+                )
+            if found and found != count:  # 0: not known, or gone
+                exit_now(
+                    TopicsChanged.EXIT_CODE,
+                    "topic %s now has %d partitions, but had %d when this worker started: it was "
+                    "deleted and created again (a broker that lost its data creates the topics "
+                    "clients ask for, with its default partition count). Stopping; a restarted "
+                    "worker checks the topics again and says what to repair.",
+                    name,
+                    found,
+                    count,
+                )
