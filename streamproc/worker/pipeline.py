@@ -45,7 +45,7 @@ class StateTable(Protocol):
 
     def get(self, key: str) -> bytes | None: ...
     def scan(self) -> Iterable[str]: ...
-    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
+    async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
         """Store the writes in order, to the changelog partition ``partition``."""
         ...
 
@@ -393,7 +393,7 @@ class Pipeline:
             open_tickets=plan.open_tickets,
             status=status,
         )
-        self.table.write(plan.writes, plan.partition)
+        await self.table.write(plan.writes, plan.partition)
 
 
 @dataclass(frozen=True)

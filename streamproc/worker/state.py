@@ -49,7 +49,14 @@ class StateTable(faust.Table[str, bytes]):
 
 
 class TableState:
-    """The pipeline's StateTable over a Faust table of bytes (memory store)."""
+    """The pipeline's StateTable over a Faust table of bytes (memory store).
+
+    A plan's writes go to the store, and to the changelog partition as record batches sent
+    straight through Faust's aiokafka producer: Faust's own path (``Table.send_changelog``, a
+    buffered message each) cost ~125 µs of CPU a record. The batches' futures join
+    ``deliveries``; aiokafka keeps one batch of a partition in flight at a time, so the
+    changelog holds the writes in order.
+    """
 
     def __init__(self, table: StateTable) -> None:
         self.table = table
@@ -66,13 +73,30 @@ class TableState:
     def scan(self) -> Iterable[str]:
         return list(self.store.keys())
 
-    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
-        """Store the writes in order, each also to changelog partition ``partition``."""
-        store, send = self.store, self.table.send_changelog
+    async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
+        """Store the writes in order, and send them to changelog partition ``partition``."""
+        store, table = self.store, self.table
+        topic = table.changelog_topic
+        producer = table.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        batch = producer.create_batch()
         for key, value in writes:
             if value is not None:
                 store[key] = value
-                send(partition, key, value)
             elif key in store:
                 del store[key]
-                send(partition, key, None, value_serializer="raw")
+            else:
+                continue  # nothing to delete
+            raw_key = topic.prepare_key(key, table.key_serializer)[0]
+            if batch.append(key=raw_key, value=value, timestamp=None) is None:  # full
+                await self._send(producer, batch, partition)
+                batch = producer.create_batch()
+                batch.append(key=raw_key, value=value, timestamp=None)
+        if batch.record_count():
+            await self._send(producer, batch, partition)
+
+    async def _send(self, producer: Any, batch: Any, partition: int) -> None:
+        future = await producer.send_batch(
+            batch, self.table.changelog_topic.get_topic_name(), partition=partition
+        )
+        if self.table.deliveries is not None:
+            self.table.deliveries.add(future)

@@ -49,7 +49,7 @@ class Table(dict[str, bytes]):
     def scan(self) -> Iterable[str]:
         return list(self)
 
-    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
+    async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
         for key, value in writes:
             if value is None:
                 self.pop(key, None)

@@ -58,7 +58,7 @@ class Table(dict[str, bytes]):
     def scan(self) -> Iterable[str]:
         return list(self)
 
-    def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
+    async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
         for key, value in writes:
             if (
                 any(key.endswith(f"s:{session}") for session in self.poisoned)
