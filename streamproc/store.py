@@ -131,6 +131,8 @@ end
 return count
 """
 
+# A key's retention is set again at most this often (seconds; or a quarter of it), see _expire.
+_EXPIRE_EVERY_S = 3600.0
 # Lua's unpack() is limited to a few thousand values: longer unions use the sketches alone.
 _MAX_EXACT_MINUTES = 3000
 
@@ -194,6 +196,9 @@ class KpiStore:
         self._add_visitors = client.register_script(_VISITORS_ADD)
         self._count_visitors = client.register_script(_VISITORS_COUNT)
         self._labels: dict[str, str] = {}
+        self._expired: dict[str, float] = {}  # key -> when this process last set its retention
+        self._expire_every_s = min(_EXPIRE_EVERY_S, retention_s / 4)
+        self._trimmed_ms = 0
 
     @classmethod
     def connect(
@@ -280,7 +285,7 @@ class KpiStore:
         for where, visitors in sketches.items():
             key = self.key("hll", *where)
             pipe.pfadd(key, *visitors)
-            pipe.expire(key, self.retention_s)
+            self._expire(pipe, key)
             if self.exact.per_minute:
                 exact.append(self.key("vis", *where))
                 args.append(len(visitors))
@@ -288,19 +293,23 @@ class KpiStore:
         if exact:
             await self._add_visitors(keys=exact, args=args, client=pipe)
         stamps = {str(minute): now_ms for minute, _, _ in sketches}
+        by_minute: dict[int, dict[str, bytes | None]] = defaultdict(dict)
         for (minute, store), counters in cells.items():
+            by_minute[minute][f"{store}|{partition}"] = _pack(counters) if counters else None
+        for minute, fields in by_minute.items():
             key = self.key("cells", minute)
-            field = f"{store}|{partition}"
-            if counters:
-                pipe.hset(key, field, _pack(counters))
-            else:
-                pipe.hdel(key, field)
-            pipe.expire(key, self.retention_s)
+            values = {field: value for field, value in fields.items() if value is not None}
+            if values:
+                pipe.hset(key, mapping=values)  # type: ignore[arg-type]
+            if len(values) < len(fields):
+                pipe.hdel(key, *(field for field, value in fields.items() if value is None))
+            self._expire(pipe, key)
             stamps[str(minute)] = now_ms
         if stamps:
             pipe.zadd(self.key("changed"), stamps)
-            # minutes whose cells have expired leave the stamps too
-            pipe.zremrangebyscore(self.key("changed"), "-inf", now_ms - self.retention_s * 1000)
+            if now_ms - self._trimmed_ms > 60_000:  # minutes whose cells expired leave stamps
+                pipe.zremrangebyscore(self.key("changed"), "-inf", now_ms - self.retention_s * 1000)
+                self._trimmed_ms = now_ms
         if open_tickets is not None:
             gauge = [[s, ch, pr, n] for (s, ch, pr), n in open_tickets.items()]
             pipe.hset(self.key("open"), str(partition), _pack(gauge))
@@ -308,6 +317,18 @@ class KpiStore:
             value = {"watermark": status.watermark, "max_ts": status.max_ts, "at": status.at_ms}
             pipe.hset(self.key("status"), str(partition), _pack(value))
         await pipe.execute()
+
+    def _expire(self, pipe: Any, key: str) -> None:
+        """Set ``key``'s retention, at most once an hour (a quarter of the retention) per key:
+        a key written every batch needs no EXPIRE every batch (half of a batch's commands), and
+        the retention cannot run out between two writes that far apart."""
+        now, every = time.monotonic(), self._expire_every_s
+        if now - self._expired.get(key, -every) < every:
+            return
+        if len(self._expired) > 100_000:  # bounded: forget keys not refreshed within the hour
+            self._expired = {k: t for k, t in self._expired.items() if now - t < every}
+        pipe.expire(key, self.retention_s)
+        self._expired[key] = now
 
     async def end_offsets(self) -> dict[tuple[str, int], int]:
         """Known ends of the input topics (set by replay and backfill), else empty."""

@@ -87,3 +87,23 @@ def test_visitor_hash_is_stable_signed_64_bit_and_never_the_marker() -> None:
     assert len(values) == 10_000
     assert all(-(2**63) <= v < 2**63 and v != 0 for v in values)
     assert any(v < 0 for v in values)
+
+
+async def test_every_published_key_keeps_its_retention(store: KpiStore) -> None:
+    """Retention is set once per key (not at every write), yet no key is left without it."""
+    cells = {(MINUTE, "s1"): {"sessions": 1}, (MINUTE, "s2"): {"sessions": 2}}
+    for partition in (0, 1, 0):  # the same keys written again: one EXPIRE each was enough
+        await store.publish(
+            partition,
+            cells=cells,
+            presence={(MINUTE, "s1", "", "v-1")},
+            open_tickets=None,
+            status=None,
+        )
+    keys = [key async for key in store.client.scan_iter(match=store.key("*"))]
+    published = [key for key in keys if b":cells:" in key or b":hll:" in key or b":vis:" in key]
+    assert len(published) >= 4
+    for key in published:
+        assert 0 < await store.client.ttl(key) <= store.retention_s, key
+    rows = await store.cells([MINUTE])
+    assert rows == {(MINUTE, "s1"): {"sessions": 2}, (MINUTE, "s2"): {"sessions": 4}}
