@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -272,6 +273,37 @@ async def _scan(bootstrap: str, ends: Mapping[tuple[str, int], int]) -> tuple[in
         return records, size
     finally:
         await consumer.stop()
+
+
+_PROFILED = ("streamproc/", "faust/", "aiokafka/", "redis/")
+_ROOTS = ("streamproc/cli/", "streamproc/__main__", "faust/agents/agent.py")  # on every stack
+
+
+def py_spy_top(path: Path, count: int = 12) -> dict[str, list[tuple[float, str]]]:
+    """The frames of a ``py-spy record --format raw`` file with the largest shares of samples:
+    ``self`` (the frame was running) and ``inclusive`` (on the stack; streamproc, faust,
+    aiokafka and redis functions below the agent only, any line)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames, samples = stack.split(";"), int(n)
+        total += samples
+        leaf = frames[-1] or "(no Python frame)"
+        own[leaf] = own.get(leaf, 0) + samples
+        functions = {re.sub(r":\d+\)$", ")", frame) for frame in frames}  # any line of it
+        for function in functions:
+            if any(lib in function for lib in _PROFILED) and not any(r in function for r in _ROOTS):
+                inclusive[function] = inclusive.get(function, 0) + samples
+
+    def top(found: dict[str, int]) -> list[tuple[float, str]]:
+        best = sorted(found.items(), key=lambda item: -item[1])[:count]
+        return [(n / max(total, 1), frame) for frame, n in best]
+
+    return {"self": top(own), "inclusive": top(inclusive)}
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -11,7 +11,7 @@ Starts a temporary embedded stack (Tansu broker + a private redis-server, or the
 of order, 0.5 % malformed) to fresh topics — or the lines of ``--file``, which is written first
 when it does not exist — and then reads the same topics back to back:
 
-    (a) raw    a bare aiokafka consumer (no group) that msgspec-decodes every value
+    (a) raw    a bare aiokafka consumer (no group) that msgspec-decodes every value (best of 3)
     (b) faust  a plain Faust agent that only counts (``bench/faust_counter.py``, own group)
     (c) one    the streamproc worker, 1 process (``replay.Workers``, known ends in Redis)
     (d) two    the same with 2 processes (fresh namespace and group, same input topics)
@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,11 +75,14 @@ from streamproc.simulate.config import Anomalies
 from streamproc.simulate.output import write_jsonl
 from streamproc.store import KpiStore
 
+WORKERS = ("one", "two", "three", "four", "five", "six", "seven", "eight")  # rows (c), (d), ...
 ROWS = {
     "raw": "(a) raw aiokafka + decode",
     "faust": "(b) Faust agent, count",
-    "one": "(c) streamproc, 1 worker",
-    "two": "(d) streamproc, 2 workers",
+    **{
+        name: f"({chr(ord('c') + n)}) streamproc, {n + 1} worker{'s' if n else ''}"
+        for n, name in enumerate(WORKERS)
+    },
 }
 HERE = Path(__file__).resolve().parent
 
@@ -129,7 +133,19 @@ async def produce(run_input: Settings, path: Path, bootstrap: str) -> tuple[int,
 # --- (a) raw consumer --------------------------------------------------------------------
 
 
+RAW_TRIES = 3
+
+
 async def raw_row(run: Run) -> dict[str, Any]:
+    """The best of ``RAW_TRIES`` reads (a ceiling; they take seconds): the others are in
+    ``tries``. Only this row runs in the bench's own process, so it suffers most from a busy
+    machine."""
+    tries = [await _raw_read(run) for _ in range(RAW_TRIES)]
+    best = max(tries, key=lambda row: row["events_per_s"] or 0.0)
+    return {**best, "tries": [row["events_per_s"] for row in tries]}
+
+
+async def _raw_read(run: Run) -> dict[str, Any]:
     probe = harness.Probe()
     probe.watch("bench", os.getpid())
     probe.watch("broker", run.info.broker_pid)
@@ -149,7 +165,7 @@ async def raw_row(run: Run) -> dict[str, Any]:
         while seen < run.total:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"raw consumer: {seen} of {run.total} events")
-            for batch in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+            for batch in (await consumer.getmany(timeout_ms=1000, max_records=2000)).values():
                 for record in batch:
                     try:
                         decode(record.value)
@@ -248,21 +264,26 @@ async def worker_row(run: Run, workers: int) -> dict[str, Any]:
     redis = harness.RedisCalls(run.info.redis_url)
     await store.set_end_offsets(run.ends)
     logs = run.logs / f"workers-{workers}"
-    profilers: list[subprocess.Popen[bytes]] = []
+    profilers: dict[Path, subprocess.Popen[bytes]] = {}  # output file -> py-spy
     try:
         started = time.time()
         with replay.Workers(harness.worker_env(settings, run.info), 0, logs) as procs:
             urls = harness.start_workers(procs, workers)
-            if run.args.py_spy and workers == 1:
-                profilers = [_py_spy(run.args.py_spy, p.pid) for p, _ in procs.procs]
+
+            def profile() -> None:  # from the first counted batch: start-up is not profiled
+                if run.args.py_spy and workers == 1:
+                    for proc, _ in procs.procs:
+                        profilers.update([_py_spy(run.args.py_spy, proc.pid)])
+
             probe = harness.Probe()
             probe.watch("workers", *(p.pid for p, _ in procs.procs))
             probe.watch("broker", run.info.broker_pid)
             if run.info.redis_pid is not None:
                 probe.watch("redis", run.info.redis_pid)
-            points = await _follow(run, procs, urls, probe, redis, store)
-        for profiler in profilers:
+            points = await _follow(run, procs, urls, probe, redis, store, on_first=profile)
+        for profiler in profilers.values():
             profiler.wait(60)
+        profiles = {path.name: harness.py_spy_top(path) for path in profilers}
         changelog = await harness.topic_volume(
             run.info.bootstrap_servers, f"{settings.namespace}-worker-state-changelog"
         )
@@ -270,7 +291,7 @@ async def worker_row(run: Run, workers: int) -> dict[str, Any]:
         await store.drop()
         await store.aclose()
         await redis.aclose()
-    return _worker_figures(run, started, points, changelog)
+    return {**_worker_figures(run, started, points, changelog), "py_spy": profiles}
 
 
 async def _follow(
@@ -280,8 +301,11 @@ async def _follow(
     probe: harness.Probe,
     redis: harness.RedisCalls,
     store: KpiStore,
+    *,
+    on_first: Callable[[], None],
 ) -> list[Point]:
-    """Poll the workers until every partition is final, and 0.5 s more; every poll's point."""
+    """Poll the workers until every partition is final, and 0.5 s more; every poll's point.
+    ``on_first`` runs once, at the first poll that finds a count."""
     counts: dict[str, float] = {}
     points: list[Point] = []
     deadline = time.monotonic() + run.timeout()
@@ -295,6 +319,8 @@ async def _follow(
                 counts[url] = found
         count = sum(counts.values())
         points.append(Point(probe.snap(), count, await redis.read()))
+        if count and not any(p.count for p in points[:-1]):
+            on_first()
         procs.check()
         if done_at is None and count >= run.total:
             statuses = await store.statuses()  # only now: its HGETALLs are not in the span
@@ -354,11 +380,11 @@ def _worker_figures(
     }
 
 
-def _py_spy(directory: Path, pid: int) -> subprocess.Popen[bytes]:
+def _py_spy(directory: Path, pid: int) -> tuple[Path, subprocess.Popen[bytes]]:
     directory.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     out = directory / f"worker-{pid}.txt"
-    return subprocess.Popen(
+    return out, subprocess.Popen(
         [
             str(spy),
             "record",
@@ -409,6 +435,19 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     for name, row in results.items():
         shares = ", ".join(f"{k} {v:.2f}" for k, v in row["cores"].items())
         lines.append(f"  {ROWS[name]:{width}} {shares}")
+    lines.append("Redis commands per event over the span (top 6; inside Lua scripts included):")
+    for name, row in results.items():
+        if "redis_commands" in row:
+            events = row["events_in_span"]
+            top = list(row["redis_commands"].items())[:6]
+            listing = ", ".join(f"{cmd} {n / events:.2f}" for cmd, n in top)
+            lines.append(f"  {ROWS[name]:{width}} {listing}")
+    for name, row in results.items():
+        for file, top in (row.get("py_spy") or {}).items():
+            lines.append(f"py-spy {ROWS[name]} ({file}), share of samples:")
+            for kind, frames in top.items():
+                lines.append(f"  {kind}:")
+                lines.extend(f"    {share:6.1%} {frame[:110]}" for share, frame in frames)
     return "\n".join(lines)
 
 
@@ -425,11 +464,13 @@ async def throughput(args: argparse.Namespace, info: devstack.StackInfo, path: P
     rows = {
         "raw": lambda: raw_row(run),
         "faust": lambda: faust_row(run),
-        "one": lambda: worker_row(run, 1),
-        "two": lambda: worker_row(run, 2),
+        **{
+            name: (lambda n=n: worker_row(run, n))
+            for n, name in enumerate(WORKERS[: args.workers_max], start=1)
+        },
     }
     for name, measure in rows.items():
-        if name in args.skip or (name == "two" and args.workers_max < 2):
+        if name in args.skip:
             continue
         print(f"{ROWS[name]} ...", flush=True)
         run.results[name] = await measure()
@@ -451,7 +492,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--file", type=Path, help="Events file to reuse (written if missing).")
     parser.add_argument("--skip", default="", help="Rows to leave out: raw,faust,one,two.")
-    parser.add_argument("--workers-max", type=int, default=2, help="1 leaves out row (d).")
+    parser.add_argument(
+        "--workers-max", type=int, default=2, help="Worker rows for 1..N processes (N <= 8)."
+    )
     parser.add_argument("--json", type=Path, help="Write every figure here.")
     parser.add_argument("--py-spy", type=Path, help="Profile row (c)'s worker into this dir.")
     parser.add_argument("--smoke", action="store_true", help="20 k events, rows (a), (c).")
@@ -460,6 +503,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drain", type=float, default=120.0, help="Freshness: wait after.")
     args = parser.parse_args()
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    if not 0 <= args.workers_max <= len(WORKERS):
+        parser.error(f"--workers-max: 0 to {len(WORKERS)}")
     if unknown := args.skip - set(ROWS):
         parser.error(f"--skip: unknown rows {', '.join(sorted(unknown))}")
     if args.smoke:
