@@ -1,0 +1,313 @@
+"""What ``bench/throughput.py`` and ``bench/freshness.py`` share: a private embedded stack, worker
+processes with known metrics ports, CPU/RSS sampling, Redis command counts, changelog volume.
+
+Not a benchmark itself. Wall times are ``time.time()`` (comparable across processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+
+import psutil
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streamproc import broker, devstack, metrics, replay
+from streamproc.config import Settings
+
+# The worker counts each message it reads once, as a valid event or as a dead letter.
+COUNTED = ("streamproc_events_total", "streamproc_dead_letters_total")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_stack(state_dir: Path) -> Iterator[devstack.StackInfo]:
+    """A temporary broker and a Redis of our own (never a shared one: command counts are exact)."""
+    redis = "redis-server" if shutil.which("redis-server") else "valkey"
+    stack = devstack.DevStack(state_dir, redis=redis, keep_port=False)
+    info = stack.up()
+    try:
+        yield info
+    finally:
+        stack.down()
+
+
+def run_settings(base: Settings, namespace: str, input_from: Settings | None = None) -> Settings:
+    """``base`` with a fresh namespace (group, Redis keys, dead-letter topic) and the input topics
+    of ``input_from`` (default: topics named after the namespace, as a replay makes them)."""
+    _, env = replay.replay_settings(base, namespace)
+    update = {k.removeprefix("STREAMPROC_").lower(): v for k, v in env.items()}
+    if input_from is not None:
+        for name in ("topic_clickstream", "topic_cart", "topic_orders", "topic_tickets"):
+            update[name] = getattr(input_from, name)
+    return base.model_copy(update=update)
+
+
+def worker_env(settings: Settings, info: devstack.StackInfo) -> dict[str, str]:
+    env = {
+        "STREAMPROC_NAMESPACE": settings.namespace,
+        "STREAMPROC_TOPIC_CLICKSTREAM": settings.topic_clickstream,
+        "STREAMPROC_TOPIC_CART": settings.topic_cart,
+        "STREAMPROC_TOPIC_ORDERS": settings.topic_orders,
+        "STREAMPROC_TOPIC_TICKETS": settings.topic_tickets,
+        "STREAMPROC_TOPIC_DLQ": settings.topic_dlq,
+        "STREAMPROC_BOOTSTRAP_SERVERS": info.bootstrap_servers,
+        "STREAMPROC_REDIS_URL": info.redis_url,
+        "STREAMPROC_PARTITIONS": str(settings.partitions),
+        "STREAMPROC_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "info"),
+    }
+    return env
+
+
+def start_workers(workers: replay.Workers, count: int) -> list[str]:
+    """Start ``count`` workers, each on its own free metrics port; returns their /metrics URLs.
+
+    ``replay.Workers`` runs them on port 0 (any), which a bench cannot find without INFO logs.
+    """
+    base, urls = dict(workers.env), []
+    for number in range(count):
+        port = free_port()
+        workers.env = {**base, "STREAMPROC_WORKER_PORT": str(port)}
+        workers.start(number)
+        urls.append(f"http://127.0.0.1:{port}/metrics")
+    workers.env = base
+    return urls
+
+
+def counted(url: str) -> float | None:
+    """Messages a worker has counted (valid events + dead letters); None while it cannot say."""
+    try:
+        page = metrics.scrape(url, timeout=2.0)
+    except OSError:
+        return None
+    return sum(page.total(name) for name in COUNTED)
+
+
+def spawn(argv: list[str], *, env: Mapping[str, str], log: Path, cwd: Path | None = None) -> Popen:
+    """A child in its own session (``stop`` signals its group), output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: Popen, timeout: float = 30.0) -> None:
+    """SIGTERM to the process group we started, then SIGKILL."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# --- CPU and memory ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snap:
+    """CPU seconds (user + system) of named process groups and of the whole machine, at ``t``."""
+
+    t: float
+    cpu: Mapping[str, float]
+    rss: Mapping[str, int]
+    machine_busy: float  # all CPUs, seconds not idle since boot
+
+
+@dataclass
+class Probe:
+    """Samples named process groups; a process that exited keeps its last reading."""
+
+    groups: dict[str, list[psutil.Process]] = field(default_factory=dict)
+    _last: dict[int, float] = field(default_factory=dict)
+
+    def watch(self, name: str, *pids: int) -> None:
+        procs = []
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.append(psutil.Process(pid))
+        self.groups.setdefault(name, []).extend(procs)
+
+    def snap(self) -> Snap:
+        cpu: dict[str, float] = {}
+        rss: dict[str, int] = {}
+        for name, procs in self.groups.items():
+            cpu[name], rss[name] = 0.0, 0
+            for proc in procs:
+                try:
+                    with proc.oneshot():
+                        times = proc.cpu_times()
+                        used = times.user + times.system + times.children_user
+                        used += times.children_system
+                        rss[name] += proc.memory_info().rss
+                    self._last[proc.pid] = used
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    used = self._last.get(proc.pid, 0.0)
+                cpu[name] += used
+        total = psutil.cpu_times()
+        busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        return Snap(time.time(), cpu, rss, busy)
+
+
+def cpu_shares(first: Snap, last: Snap) -> dict[str, float]:
+    """Cores used by each group between two snaps, plus ``others``: the machine's busy time not
+    spent by any watched group (the lead's work, the OS), and ``machine`` (of psutil.cpu_count)."""
+    span = max(last.t - first.t, 1e-9)
+    shares = {name: (last.cpu[name] - first.cpu.get(name, 0.0)) / span for name in last.cpu}
+    machine = (last.machine_busy - first.machine_busy) / span
+    shares["others"] = max(0.0, machine - sum(shares.values()))
+    shares["machine"] = machine
+    return shares
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+class RedisCalls:
+    """``INFO commandstats`` of the private Redis: commands executed, by name, INFO excluded.
+
+    Commands run inside Lua scripts (``EVALSHA``) count too, each on its own line, as Redis
+    counts them; ``usec`` is the server time they took.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.client = aioredis.Redis.from_url(url)
+
+    async def read(self) -> dict[str, tuple[int, int]]:
+        stats = await self.client.info("commandstats")
+        return {
+            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in stats.items()
+            if name != "cmdstat_info"
+        }
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def calls_between(
+    first: Mapping[str, tuple[int, int]], last: Mapping[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    delta = {}
+    for name, (calls, usec) in last.items():
+        was = first.get(name, (0, 0))
+        if calls - was[0]:
+            delta[name] = (calls - was[0], usec - was[1])
+    return dict(sorted(delta.items(), key=lambda item: -item[1][0]))
+
+
+# --- changelog ---------------------------------------------------------------------------
+
+
+async def topic_volume(bootstrap: str, topic: str) -> dict[str, int]:
+    """Messages written to a topic (sum of high watermarks) and the key + value + header bytes of
+    the records still in it (a scan from the beginning; compaction, if the broker ran it, would
+    make the scan see fewer records than the watermarks say)."""
+    counts = await broker.partition_counts(bootstrap, [topic])
+    parts = [(topic, p) for p in range(counts.get(topic, 0))]
+    if not parts:
+        return {"messages": 0, "scanned": 0, "bytes": 0, "partitions": 0}
+    async with broker.OffsetReader(bootstrap) as reader:
+        ends = await reader.highwaters(parts)
+    scanned, size = await _scan(bootstrap, ends)
+    return {
+        "messages": sum(ends.values()),
+        "scanned": scanned,
+        "bytes": size,
+        "partitions": len(parts),
+    }
+
+
+async def _scan(bootstrap: str, ends: Mapping[tuple[str, int], int]) -> tuple[int, int]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        todo = {TopicPartition(t, p): end for (t, p), end in ends.items() if end > 0}
+        if not todo:
+            return 0, 0
+        consumer.assign(list(todo))
+        await consumer.seek_to_beginning(*todo)
+        records = size = 0
+        deadline = time.monotonic() + 120
+        while todo and time.monotonic() < deadline:
+            got = await consumer.getmany(*todo, timeout_ms=500, max_records=50_000)
+            for batch in got.values():
+                for record in batch:
+                    records += 1
+                    size += max(record.serialized_key_size, 0)
+                    size += max(record.serialized_value_size, 0)
+                    size += sum(len(k) + len(v) for k, v in record.headers)
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+        return records, size
+    finally:
+        await consumer.stop()
+
+
+_PROFILED = ("streamproc/", "faust/", "aiokafka/", "redis/")
+_ROOTS = ("streamproc/cli/", "streamproc/__main__", "faust/agents/agent.py")  # on every stack
+
+
+def py_spy_top(path: Path, count: int = 12) -> dict[str, list[tuple[float, str]]]:
+    """The frames of a ``py-spy record --format raw`` file with the largest shares of samples:
+    ``self`` (the frame was running) and ``inclusive`` (on the stack; streamproc, faust,
+    aiokafka and redis functions below the agent only, any line)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames, samples = stack.split(";"), int(n)
+        total += samples
+        leaf = frames[-1] or "(no Python frame)"
+        own[leaf] = own.get(leaf, 0) + samples
+        functions = {re.sub(r":\d+\)$", ")", frame) for frame in frames}  # any line of it
+        for function in functions:
+            if any(lib in function for lib in _PROFILED) and not any(r in function for r in _ROOTS):
+                inclusive[function] = inclusive.get(function, 0) + samples
+
+    def top(found: dict[str, int]) -> list[tuple[float, str]]:
+        best = sorted(found.items(), key=lambda item: -item[1])[:count]
+        return [(n / max(total, 1), frame) for frame, n in best]
+
+    return {"self": top(own), "inclusive": top(inclusive)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
