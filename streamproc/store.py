@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,15 @@ return count
 _EXPIRE_EVERY_S = 3600.0
 # Lua's unpack() is limited to a few thousand values: longer unions use the sketches alone.
 _MAX_EXACT_MINUTES = 3000
+
+
+def _sketch_keys(presence: Iterable[Presence]) -> dict[tuple[int, str, str], set[str]]:
+    """(minute, store, dimension) -> visitors; each also counts for the store ``all``."""
+    sketches: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+    for minute, store, dimension, visitor in presence:
+        sketches[(minute, store, dimension)].add(visitor)
+        sketches[(minute, "all", dimension)].add(visitor)
+    return sketches
 
 
 def visitor_hash(visitor: str) -> int:
@@ -273,26 +282,58 @@ class KpiStore:
     ) -> None:
         """Write one partition's changed partials and sketches, in one round trip."""
         now_ms = int(time.time() * 1000)
-        pipe = self.client.pipeline(transaction=False)
-        # Sketches first, then cells, then the `changed` stamps: Redis runs a pipeline in order,
-        # so a reader that sees a stamp or a new cell also sees the visitors that came with it.
-        sketches: dict[tuple[int, str, str], set[str]] = defaultdict(set)
-        for minute, store, dimension, visitor in presence:
-            sketches[(minute, store, dimension)].add(visitor)
-            sketches[(minute, "all", dimension)].add(visitor)
+        expiring: list[str] = []
+        sketches = _sketch_keys(presence)
+
+        def commands(pipe: Any) -> None:
+            expiring.clear()
+            self._sketch_commands(pipe, sketches, expiring)
+            stamps = {str(minute): now_ms for minute, _, _ in sketches}
+            self._cell_commands(pipe, partition, cells, expiring)
+            stamps |= {str(minute): now_ms for minute, _ in cells}
+            if stamps:
+                pipe.zadd(self.key("changed"), stamps)
+                if now_ms - self._trimmed_ms > 60_000:  # minutes whose cells expired leave
+                    horizon = now_ms - self.retention_s * 1000
+                    pipe.zremrangebyscore(self.key("changed"), "-inf", horizon)
+                    self._trimmed_ms = now_ms
+            if open_tickets is not None:
+                gauge = [[s, ch, pr, n] for (s, ch, pr), n in open_tickets.items()]
+                pipe.hset(self.key("open"), str(partition), _pack(gauge))
+            if status is not None:
+                value = {"watermark": status.watermark, "max_ts": status.max_ts, "at": status.at_ms}
+                pipe.hset(self.key("status"), str(partition), _pack(value))
+
+        await self._run(commands)
+        now = time.monotonic()
+        self._expired.update(dict.fromkeys(expiring, now))
+
+    def _sketch_commands(
+        self, pipe: Any, sketches: dict[tuple[int, str, str], set[str]], expiring: list[str]
+    ) -> None:
+        """Sketches go first, then cells, then the `changed` stamps: Redis runs a pipeline in
+        order, so a reader that sees a stamp or a new cell also sees the visitors with it."""
         exact: list[str] = []
         args: list[int] = [self.exact.per_minute, self.retention_s]
         for where, visitors in sketches.items():
             key = self.key("hll", *where)
             pipe.pfadd(key, *visitors)
-            self._expire(pipe, key)
+            self._expire(pipe, key, expiring)
             if self.exact.per_minute:
                 exact.append(self.key("vis", *where))
                 args.append(len(visitors))
                 args.extend(visitor_hash(v) for v in visitors)
         if exact:
-            await self._add_visitors(keys=exact, args=args, client=pipe)
-        stamps = {str(minute): now_ms for minute, _, _ in sketches}
+            pipe.evalsha(self._add_visitors.sha, len(exact), *exact, *args)
+
+    def _cell_commands(
+        self,
+        pipe: Any,
+        partition: int,
+        cells: Mapping[c.CellKey, c.Counters],
+        expiring: list[str],
+    ) -> None:
+        """One HSET (and HDEL) per minute's hash for all its changed cells."""
         by_minute: dict[int, dict[str, bytes | None]] = defaultdict(dict)
         for (minute, store), counters in cells.items():
             by_minute[minute][f"{store}|{partition}"] = _pack(counters) if counters else None
@@ -300,35 +341,42 @@ class KpiStore:
             key = self.key("cells", minute)
             values = {field: value for field, value in fields.items() if value is not None}
             if values:
-                pipe.hset(key, mapping=values)  # type: ignore[arg-type]
+                pipe.hset(key, mapping=values)
             if len(values) < len(fields):
                 pipe.hdel(key, *(field for field, value in fields.items() if value is None))
-            self._expire(pipe, key)
-            stamps[str(minute)] = now_ms
-        if stamps:
-            pipe.zadd(self.key("changed"), stamps)
-            if now_ms - self._trimmed_ms > 60_000:  # minutes whose cells expired leave stamps
-                pipe.zremrangebyscore(self.key("changed"), "-inf", now_ms - self.retention_s * 1000)
-                self._trimmed_ms = now_ms
-        if open_tickets is not None:
-            gauge = [[s, ch, pr, n] for (s, ch, pr), n in open_tickets.items()]
-            pipe.hset(self.key("open"), str(partition), _pack(gauge))
-        if status is not None:
-            value = {"watermark": status.watermark, "max_ts": status.max_ts, "at": status.at_ms}
-            pipe.hset(self.key("status"), str(partition), _pack(value))
-        await pipe.execute()
+            self._expire(pipe, key, expiring)
 
-    def _expire(self, pipe: Any, key: str) -> None:
+    def _expire(self, pipe: Any, key: str, expiring: list[str]) -> None:
         """Set ``key``'s retention, at most once an hour (a quarter of the retention) per key:
         a key written every batch needs no EXPIRE every batch (half of a batch's commands), and
-        the retention cannot run out between two writes that far apart."""
+        the retention cannot run out between two writes that far apart. ``expiring`` collects
+        the keys, remembered once their pipeline has run."""
         now, every = time.monotonic(), self._expire_every_s
         if now - self._expired.get(key, -every) < every:
             return
         if len(self._expired) > 100_000:  # bounded: forget keys not refreshed within the hour
             self._expired = {k: t for k, t in self._expired.items() if now - t < every}
         pipe.expire(key, self.retention_s)
-        self._expired[key] = now
+        expiring.append(key)
+
+    async def _run(self, commands: Callable[[Any], None]) -> list[Any]:
+        """Run the ``commands`` a function puts into a pipeline, in one round trip.
+
+        Scripts are called by their SHA: redis-py asks SCRIPT EXISTS before every pipeline that
+        holds a script object (a round trip more per batch). A Redis that does not know them
+        (restarted) gets them loaded, and the pipeline runs again: its commands are idempotent.
+        """
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            commands(pipe)
+            try:
+                return list(await pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                for script in (self._add_visitors, self._count_visitors):
+                    await self.client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     async def end_offsets(self) -> dict[tuple[str, int], int]:
         """Known ends of the input topics (set by replay and backfill), else empty."""
@@ -374,19 +422,20 @@ class KpiStore:
     ) -> dict[tuple[tuple[int, ...], str, str | None], int]:
         """Distinct visitors of many (minutes, store, dimension) unions, in one round trip."""
         ordered = list(keys)
-        pipe = self.client.pipeline(transaction=False)
-        for minutes, store, dimension in ordered:
-            sketches = [self.key("hll", m, store, dimension or "") for m in minutes]
-            if not sketches:
-                pipe.echo(0)
-            elif self.exact.union and len(sketches) <= _MAX_EXACT_MINUTES:
-                sets = [self.key("vis", m, store, dimension or "") for m in minutes]
-                await self._count_visitors(
-                    keys=[*sets, *sketches], args=[self.exact.union], client=pipe
-                )
-            else:
-                pipe.pfcount(*sketches)
-        results = await pipe.execute() if ordered else []
+
+        def commands(pipe: Any) -> None:
+            for minutes, store, dimension in ordered:
+                sketches = [self.key("hll", m, store, dimension or "") for m in minutes]
+                if not sketches:
+                    pipe.echo(0)
+                elif self.exact.union and len(sketches) <= _MAX_EXACT_MINUTES:
+                    sets = [self.key("vis", m, store, dimension or "") for m in minutes]
+                    keys = [*sets, *sketches]
+                    pipe.evalsha(self._count_visitors.sha, len(keys), *keys, self.exact.union)
+                else:
+                    pipe.pfcount(*sketches)
+
+        results = await self._run(commands) if ordered else []
         return {key: int(value) for key, value in zip(ordered, results, strict=True)}
 
     async def open_tickets(self) -> dict[tuple[str, str, str], int]:

@@ -107,3 +107,13 @@ async def test_every_published_key_keeps_its_retention(store: KpiStore) -> None:
         assert 0 < await store.client.ttl(key) <= store.retention_s, key
     rows = await store.cells([MINUTE])
     assert rows == {(MINUTE, "s1"): {"sessions": 2}, (MINUTE, "s2"): {"sessions": 4}}
+
+
+async def test_a_redis_that_forgot_the_scripts_gets_them_again(store: KpiStore) -> None:
+    """Scripts run by SHA inside pipelines; a restarted Redis has none: they are loaded again."""
+    await publish(store, MINUTE, range(10))
+    await store.client.script_flush()
+    await publish(store, MINUTE, range(5, 20))
+    assert await count(store, MINUTE) == 20
+    await store.client.script_flush()
+    assert await count(store, MINUTE, store_id="s1") == 20
