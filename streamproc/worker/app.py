@@ -14,6 +14,7 @@ meanwhile (``Consumer.perform_seek``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -173,7 +174,7 @@ def _pipeline(
         key, value, headers = letter.record(
             message.key, message.value, max_bytes=settings.dead_letter_max_bytes
         )
-        deliveries.add(await dlq.send(key=key, value=value, headers=headers))
+        deliveries.add(asyncio.ensure_future(await dlq.send(key=key, value=value, headers=headers)))
 
     def highwater(topic: str, partition: int) -> int | None:
         try:

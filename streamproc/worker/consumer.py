@@ -213,17 +213,18 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def highwaters(self, *partitions: TP) -> dict[TP, int]:
         """End offsets from a fetch response. Table recovery reads each changelog partition up
-        to these; Faust asks ListOffsets LATEST, which Tansu answers with the last batch's base
-        offset + 1. Trusting it stops recovery short of the last batch's other records, and a
-        partition that moves between workers (or a restarted worker) loses its newest state.
-        Only recovery and standby reads call this."""
+        to these; Faust asks ListOffsets LATEST, which Tansu answers wrongly both ways: with the
+        last batch's base offset + 1 (recovery stopped short of the last batch's other records,
+        and a partition that moved between workers lost its newest state), and, after a produce
+        to a topic it did not know (a worker's retried send to a restarted broker), with offsets
+        no fetch returns (recovery waited for them for ever). Only recovery and standby reads
+        call this."""
         if not partitions:
             return {}
-        listed = await super().highwaters(*partitions)
         bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.transport.url)
         async with OffsetReader(bootstrap) as reader:
             ends = await reader.highwaters((tp.topic, tp.partition) for tp in partitions)
-        return {tp: max(listed.get(tp) or 0, ends[(tp.topic, tp.partition)]) for tp in partitions}
+        return {tp: ends[(tp.topic, tp.partition)] for tp in partitions}
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

@@ -166,20 +166,32 @@ class Pipeline:
     def progress(self, partition: int, wall_ms: int) -> Progress:
         backlog, ended = set(), set()
         for index, topic in enumerate(self.topics):
-            done = max(
-                self.processed.get((topic, partition), -1) + 1,
-                self.read_from(topic, partition) or 0,
-            )
-            end = self.ends.get((topic, partition))
-            if end is not None and done >= end:
+            state = self._state(topic, partition)
+            if state == "ended":
                 ended.add(index)
-                continue
-            high = self.highwater(topic, partition)
-            # No fetch response yet (None): the consumer may be slow to start; taking the
-            # partition for idle would move the watermark to the wall clock past its backlog.
-            if high is None or high > done or end is not None:
+            elif state == "backlog":
                 backlog.add(index)
         return Progress(frozenset(backlog), frozenset(ended), wall_ms)
+
+    def backlogged(self, topic: str, partition: int) -> bool:
+        """Whether a topic partition has input the pipeline has not processed yet."""
+        return self._state(topic, partition) == "backlog"
+
+    def _state(self, topic: str, partition: int) -> str:
+        """``ended`` (read to its known end), ``backlog`` (unread input) or ``read``."""
+        done = max(
+            self.processed.get((topic, partition), -1) + 1,
+            self.read_from(topic, partition) or 0,
+        )
+        end = self.ends.get((topic, partition))
+        if end is not None and done >= end:
+            return "ended"
+        high = self.highwater(topic, partition)
+        # No fetch response yet (None): the consumer may be slow to start; taking the partition
+        # for idle would move the watermark to the wall clock past its backlog.
+        if high is None or high > done or end is not None:
+            return "backlog"
+        return "read"
 
     def check_ends(self) -> None:
         """Raise TopicsChanged when an owned partition ends before what was read of it, in

@@ -8,7 +8,7 @@ current event Faust's ``table[key] = value`` needs to pick the partition.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import faust
@@ -21,19 +21,25 @@ class Deliveries:
     after 0.1 s without a message sent, and then commits offsets whose state changes may still be
     unsent: a SIGKILL at that moment loses them. Each batch waits for its messages before it is
     acked (so before its offsets can be committed): Promise 1 does not rest on that flush.
+
+    The batch processor and the ticks both wait here: a waiter does not take the futures away
+    from the other, so neither acks before its own messages are delivered.
     """
 
     def __init__(self) -> None:
-        self.pending: list[Awaitable[Any]] = []
+        self.pending: list[asyncio.Future[Any]] = []
 
-    def add(self, future: Awaitable[Any]) -> None:
+    def add(self, future: asyncio.Future[Any]) -> None:
         self.pending.append(future)
 
     async def wait(self) -> None:
         """Until every message sent so far is on the broker (or raise its error)."""
-        pending, self.pending = self.pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        pending = list(self.pending)
+        try:
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            self.pending = [future for future in self.pending if not future.done()]
 
 
 class StateTable(faust.Table[str, bytes]):

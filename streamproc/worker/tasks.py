@@ -8,6 +8,7 @@ restart processes it again and nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -21,13 +22,18 @@ from streamproc.errors import TopicsChanged
 from streamproc.ingest import Message
 from streamproc.metrics import WorkerMetrics
 from streamproc.store import TRANSIENT
-from streamproc.worker.consumer import Batch, Consumer
+from streamproc.worker.align import Aligner, Slice
+from streamproc.worker.consumer import Consumer
 from streamproc.worker.pipeline import BatchCounts, Pipeline
 from streamproc.worker.state import Deliveries
 
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
+
+# Fetched records a worker buffers (beyond, the queue and then the fetching wait); a partition
+# waiting for one of its topics takes more even so.
+MAX_BUFFERED = 100_000
 
 
 class Holding:
@@ -98,29 +104,53 @@ def wire_batches(
     deliveries: Deliveries,
     hold: Holding,
 ) -> None:
-    """Process the input batches the consumer queues (``consumer.Batch``), one at a time."""
+    """Process the input the consumer queues (``consumer.Batch``), a slice at a time in the
+    order ``align.Aligner`` gives (each partition's topics in step)."""
+    aligner = Aligner(pipeline.topics, pipeline.backlogged)
 
-    async def process(batch: Batch) -> None:
+    async def process(piece: Slice) -> None:
         started = time.perf_counter()
-        tp, records = batch.tp, batch.records
+        tp = piece.tp
         messages = [
-            Message(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in records
+            Message(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+            for r in piece.records
         ]
         counts = await hold(partial(pipeline.on_batch, tp.topic, messages), tp.topic)
-        await hold(deliveries.wait, tp.topic)  # the state of the batch is on the broker
-        cast(Consumer, app.consumer).ack_range(tp, records[0].offset, records[-1].offset)
+        await hold(deliveries.wait, tp.topic)  # the state of the slice is on the broker
+        cast(Consumer, app.consumer).ack_range(tp, piece.first, piece.last)
         count(metrics, counts, len(messages), time.perf_counter() - started)
+
+    def take_queued() -> None:
+        while aligner.records < MAX_BUFFERED:
+            try:
+                aligner.add(batches.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     @app.task
     async def process_batches() -> None:
         while True:
-            batch = await batches.get()
             consumer = cast(Consumer, app.consumer)
-            if batch.generation != app.consumer_generation_id:
-                continue  # fetched before a rebalance: read again from the committed offset
+            if not consumer.flow_active or aligner.generation not in (
+                None,
+                app.consumer_generation_id,
+            ):
+                # A rebalance began (the flow stops as partitions are revoked) or came between:
+                # what was fetched before it is read again from the committed offsets.
+                aligner.clear()
+                if not consumer.flow_active:
+                    await asyncio.sleep(0.05)
+                    continue
+            take_queued()
+            piece = aligner.next_slice()
+            if piece is None:  # nothing, or every partition waits for one of its topics
+                with contextlib.suppress(TimeoutError):
+                    wait = aligner.wait_left() if aligner.records else None
+                    aligner.add(await asyncio.wait_for(batches.get(), wait))
+                continue
             consumer.busy = True
             try:
-                await process(batch)
+                await process(piece)
             finally:
                 consumer.busy = False
 
