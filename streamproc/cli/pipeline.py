@@ -49,6 +49,7 @@ def worker_command(
     loaded = settings()
     where = endpoints(loaded)
     servers = where.bootstrap_servers
+    worker_app.never_auto_create_topics()
     partitions = asyncio.run(ensure_topics(loaded, servers))
     state = broker.ensure_state_topics(
         servers,

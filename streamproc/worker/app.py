@@ -53,7 +53,8 @@ def faust_broker_url(bootstrap_servers: str) -> str:
 
 def never_auto_create_topics() -> None:
     """The Kafka clients of this process (Faust's consumer and producer) stop asking the broker
-    to create the topics their metadata requests name.
+    to create the topics their metadata requests name. Process-wide (it patches aiokafka): the
+    ``streamproc worker`` command calls it, a library user or a test that builds an app does not.
 
     aiokafka always asks (``allow_auto_topic_creation``), and Tansu and Kafka's default create
     such a topic with the broker's default partition count. After a broker lost its topics, the
@@ -107,7 +108,6 @@ def create_app(
         },
     )
     app.transport.Consumer = consumer  # type: ignore[misc]  # instance attribute, not class
-    never_auto_create_topics()
     for name in settings.input_topics:  # subscribed; the consumer hands them to the processor
         app.topics.add(app.topic(name, **_RAW))
     # bytes values use faust's raw serializer (the engine encodes records itself); str keys JSON

@@ -1,0 +1,135 @@
+"""The partition engine alone: events/s of ``read`` + ``apply`` (+ the state writes), in-process.
+
+    python bench/engine.py [--events 200000] [--partitions 8] [--repeat 3] [--profile]
+
+Simulator traffic (as ``bench/throughput.py`` makes it: 5 stores, 1 % duplicates, 2 % out of
+order, 0.5 % malformed) is decoded and cut up first, the way a worker gets it: per partition, a
+minute of event time of one topic at a time (``worker/align.py``). Only the engine's work is
+timed: judging, deduplicating (an in-memory first-seen map, where the worker asks Redis),
+absorbing, re-evaluating and evicting, and storing each plan's writes in a dict. ``--profile``
+prints the functions taking the most time under cProfile (slower; for finding where time goes,
+not for the figure). The machine is shared and noisy: compare ratios in one run, best of
+``--repeat``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import itertools
+import pstats
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from streamproc.errors import InvalidEvent
+from streamproc.eventfile import FileRecord, read_records
+from streamproc.events.parse import EventDecoder
+from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
+from streamproc.kpi.offline import MemoryStore, partition_of
+from streamproc.kpi.windows import MINUTE_MS
+from streamproc.simulate import SimConfig, simulate
+from streamproc.simulate.config import Anomalies
+from streamproc.simulate.output import write_jsonl
+
+Batch = tuple[int, int, list[Item], Progress]  # partition, topic, items, progress
+
+
+def lines(events: int) -> list[bytes]:
+    config = SimConfig(
+        start=datetime(2026, 11, 2, 8, tzinfo=UTC),
+        duration_seconds=timedelta(minutes=max(events / 16_000 * 1.5, 10)).total_seconds(),
+        sessions_per_minute=2000,
+        stores=5,
+        seed=7,
+        anomalies=Anomalies(duplicate_share=0.01, out_of_order_share=0.02, malformed_share=0.005),
+    )
+    out = io.BytesIO()
+    write_jsonl(itertools.islice(simulate(config), events), out)
+    return out.getvalue().splitlines()
+
+
+def batches(raw: list[bytes], partitions: int) -> tuple[list[Batch], int]:
+    """Decoded events cut into the worker's slices; and how many events they hold."""
+    decoder = EventDecoder(fx_rates={"EUR": Decimal("1.08"), "GBP": Decimal("1.27")})
+    logs: dict[int, list[tuple[int, int, Item]]] = defaultdict(list)  # p -> (minute, topic, item)
+    offsets: dict[tuple[int, int], int] = defaultdict(int)
+    counter = iter(range(10**12))
+    for record in read_records(raw):
+        if not isinstance(record, FileRecord):
+            continue
+        p = partition_of(record.key, partitions, counter)
+        topic = FAMILY_INDEX[record.family]
+        offset = offsets[(p, topic)]
+        offsets[(p, topic)] += 1
+        produced = record.timestamp_ms or 0
+        try:
+            event = decoder.decode(record.value, record.family, now_ms=produced + 86_400_000)
+        except InvalidEvent:
+            continue
+        item = Item(event, topic, offset, event.store_id)
+        logs[p].append((produced - produced % MINUTE_MS, topic, item))
+    out: list[Batch] = []
+    total = 0
+    for p, log in sorted(logs.items()):
+        for _, group in itertools.groupby(log, key=lambda entry: entry[0]):
+            by_topic: dict[int, list[Item]] = defaultdict(list)
+            for _, topic, item in group:
+                by_topic[topic].append(item)
+            for topic in sorted(by_topic):
+                waiting = frozenset(t for t in by_topic if t >= topic)
+                out.append((p, topic, by_topic[topic], Progress(backlog=waiting)))
+                total += len(by_topic[topic])
+    return out, total
+
+
+def run(work: list[Batch], partitions: int) -> None:
+    store = MemoryStore()
+    settings = EngineSettings()
+    engines = {p: PartitionEngine(p, settings, store) for p in range(partitions)}
+    seen: dict[str, tuple[int, int, int]] = {}
+    for p, topic, items, progress in work:
+        engine = engines[p]
+        verdicts = engine.read(items, progress)
+        accepted = [
+            item
+            for item in verdicts.on_time
+            if seen.setdefault(item.event.event_id, (p, topic, item.offset))
+            == (p, topic, item.offset)
+        ]
+        store.apply(engine.apply(accepted, progress, store).writes)
+    for engine in engines.values():
+        store.apply(engine.apply([], Progress(ended=frozenset(range(4))), store).writes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="cProfile one run, print the top")
+    args = parser.parse_args()
+
+    work, total = batches(lines(args.events), args.partitions)
+    sizes = sorted(len(items) for _, _, items, _ in work)
+    print(
+        f"{total:,} valid events in {len(work):,} slices "
+        f"(median {sizes[len(sizes) // 2]} events), {args.partitions} partitions"
+    )
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(run, work, args.partitions)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+    best = float("inf")
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        run(work, args.partitions)
+        best = min(best, time.perf_counter() - started)
+    print(f"engine: {total / best:,.0f} events/s (best of {args.repeat})")
+
+
+if __name__ == "__main__":
+    main()
