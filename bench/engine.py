@@ -3,13 +3,13 @@
     python bench/engine.py [--events 200000] [--partitions 8] [--repeat 3] [--profile]
 
 Simulator traffic (as ``bench/throughput.py`` makes it: 5 stores, 1 % duplicates, 2 % out of
-order, 0.5 % malformed) is decoded and cut up first, the way a worker gets it: per partition, a
-minute of event time of one topic at a time (``worker/align.py``). Only the engine's work is
-timed: judging, deduplicating (an in-memory first-seen map, where the worker asks Redis),
-absorbing, re-evaluating and evicting, and storing each plan's writes in a dict. ``--profile``
-prints the functions taking the most time under cProfile (slower; for finding where time goes,
-not for the figure). The machine is shared and noisy: compare ratios in one run, best of
-``--repeat``.
+order, 0.5 % malformed) is decoded and cut up first into the slices a worker processes (per
+partition, five minutes of event time of one topic at a time: ``worker/align.py``). Only the
+engine's work is timed: judging, deduplicating (an in-memory first-seen map, where the worker
+asks Redis), absorbing, re-evaluating and evicting, and storing each plan's writes in a dict.
+``--profile`` prints the functions taking the most time under cProfile (slower; for finding
+where time goes, not for the figure). The machine is shared and noisy: compare ratios in one
+run, best of ``--repeat``.
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from streamproc.errors import InvalidEvent
 from streamproc.eventfile import FileRecord, read_records
+from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
 from streamproc.kpi.offline import MemoryStore, partition_of
-from streamproc.kpi.windows import MINUTE_MS
 from streamproc.simulate import SimConfig, simulate
 from streamproc.simulate.config import Anomalies
 from streamproc.simulate.output import write_jsonl
+from streamproc.worker.align import Aligner
 
 Batch = tuple[int, int, list[Item], Progress]  # partition, topic, items, progress
 
@@ -51,37 +53,55 @@ def lines(events: int) -> list[bytes]:
     return out.getvalue().splitlines()
 
 
+class _Record(NamedTuple):
+    offset: int
+    timestamp: int
+    item: Item
+
+
+class _TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+class _Fetched(NamedTuple):
+    tp: _TP
+    records: list[_Record]
+    generation: int = 1
+
+
 def batches(raw: list[bytes], partitions: int) -> tuple[list[Batch], int]:
-    """Decoded events cut into the worker's slices; and how many events they hold."""
+    """Decoded events cut into the slices a worker processes (``worker/align.py``); and how
+    many events they hold."""
     decoder = EventDecoder(fx_rates={"EUR": Decimal("1.08"), "GBP": Decimal("1.27")})
-    logs: dict[int, list[tuple[int, int, Item]]] = defaultdict(list)  # p -> (minute, topic, item)
-    offsets: dict[tuple[int, int], int] = defaultdict(int)
+    logs: dict[_TP, list[_Record]] = defaultdict(list)
     counter = iter(range(10**12))
     for record in read_records(raw):
         if not isinstance(record, FileRecord):
             continue
         p = partition_of(record.key, partitions, counter)
-        topic = FAMILY_INDEX[record.family]
-        offset = offsets[(p, topic)]
-        offsets[(p, topic)] += 1
+        tp = _TP(record.family.value, p)
+        offset = len(logs[tp])
         produced = record.timestamp_ms or 0
         try:
             event = decoder.decode(record.value, record.family, now_ms=produced + 86_400_000)
         except InvalidEvent:
             continue
-        item = Item(event, topic, offset, event.store_id)
-        logs[p].append((produced - produced % MINUTE_MS, topic, item))
+        item = Item(event, FAMILY_INDEX[record.family], offset, event.store_id)
+        logs[tp].append(_Record(offset, produced, item))
+    topics = sorted({tp.topic for tp in logs})
+    aligner = Aligner(topics, lambda topic, partition: False)
+    for tp, records in logs.items():
+        aligner.add(_Fetched(tp, records))
     out: list[Batch] = []
     total = 0
-    for p, log in sorted(logs.items()):
-        for _, group in itertools.groupby(log, key=lambda entry: entry[0]):
-            by_topic: dict[int, list[Item]] = defaultdict(list)
-            for _, topic, item in group:
-                by_topic[topic].append(item)
-            for topic in sorted(by_topic):
-                waiting = frozenset(t for t in by_topic if t >= topic)
-                out.append((p, topic, by_topic[topic], Progress(backlog=waiting)))
-                total += len(by_topic[topic])
+    while (piece := aligner.next_slice()) is not None:
+        p = piece.tp.partition
+        items = [r.item for r in piece.records]
+        topic = items[0].topic
+        waiting = {FAMILY_INDEX[Family(tp.topic)] for tp in aligner.pending if tp.partition == p}
+        out.append((p, topic, items, Progress(backlog=frozenset(waiting | {topic}))))
+        total += len(items)
     return out, total
 
 
