@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import itertools
 import pstats
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple
+
+import harness
 
 from streamproc.errors import InvalidEvent
 from streamproc.eventfile import FileRecord, read_records
@@ -31,25 +31,14 @@ from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
 from streamproc.kpi.offline import MemoryStore, partition_of
-from streamproc.simulate import SimConfig, simulate
-from streamproc.simulate.config import Anomalies
-from streamproc.simulate.output import write_jsonl
 from streamproc.worker.align import Aligner
 
 Batch = tuple[int, int, list[Item], Progress]  # partition, topic, items, progress
 
 
 def lines(events: int) -> list[bytes]:
-    config = SimConfig(
-        start=datetime(2026, 11, 2, 8, tzinfo=UTC),
-        duration_seconds=timedelta(minutes=max(events / 16_000 * 1.5, 10)).total_seconds(),
-        sessions_per_minute=2000,
-        stores=5,
-        seed=7,
-        anomalies=Anomalies(duplicate_share=0.01, out_of_order_share=0.02, malformed_share=0.005),
-    )
     out = io.BytesIO()
-    write_jsonl(itertools.islice(simulate(config), events), out)
+    harness.write_traffic(out, events)
     return out.getvalue().splitlines()
 
 

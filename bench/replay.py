@@ -16,37 +16,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import harness
 import psutil
 from aiokafka import AIOKafkaConsumer
 
 from streamproc import devstack, replay
 from streamproc.config import load_settings
-from streamproc.simulate import SimConfig, simulate
-from streamproc.simulate.config import Anomalies
-from streamproc.simulate.output import write_jsonl
 from streamproc.store import KpiStore
-
-
-def generate(path: Path, events: int) -> None:
-    # At 2,000 sessions/minute the simulator writes ~16 k events per minute; ask for half as
-    # much again and stop at `events`.
-    config = SimConfig(
-        start=datetime(2026, 11, 2, 8, tzinfo=UTC),
-        duration_seconds=timedelta(minutes=max(events / 16_000 * 1.5, 10)).total_seconds(),
-        sessions_per_minute=2000,
-        stores=5,
-        seed=7,
-        anomalies=Anomalies(duplicate_share=0.01, out_of_order_share=0.02, malformed_share=0.005),
-    )
-
-    with path.open("wb") as out:
-        write_jsonl(itertools.islice(simulate(config), events), out)
 
 
 async def consume_all(bootstrap: str, topics: list[str], total: int) -> float:
@@ -129,7 +109,7 @@ def main() -> None:
     path = args.file or Path(tempfile.gettempdir()) / f"bench-replay-{args.events}.jsonl"
     if not path.exists():
         started = time.monotonic()
-        generate(path, args.events)
+        harness.generate(path, args.events)
         print(f"generated {path} in {time.monotonic() - started:.1f} s")
     stack = devstack.DevStack(Path(tempfile.mkdtemp(prefix="bench-stack-")))
     info = stack.up()

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import os
 import subprocess
@@ -67,7 +66,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +78,6 @@ from aiokafka import AIOKafkaConsumer
 from streamproc import devstack, replay
 from streamproc.config import Settings, load_settings
 from streamproc.kpi.contrib import NEVER
-from streamproc.simulate import SimConfig, simulate
-from streamproc.simulate.config import Anomalies
-from streamproc.simulate.output import write_jsonl
 from streamproc.store import KpiStore
 
 WORKERS = ("one", "two", "three", "four", "five", "six", "seven", "eight")  # rows (c), (d), ...
@@ -111,21 +107,6 @@ class Run:
 
     def timeout(self) -> float:
         return max(300.0, self.total / 300)  # a row slower than 300 events/s is broken
-
-
-def generate(path: Path, events: int) -> None:
-    """``events`` simulator records (5 stores; 1 % duplicates, 2 % out of order, 0.5 %
-    malformed); at 2,000 sessions/minute the simulator writes ~16 k events per minute."""
-    config = SimConfig(
-        start=datetime(2026, 11, 2, 8, tzinfo=UTC),
-        duration_seconds=timedelta(minutes=max(events / 16_000 * 1.5, 10)).total_seconds(),
-        sessions_per_minute=2000,
-        stores=5,
-        seed=7,
-        anomalies=Anomalies(duplicate_share=0.01, out_of_order_share=0.02, malformed_share=0.005),
-    )
-    with path.open("wb") as out:
-        write_jsonl(itertools.islice(simulate(config), events), out)
 
 
 async def produce(run_input: Settings, path: Path, bootstrap: str) -> tuple[int, dict, float]:
@@ -528,7 +509,7 @@ def main() -> None:
     path = args.file or scratch / f"events-{args.events}.jsonl"
     if args.freshness is None and not path.exists():
         began = time.monotonic()
-        generate(path, args.events)
+        harness.generate(path, args.events)
         print(f"generated {path} in {time.monotonic() - began:.1f} s")
     with harness.private_stack(scratch) as info:
         print(f"stack: broker {info.bootstrap_servers}, {info.redis_source} {info.redis_url}")
