@@ -4,7 +4,7 @@
 
 Simulator traffic (as ``bench/throughput.py`` makes it: 5 stores, 1 % duplicates, 2 % out of
 order, 0.5 % malformed) is decoded and cut up first into the slices a worker processes (per
-partition, five minutes of event time of one topic at a time: ``worker/align.py``). Only the
+partition, a minute of event time of one topic at a time: ``worker/align.py``). Only the
 engine's work is timed: judging, deduplicating (an in-memory first-seen map, where the worker
 asks Redis), absorbing, re-evaluating and evicting, and storing each plan's writes in a dict.
 ``--profile`` prints the functions taking the most time under cProfile (slower; for finding

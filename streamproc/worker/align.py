@@ -6,12 +6,9 @@ topics have been read (the watermark waits for a topic with a backlog, see docs/
 topic processed far ahead of the others saw a watermark that had not moved yet, and events the
 same input makes too late in a steadier run were taken. So, as Kafka Streams does with its
 partition groups, the records of a partition are processed in event time (their Kafka
-timestamps) across its topics: a step of event time at a time (``STEP_MS``, five minutes: the
-alignment ``kpi/offline.py`` reads its input with), the topic with the earliest record first; a
+timestamps) across its topics: a minute at a time, the topic with the earliest record first; a
 topic that has a backlog but nothing fetched yet is waited for (``wait_s`` at most, so a stuck
-topic cannot stop the others). The step is a trade: a topic may run ahead of the others by up to
-a step (far below the lateness allowances), and each record of a partition is touched once per
-step it has events in, so a longer step means less work per event.
+topic cannot stop the others).
 
 Framework-free: batches come in as ``Fetched`` (the consumer's ``Batch``), slices go out.
 """
@@ -24,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-STEP_MS = 300_000
+MINUTE_MS = 60_000
 
 
 class Fetched(Protocol):
@@ -58,7 +55,6 @@ class Aligner:
         topics: the input topics (every partition has each).
         backlogged: whether a topic partition has input on the broker that was not processed.
         wait_s: how long a partition waits for a backlogged topic with nothing fetched.
-        step_ms: the event time a slice spans at most (slices end on multiples of it).
     """
 
     def __init__(
@@ -67,13 +63,11 @@ class Aligner:
         backlogged: Backlogged,
         *,
         wait_s: float = 2.0,
-        step_ms: int = STEP_MS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topics = tuple(topics)
         self.backlogged = backlogged
         self.wait_s = wait_s
-        self.step_ms = step_ms
         self.clock = clock
         self.pending: dict[Any, deque[list[Any]]] = {}  # tp -> fetched record lists
         self.generation: int | None = None
@@ -133,8 +127,7 @@ class Aligner:
                 return None
         self._since.pop(partition, None)
         tp = min(heads, key=lambda key: (heads[key], key.topic))
-        head, step = heads[tp], self.step_ms
-        until = head - head % step + step  # the end of the head's step
+        until = heads[tp] - heads[tp] % MINUTE_MS + MINUTE_MS  # the end of the head's minute
         return self._take(tp, until)
 
     def _take(self, tp: Any, until: int) -> Slice:

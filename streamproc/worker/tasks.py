@@ -34,9 +34,6 @@ logger = logging.getLogger(__name__)
 # Fetched records a worker buffers (beyond, the queue and then the fetching wait); a partition
 # waiting for one of its topics takes more even so.
 MAX_BUFFERED = 100_000
-# Processed slices acked together once their state is delivered: at most this many, this old.
-MAX_UNACKED = 64
-MAX_UNACKED_SECONDS = 0.2
 
 
 class Holding:
@@ -119,26 +116,9 @@ def wire_batches(
             for r in piece.records
         ]
         counts = await hold(partial(pipeline.on_batch, tp.topic, messages), tp.topic)
+        await hold(deliveries.wait, tp.topic)  # the state of the slice is on the broker
+        cast(Consumer, app.consumer).ack_range(tp, piece.first, piece.last)
         count(metrics, counts, len(messages), time.perf_counter() - started)
-
-    # Slices processed whose state may not be on the broker yet: acked together once it is.
-    # Waiting for the changelog's delivery after every slice left the worker idle for a round
-    # trip each time; offsets are still committed only for state that is delivered.
-    unacked: list[Slice] = []
-    unacked_since = 0.0
-    unacked_generation: list[int | None] = [None]
-
-    async def settle(consumer: Consumer) -> None:
-        consumer.busy = True  # a rebalance waits for this (Consumer.wait_empty)
-        try:
-            await hold(deliveries.wait, "state changelog")
-            if unacked_generation[0] == app.consumer_generation_id:
-                for piece in unacked:
-                    consumer.ack_range(piece.tp, piece.first, piece.last)
-            # else a rebalance came between: their partitions are read again from the commit
-        finally:
-            unacked.clear()
-            consumer.busy = False
 
     def take_queued() -> None:
         while aligner.records < MAX_BUFFERED:
@@ -149,16 +129,8 @@ def wire_batches(
 
     @app.task
     async def process_batches() -> None:
-        nonlocal unacked_since
         while True:
             consumer = cast(Consumer, app.consumer)
-            if unacked and (
-                len(unacked) >= MAX_UNACKED
-                or not consumer.flow_active
-                or unacked_generation[0] != app.consumer_generation_id
-                or time.monotonic() - unacked_since >= MAX_UNACKED_SECONDS
-            ):
-                await settle(consumer)
             if not consumer.flow_active or aligner.generation not in (
                 None,
                 app.consumer_generation_id,
@@ -172,9 +144,6 @@ def wire_batches(
             take_queued()
             piece = aligner.next_slice()
             if piece is None:  # nothing, or every partition waits for one of its topics
-                if unacked:
-                    await settle(consumer)
-                    continue
                 with contextlib.suppress(TimeoutError):
                     wait = aligner.wait_left() if aligner.records else None
                     aligner.add(await asyncio.wait_for(batches.get(), wait))
@@ -184,10 +153,6 @@ def wire_batches(
                 await process(piece)
             finally:
                 consumer.busy = False
-            if not unacked:
-                unacked_since = time.monotonic()
-                unacked_generation[0] = aligner.generation
-            unacked.append(piece)
 
 
 def count(metrics: WorkerMetrics, counts: BatchCounts, size: int, seconds: float) -> None:

@@ -1,6 +1,6 @@
-"""The worker processes each partition's topics in step: a step of event time at a time (a
-minute here, five in the worker), the topic with the earliest record first, waiting (a bounded
-time) for a topic that has a backlog but nothing fetched."""
+"""The worker processes each partition's topics in step: a minute of event time at a time, the
+topic with the earliest record first, waiting (a bounded time) for a topic that has a backlog
+but nothing fetched."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def drain(aligner: Aligner) -> list[tuple[str, list[int]]]:
 
 
 def test_the_topics_of_a_partition_go_a_minute_at_a_time_earliest_first() -> None:
-    aligner = Aligner(["click", "cart"], lambda topic, partition: False, step_ms=MINUTE)
+    aligner = Aligner(["click", "cart"], lambda topic, partition: False)
     aligner.add(Batch(TP("click", 0), records([10, 50, 70, 130, 150])))
     aligner.add(Batch(TP("cart", 0), records([65, 80, 200])))
     assert drain(aligner) == [
@@ -63,11 +63,7 @@ def test_the_topics_of_a_partition_go_a_minute_at_a_time_earliest_first() -> Non
 def test_a_partition_waits_for_a_backlogged_topic_with_nothing_fetched() -> None:
     clock, backlog = Clock(), {("cart", 0), ("cart", 1)}
     aligner = Aligner(
-        ["click", "cart"],
-        lambda topic, p: (topic, p) in backlog,
-        wait_s=1.0,
-        step_ms=MINUTE,
-        clock=clock,
+        ["click", "cart"], lambda topic, p: (topic, p) in backlog, wait_s=1.0, clock=clock
     )
     aligner.add(Batch(TP("click", 0), records([10, 20])))
     aligner.add(Batch(TP("click", 1), records([10])))
@@ -83,7 +79,7 @@ def test_a_partition_waits_for_a_backlogged_topic_with_nothing_fetched() -> None
 
 
 def test_a_record_after_the_minute_ends_the_slice_and_acks_cover_the_gaps() -> None:
-    aligner = Aligner(["click"], lambda topic, partition: False, step_ms=MINUTE)
+    aligner = Aligner(["click"], lambda topic, partition: False)
     fetched = [Record(3, 10_000), Record(5, 90_000), Record(6, 20_000), Record(9, 95_000)]
     aligner.add(Batch(TP("click", 0), fetched))
     first = aligner.next_slice()
@@ -100,9 +96,3 @@ def test_batches_of_a_new_generation_replace_the_old_ones() -> None:
     aligner.add(Batch(TP("click", 1), records([10]), generation=2))  # a rebalance came between
     assert drain(aligner) == [("click", [0])]
     assert aligner.generation == 2
-
-
-def test_the_worker_steps_five_minutes_at_a_time() -> None:
-    aligner = Aligner(["click"], lambda topic, partition: False)
-    aligner.add(Batch(TP("click", 0), records([10, 250, 299, 300, 590, 610])))
-    assert drain(aligner) == [("click", [0, 1, 2]), ("click", [3, 4]), ("click", [5])]
