@@ -213,6 +213,10 @@ def run(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             with StreamprocProcess(["worker"], env, tmp / "worker.log") as worker:
                 worker.wait_for_log("worker metrics on")
                 _wait_for_delivery(result, [hook, am, prom], [worker, exporter], sim)
+                # An alert joining a group that is already notifying (another alert of the same
+                # store) is delivered within the evaluation that fired it: the range queries
+                # must reach a few evaluations past the delivery to see it firing.
+                time.sleep(4 * STEP)
                 result.end = time.time()
                 yield result
     drop_keys(stack.redis_url, namespace)
