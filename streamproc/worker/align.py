@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-MINUTE_MS = 60_000
+from streamproc.kpi.windows import MINUTE_MS, minute_of
 
 
 class Fetched(Protocol):
@@ -127,7 +127,7 @@ class Aligner:
                 return None
         self._since.pop(partition, None)
         tp = min(heads, key=lambda key: (heads[key], key.topic))
-        until = heads[tp] - heads[tp] % MINUTE_MS + MINUTE_MS  # the end of the head's minute
+        until = minute_of(heads[tp]) + MINUTE_MS  # the end of the head's minute
         return self._take(tp, until)
 
     def _take(self, tp: Any, until: int) -> Slice:
