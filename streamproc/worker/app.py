@@ -174,7 +174,11 @@ def _pipeline(
         key, value, headers = letter.record(
             message.key, message.value, max_bytes=settings.dead_letter_max_bytes
         )
-        deliveries.add(asyncio.ensure_future(await dlq.send(key=key, value=value, headers=headers)))
+
+        async def send() -> asyncio.Future[Any]:
+            return asyncio.ensure_future(await dlq.send(key=key, value=value, headers=headers))
+
+        deliveries.add(await send(), send)
 
     def highwater(topic: str, partition: int) -> int | None:
         try:

@@ -8,10 +8,18 @@ current event Faust's ``table[key] = value`` needs to pick the partition.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
+
+logger = logging.getLogger(__name__)
+
+# Sends the message of a failed delivery again: the future of the new send.
+Resend = Callable[[], Awaitable["asyncio.Future[Any]"]]
 
 
 class Deliveries:
@@ -24,12 +32,23 @@ class Deliveries:
 
     The batch processor and the ticks both wait here: a waiter does not take the futures away
     from the other, so neither acks before its own messages are delivered.
+
+    A send the broker refuses (a Kafka error: seen from a broker just restarted empty, answering
+    ``UnknownError`` to the first writes to a topic it has just created) is sent again, when it
+    came with a way to (``resend``), with backoff, up to ``RESENDS`` times; then its error is
+    raised to every waiter.
     """
+
+    RESENDS = 8
+    FIRST_DELAY_S = 0.2
+    MAX_DELAY_S = 5.0
 
     def __init__(self) -> None:
         self.pending: list[asyncio.Future[Any]] = []
 
-    def add(self, future: asyncio.Future[Any]) -> None:
+    def add(self, future: asyncio.Future[Any], resend: Resend | None = None) -> None:
+        if resend is not None:
+            future = asyncio.ensure_future(self._deliver(future, resend))
         self.pending.append(future)
 
     async def wait(self) -> None:
@@ -40,6 +59,25 @@ class Deliveries:
                 await asyncio.gather(*pending)
         finally:
             self.pending = [future for future in self.pending if not future.done()]
+
+    async def _deliver(self, future: asyncio.Future[Any], resend: Resend) -> Any:
+        delay = self.FIRST_DELAY_S
+        for attempt in range(self.RESENDS + 1):
+            try:
+                result = await future
+            except KafkaError as exc:
+                if attempt == self.RESENDS:
+                    raise
+                log = logger.warning if attempt == 0 else logger.debug
+                log("A send was refused (%s: %s): sending it again", type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.MAX_DELAY_S)
+                future = await resend()
+                continue
+            if attempt:
+                logger.warning("A refused send was delivered after %d resends", attempt)
+            return result
+        raise AssertionError("unreachable")
 
 
 class StateTable(faust.Table[str, bytes]):
@@ -81,10 +119,8 @@ class TableState:
 
     async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
         """Store the writes in order, and send them to changelog partition ``partition``."""
-        store, table = self.store, self.table
-        topic = table.changelog_topic
-        producer = table.app.producer._ensure_producer()  # type: ignore[attr-defined]
-        batch = producer.create_batch()
+        store = self.store
+        changed: list[str] = []
         for key, value in writes:
             if value is not None:
                 store[key] = value
@@ -92,17 +128,35 @@ class TableState:
                 del store[key]
             else:
                 continue  # nothing to delete
-            raw_key = topic.prepare_key(key, table.key_serializer)[0]
-            if batch.append(key=raw_key, value=value, timestamp=None) is None:  # full
-                await self._send(producer, batch, partition)
-                batch = producer.create_batch()
-                batch.append(key=raw_key, value=value, timestamp=None)
-        if batch.record_count():
-            await self._send(producer, batch, partition)
+            changed.append(key)
+        deliveries = self.table.deliveries
+        for keys, future in await self._send(list(dict.fromkeys(changed)), partition):
+            if deliveries is not None:
+                deliveries.add(future, partial(self._resend, keys, partition))
 
-    async def _send(self, producer: Any, batch: Any, partition: int) -> None:
-        future = await producer.send_batch(
-            batch, self.table.changelog_topic.get_topic_name(), partition=partition
-        )
-        if self.table.deliveries is not None:
-            self.table.deliveries.add(future)
+    async def _send(
+        self, keys: list[str], partition: int
+    ) -> list[tuple[list[str], asyncio.Future[Any]]]:
+        """Send the stored values of ``keys`` (a tombstone for a key not stored) as record
+        batches: each batch's keys and the future of its delivery. A failed batch is sent again
+        with the values stored then, which are never older than the ones it carried."""
+        table, store = self.table, self.store
+        topic = table.changelog_topic
+        name = topic.get_topic_name()
+        producer = table.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        sent: list[tuple[list[str], asyncio.Future[Any]]] = []
+        batch, batched = producer.create_batch(), list[str]()
+        for key in keys:
+            raw_key = topic.prepare_key(key, table.key_serializer)[0]
+            value = store.get(key)
+            if batch.append(key=raw_key, value=value, timestamp=None) is None:  # full
+                sent.append((batched, await producer.send_batch(batch, name, partition=partition)))
+                batch, batched = producer.create_batch(), []
+                batch.append(key=raw_key, value=value, timestamp=None)
+            batched.append(key)
+        if batched:
+            sent.append((batched, await producer.send_batch(batch, name, partition=partition)))
+        return sent
+
+    async def _resend(self, keys: list[str], partition: int) -> asyncio.Future[Any]:
+        return asyncio.gather(*(future for _, future in await self._send(keys, partition)))

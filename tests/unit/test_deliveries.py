@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiokafka.errors import UnknownError
 
 from streamproc.worker.state import Deliveries
 
@@ -36,3 +37,62 @@ async def test_a_failed_delivery_raises_and_is_dropped() -> None:
         await deliveries.wait()
     await deliveries.wait()  # raised once, to the waiter that saw it
     assert deliveries.pending == []
+
+
+class Sends:
+    """A message the broker refuses ``refusals`` times before it takes it."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.sent = 0
+
+    async def send(self) -> asyncio.Future[str]:
+        self.sent += 1
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if self.sent <= self.refusals:
+            future.set_exception(UnknownError("refused"))
+        else:
+            future.set_result("delivered")
+        return future
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Deliveries, "FIRST_DELAY_S", 0.001)
+    monkeypatch.setattr(Deliveries, "MAX_DELAY_S", 0.001)
+
+
+@pytest.mark.usefixtures("quick")
+async def test_a_refused_send_is_sent_again_until_delivered() -> None:
+    deliveries, message = Deliveries(), Sends(refusals=3)
+    deliveries.add(await message.send(), message.send)
+    await asyncio.wait_for(deliveries.wait(), 1)
+    assert message.sent == 4
+    assert deliveries.pending == []
+
+
+@pytest.mark.usefixtures("quick")
+async def test_a_send_refused_every_time_raises_after_the_resends() -> None:
+    deliveries, message = Deliveries(), Sends(refusals=100)
+    deliveries.add(await message.send(), message.send)
+    with pytest.raises(UnknownError):
+        await asyncio.wait_for(deliveries.wait(), 1)
+    assert message.sent == Deliveries.RESENDS + 1
+
+
+@pytest.mark.usefixtures("quick")
+async def test_an_error_that_is_not_kafkas_is_not_resent() -> None:
+    deliveries = Deliveries()
+    sent = 0
+
+    async def send() -> asyncio.Future[None]:
+        nonlocal sent
+        sent += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_exception(ValueError("a bug"))
+        return future
+
+    deliveries.add(await send(), send)
+    with pytest.raises(ValueError, match="a bug"):
+        await deliveries.wait()
+    assert sent == 1
