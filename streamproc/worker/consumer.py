@@ -64,6 +64,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     placed_at: Mapping[TP, int] = MappingProxyType({})
     _held: frozenset[TP] = frozenset()
+    _reseek: frozenset[TP] = frozenset()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -80,6 +81,8 @@ class Consumer(faust_aiokafka.Consumer):
                 self.diag.set_flag(CONSUMER_FETCHING)
                 records, active = await self._wait_next_records(1.0)
                 generation = self.app.consumer_generation_id
+                if self._reseek:
+                    records = await self._seek_again(records or {})
                 await self.sleep(0)
                 if records and not self.should_stop:
                     await self._dispatch(records, active, generation)
@@ -179,7 +182,8 @@ class Consumer(faust_aiokafka.Consumer):
         flow control, which empties the queues. What was fetched during the seek was dropped
         unprocessed and fetching went on after it: a run of events never processed (seen after
         restarts with a backlog). The input partitions stay paused from here until the flow is
-        resumed, and the seek puts them back where reading must start."""
+        resumed, and the seek puts them back where reading must start; once they are resumed,
+        they are put there again (``_seek_again``)."""
         held: set[TP] = set()
         if self.flow_active:  # else a rebalance paused everything; its recovery resumes them
             held = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
@@ -199,9 +203,26 @@ class Consumer(faust_aiokafka.Consumer):
         held, self._held = self._held, frozenset()
         if held:
             self.resume_partitions(held & self.assignment())
+            self._reseek = held
+
+    async def _seek_again(self, records: Mapping[TP, list[Any]]) -> Mapping[TP, list[Any]]:
+        """Put the partitions held during the seek back where their reading starts, before any
+        more of their records are handed over; the records of theirs in hand go (read again).
+
+        Pausing a partition leaves it out of the partitions Faust's fetch asks for, and Faust
+        drops the records of a fetch that was out when the pause came: aiokafka's position is
+        already past them. When that fetch came back after the seek, nothing read them again:
+        with the rest of the partition in it, it never delivered another record (partitions
+        stalled for good after a rebalance under load); with more after it, the jump would have
+        counted as a gap (compaction) that commits may pass. Nothing of a held partition was
+        processed since the seek, so its start is still what the seek found."""
+        tps, self._reseek = self._reseek & self.assignment(), frozenset()
+        for tp in tps:
+            await self.seek(tp, self.placed_at.get(tp, 0))
+        return {tp: fetched for tp, fetched in records.items() if tp not in tps}
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        self._held = frozenset()  # a new rebalance: its recovery pauses and resumes them
+        self._held = self._reseek = frozenset()  # a new rebalance: its recovery seeks anew
         await super().on_partitions_revoked(revoked)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
