@@ -199,6 +199,15 @@ class Settings(BaseSettings):
         le=10_000,
         description="Longest a worker's fetch waits for input when there is none.",
     )
+    gc_gen0_threshold: int = Field(
+        default=50_000,
+        ge=100,
+        le=10_000_000,
+        description="A worker's Python garbage collector runs after this many new container "
+        "objects (Python's default, 700, made a worker spend a third of its time collecting: "
+        "its state is plain objects freed by reference counting). Higher trades a little "
+        "memory for CPU.",
+    )
     max_event_failures: int = Field(
         default=3,
         ge=1,

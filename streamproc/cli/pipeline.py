@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -50,6 +51,7 @@ def worker_command(
     where = endpoints(loaded)
     servers = where.bootstrap_servers
     worker_app.never_auto_create_topics()
+    tune_gc(loaded.gc_gen0_threshold)
     partitions = asyncio.run(ensure_topics(loaded, servers))
     state = broker.ensure_state_topics(
         servers,
@@ -82,6 +84,15 @@ def _run_worker(faust_app: faust.App, *, loglevel: str) -> None:
     worker_class()(
         faust_app, loglevel=loglevel, redirect_stdouts=False, quiet=True
     ).execute_from_commandline()
+
+
+def tune_gc(gen0_threshold: int) -> None:
+    """Collect the youngest generation after ``gen0_threshold`` new container objects (the older
+    generations' thresholds stay). A worker makes and frees objects at a high rate, nearly all
+    freed by reference counting: at Python's 700, collections took ~20 % of its CPU (measured
+    with bench/throughput.py: 234 -> 187 µs of CPU per event at 50,000)."""
+    _, *older = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, *older)
 
 
 def worker_class() -> type[faust.worker.Worker]:
