@@ -48,8 +48,10 @@ class Consumer(faust_aiokafka.Consumer):
 
     ``batched``: the topics handed over in batches (the input topics); ``batches``: the queue
     they go to (an ``app.FlowControlQueue``); both set by ``app.create_app``. ``busy`` is True
-    while the worker processes a batch: a rebalance waits for it (``wait_empty``), as Faust waits
-    for the messages its streams hold.
+    while the worker processes a batch, and ``acking`` holds the processed batches whose messages
+    are not delivered yet: a rebalance waits for both (``wait_empty``), as Faust waits for the
+    messages its streams hold, so no state write of this worker reaches a changelog partition
+    after its next owner has read it.
 
     ``placed_at`` keeps what ``seek_to_committed`` (Faust's seek after every assignment) found:
     where this worker's reading of each partition starts.
@@ -69,6 +71,7 @@ class Consumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.busy = False
+        self.acking: set[asyncio.Future[None]] = set()  # processed batches awaiting delivery
 
     # --- the hand-off ---------------------------------------------------------------------
 
@@ -168,7 +171,7 @@ class Consumer(faust_aiokafka.Consumer):
         finish while its state is being written. A stopping worker waits at most STOP_WAIT_S."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_WAIT_S if self.app.should_stop else None
-        while self.busy and not self.should_stop:
+        while (self.busy or self.acking) and not self.should_stop:
             if deadline is not None and loop.time() > deadline:
                 self.log.warning("stopping with a batch in hand: it is processed again later")
                 break

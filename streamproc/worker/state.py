@@ -51,14 +51,23 @@ class Deliveries:
             future = asyncio.ensure_future(self._deliver(future, resend))
         self.pending.append(future)
 
-    async def wait(self) -> None:
-        """Until every message sent so far is on the broker (or raise its error)."""
-        pending = list(self.pending)
+    def sent(self) -> list[asyncio.Future[Any]]:
+        """The messages sent so far, to ``wait`` for later; the delivered ones are let go here
+        (a failed one stays in what this returns, so its error is raised to that waiter)."""
+        sent = list(self.pending)
+        self.pending = [future for future in sent if not future.done()]
+        return sent
+
+    async def wait(self, sent: list[asyncio.Future[Any]] | None = None) -> None:
+        """Until every message sent so far (or in ``sent``) is on the broker, or raise its
+        error."""
+        pending = list(self.pending) if sent is None else sent
         try:
             if pending:
                 await asyncio.gather(*pending)
         finally:
-            self.pending = [future for future in self.pending if not future.done()]
+            if sent is None:
+                self.pending = [future for future in self.pending if not future.done()]
 
     async def _deliver(self, future: asyncio.Future[Any], resend: Resend) -> Any:
         delay = self.FIRST_DELAY_S
