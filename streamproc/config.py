@@ -204,7 +204,7 @@ class Settings(BaseSettings):
         ge=100,
         le=10_000_000,
         description="A worker's Python garbage collector runs after this many new container "
-        "objects (Python's default, 700, made a worker spend a third of its time collecting: "
+        "objects (at Python's default, 700, collecting took about a fifth of a worker's CPU: "
         "its state is plain objects freed by reference counting). Higher trades a little "
         "memory for CPU.",
     )

@@ -102,7 +102,8 @@ class WorkerMetrics(NamedTuple):
             ),
             batch_seconds=Histogram(
                 "streamproc_batch_seconds",
-                "Time to process one batch, Redis and state writes included.",
+                "Time to process one batch, Redis and sending its state included (its delivery "
+                "to the broker is awaited alongside the next batches).",
                 ["topic"],
                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                 registry=registry,
