@@ -3,10 +3,12 @@
     python bench/engine.py [--events 200000] [--partitions 8] [--repeat 3] [--profile]
 
 Simulator traffic (as ``bench/throughput.py`` makes it: 5 stores, 1 % duplicates, 2 % out of
-order, 0.5 % malformed) is decoded and cut up first into the slices a worker processes (per
-partition, a minute of event time of one topic at a time: ``worker/align.py``). Only the
-engine's work is timed: judging, deduplicating (an in-memory first-seen map, where the worker
-asks Redis), absorbing, re-evaluating and evicting, and storing each plan's writes in a dict.
+order, 0.5 % malformed) is decoded and cut up first into the runs a worker processes (per
+partition, slices of a minute of event time of one topic, judged one by one and absorbed
+together: ``worker/align.py``). Only the engine's work is timed: judging, deduplicating (an
+in-memory first-seen map, where the worker asks Redis), absorbing, re-evaluating and evicting,
+and storing each plan's writes in a dict. The garbage collector is set as in a worker
+(``STREAMPROC_GC_GEN0_THRESHOLD``'s default).
 ``--profile`` prints the functions taking the most time under cProfile (slower; for finding
 where time goes, not for the figure). The machine is shared and noisy: compare ratios in one
 run, best of ``--repeat``.
@@ -25,6 +27,8 @@ from typing import NamedTuple
 
 import harness
 
+from streamproc.cli.pipeline import tune_gc
+from streamproc.config import Settings
 from streamproc.errors import InvalidEvent
 from streamproc.eventfile import FileRecord, read_records
 from streamproc.events.models import Family
@@ -33,7 +37,8 @@ from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionE
 from streamproc.kpi.offline import MemoryStore, partition_of
 from streamproc.worker.align import Aligner
 
-Batch = tuple[int, int, list[Item], Progress]  # partition, topic, items, progress
+Slice = tuple[int, list[Item], Progress]  # topic, items, progress
+Run = tuple[int, list[Slice]]  # partition, its slices
 
 
 def lines(events: int) -> list[bytes]:
@@ -59,9 +64,9 @@ class _Fetched(NamedTuple):
     generation: int = 1
 
 
-def batches(raw: list[bytes], partitions: int) -> tuple[list[Batch], int]:
-    """Decoded events cut into the slices a worker processes (``worker/align.py``); and how
-    many events they hold."""
+def runs(raw: list[bytes], partitions: int) -> tuple[list[Run], int]:
+    """Decoded events cut into the runs a worker processes (``worker/align.py``); and how many
+    events they hold."""
     decoder = EventDecoder(fx_rates={"EUR": Decimal("1.08"), "GBP": Decimal("1.27")})
     logs: dict[_TP, list[_Record]] = defaultdict(list)
     counter = iter(range(10**12))
@@ -82,32 +87,38 @@ def batches(raw: list[bytes], partitions: int) -> tuple[list[Batch], int]:
     aligner = Aligner(topics, lambda topic, partition: False)
     for tp, records in logs.items():
         aligner.add(_Fetched(tp, records))
-    out: list[Batch] = []
+    out: list[Run] = []
     total = 0
-    while (piece := aligner.next_slice()) is not None:
-        p = piece.tp.partition
-        items = [r.item for r in piece.records]
-        topic = items[0].topic
-        waiting = {FAMILY_INDEX[Family(tp.topic)] for tp in aligner.pending if tp.partition == p}
-        out.append((p, topic, items, Progress(backlog=frozenset(waiting | {topic}))))
-        total += len(items)
+    while run := aligner.next_run(Settings.model_fields["run_max_events"].default):
+        p = run[0].tp.partition
+        slices: list[Slice] = []
+        for piece in run:
+            items = [r.item for r in piece.records]
+            topic = items[0].topic
+            pending = [tp for tp in aligner.pending if tp.partition == p]
+            waiting = {FAMILY_INDEX[Family(tp.topic)] for tp in pending}
+            slices.append((topic, items, Progress(backlog=frozenset(waiting | {topic}))))
+            total += len(items)
+        out.append((p, slices))
     return out, total
 
 
-def run(work: list[Batch], partitions: int) -> None:
+def run(work: list[Run], partitions: int) -> None:
     store = MemoryStore()
     settings = EngineSettings()
     engines = {p: PartitionEngine(p, settings, store) for p in range(partitions)}
     seen: dict[str, tuple[int, int, int]] = {}
-    for p, topic, items, progress in work:
+    for p, slices in work:
         engine = engines[p]
-        verdicts = engine.read(items, progress)
-        accepted = [
-            item
-            for item in verdicts.on_time
-            if seen.setdefault(item.event.event_id, (p, topic, item.offset))
-            == (p, topic, item.offset)
-        ]
+        accepted = []
+        for topic, items, progress in slices:
+            verdicts = engine.read(items, progress)
+            accepted += [
+                item
+                for item in verdicts.on_time
+                if seen.setdefault(item.event.event_id, (p, topic, item.offset))
+                == (p, topic, item.offset)
+            ]
         store.apply(engine.apply(accepted, progress, store).writes)
     for engine in engines.values():
         store.apply(engine.apply([], Progress(ended=frozenset(range(4))), store).writes)
@@ -120,11 +131,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one run, print the top")
     args = parser.parse_args()
+    tune_gc(Settings.model_fields["gc_gen0_threshold"].default)
 
-    work, total = batches(lines(args.events), args.partitions)
-    sizes = sorted(len(items) for _, _, items, _ in work)
+    work, total = runs(lines(args.events), args.partitions)
+    sizes = sorted(sum(len(items) for _, items, _ in slices) for _, slices in work)
     print(
-        f"{total:,} valid events in {len(work):,} slices "
+        f"{total:,} valid events in {len(work):,} runs "
         f"(median {sizes[len(sizes) // 2]} events), {args.partitions} partitions"
     )
     if args.profile:

@@ -95,15 +95,17 @@ class WorkerMetrics(NamedTuple):
             ),
             batch_events=Histogram(
                 "streamproc_batch_events",
-                "Messages per processed batch.",
+                "Messages of the topic per processed batch (a run of one partition's slices, "
+                "processed and stored at once).",
                 ["topic"],
                 buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
                 registry=registry,
             ),
             batch_seconds=Histogram(
                 "streamproc_batch_seconds",
-                "Time to process one batch, Redis and sending its state included (its delivery "
-                "to the broker is awaited alongside the next batches).",
+                "Time to process one batch that held messages of the topic, Redis and sending "
+                "its state included (its delivery to the broker is awaited alongside the next "
+                "batches).",
                 ["topic"],
                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                 registry=registry,

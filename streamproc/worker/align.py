@@ -8,7 +8,9 @@ same input makes too late in a steadier run were taken. So, as Kafka Streams doe
 partition groups, the records of a partition are processed in event time (their Kafka
 timestamps) across its topics: a minute at a time, the topic with the earliest record first; a
 topic that has a backlog but nothing fetched yet is waited for (``wait_s`` at most, so a stuck
-topic cannot stop the others).
+topic cannot stop the others). Consecutive slices of one partition are handed out together as a
+run (``next_run``): the worker judges their events slice by slice, in this order, and absorbs
+and stores them once.
 
 Framework-free: batches come in as ``Fetched`` (the consumer's ``Batch``), slices go out.
 """
@@ -104,6 +106,19 @@ class Aligner:
             if found is not None:
                 return found
         return None
+
+    def next_run(self, max_records: int) -> list[Slice]:
+        """The next slice and those of its partition that follow it, in order, while they hold
+        fewer than ``max_records`` records together (the last may go beyond); empty while every
+        buffered partition waits."""
+        first = self.next_slice()
+        if first is None:
+            return []
+        run, size = [first], len(first.records)
+        while size < max_records and (piece := self._slice(first.tp.partition)) is not None:
+            run.append(piece)
+            size += len(piece.records)
+        return run
 
     def wait_left(self) -> float:
         """Seconds until a waiting partition gives up waiting (0: one may run now)."""

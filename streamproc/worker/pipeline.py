@@ -1,8 +1,9 @@
-"""One worker's processing: batches of one input topic (or ticks) through the partition engines.
+"""One worker's processing: runs of input slices (or ticks) through the partition engines.
 
 Framework-free: the worker's tasks (``tasks.py``) hand in messages and provide the state table,
-the dead-letter sink and the consumer's high watermarks through small protocols. Per batch, under
-one lock (the engines and the table are shared by the batch processor and the ticks):
+the dead-letter sink and the consumer's high watermarks through small protocols. Per run (one
+partition's consecutive slices, ``align.py``), under one lock (the engines and the table are
+shared by the run processor and the ticks):
 
     decode -> dead-letter bad input -> store labels -> too late? -> duplicate? -> engine
     -> publish to Redis (absolute values, idempotent adds) -> write the state table
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,7 +75,7 @@ class BatchCounts:
         self.dead_letters[reason] = self.dead_letters.get(reason, 0) + n
 
     def add(self, other: BatchCounts) -> None:
-        """Add what one partition's part of the batch did."""
+        """Add what one partition's part of the slice did."""
         for reason, n in other.dead_letters.items():
             self.dead_letter(reason, n)
         self.duplicates += other.duplicates
@@ -82,7 +83,7 @@ class BatchCounts:
         self.evicted += other.evicted
 
 
-Letters = list[tuple[Message, DeadLetter]]
+Letters = list[tuple[int, Message, DeadLetter]]  # (slice index, message, letter)
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -227,13 +228,19 @@ class Pipeline:
     # --- batches ----------------------------------------------------------------------------
 
     async def on_batch(self, topic: str, messages: list[Message]) -> BatchCounts:
-        """A batch of one input topic (of one or several partitions).
+        """A batch of one input topic (of one or several partitions)."""
+        return (await self.on_slices([(topic, messages)]))[0]
 
-        Dead letters are sent last, once every partition's state is written: a batch retried
-        after a Redis error (or processed again after a crash) sends them again only if it was
+    async def on_slices(self, slices: Sequence[tuple[str, list[Message]]]) -> list[BatchCounts]:
+        """Slices of the input (``align.Aligner``'s run), what each did. Each partition's events
+        are judged slice by slice in the order given, then absorbed, published and stored at
+        once: a record that several slices touch is re-evaluated and written once.
+
+        Dead letters are sent last, once every partition's state is written: slices retried
+        after a Redis error (or processed again after a crash) send them again only if they were
         cut short after sending them.
         """
-        counts = BatchCounts(topic)
+        counts = [BatchCounts(topic) for topic, _ in slices]
         letters: Letters = []
         wall_ms = int(self.clock() * 1000)
         async with self.lock:
@@ -243,35 +250,44 @@ class Pipeline:
             # them again from the committed offset. Writing them here would put state into a
             # changelog partition that another worker owns.
             owned = self.owned()
-            messages = [m for m in messages if m.partition in owned]
-            batch = self.decoders[topic].decode(self._before_end(topic, messages), now_ms=wall_ms)
-            letters += batch.dead_letters
-            by_partition: dict[int, list[Decoded]] = defaultdict(list)
-            for decoded in batch.events:
-                by_partition[decoded.message.partition].append(decoded)
-                event_type = decoded.event.event_type
-                counts.valid[event_type] = counts.valid.get(event_type, 0) + 1
+            runs: dict[int, list[_Piece]] = defaultdict(list)
+            read: list[tuple[str, list[Message]]] = []
+            for index, (topic, messages) in enumerate(slices):
+                mine = [m for m in messages if m.partition in owned]
+                read.append((topic, mine))
+                batch = self.decoders[topic].decode(self._before_end(topic, mine), now_ms=wall_ms)
+                letters += [(index, message, letter) for message, letter in batch.dead_letters]
+                by_partition: dict[int, list[Decoded]] = defaultdict(list)
+                valid = counts[index].valid
+                for decoded in batch.events:
+                    by_partition[decoded.message.partition].append(decoded)
+                    valid[decoded.event.event_type] = valid.get(decoded.event.event_type, 0) + 1
+                for partition, group in by_partition.items():
+                    runs[partition].append(_Piece(index, topic, group))
             labels = await self.store.labels(
-                (d.event.store_id for d in batch.events), cap=self.settings.max_stores
+                (d.event.store_id for pieces in runs.values() for p in pieces for d in p.events),
+                cap=self.settings.max_stores,
             )
-            for partition, group in sorted(by_partition.items()):
-                part = _Part(topic, partition, labels, wall_ms)
+            for partition, pieces in sorted(runs.items()):
+                part = _Part(partition, labels, wall_ms)
                 try:
-                    done = await self._partition_batch(part, group)
+                    done = await self._run(part, pieces)
                 except BaseException as exc:
                     self.forget([partition])  # memory may be ahead of the table: rebuild it
                     if not _event_error(exc):
                         raise
-                    done = await self._one_by_one(part, group, exc)
-                counts.add(done.counts)
+                    done = await self._one_by_one(part, pieces, exc)
+                for index, part_counts in done.counts.items():
+                    counts[index].add(part_counts)
                 letters += done.letters
-            for message in messages:  # also partitions whose messages were all bad or past the end
-                key = (topic, message.partition)
-                self.processed[key] = max(self.processed.get(key, -1), message.offset)
-                self.read_max[key] = max(self.read_max.get(key, 0), message.offset + 1)
-            for message, letter in letters:
+            for topic, messages in read:  # also partitions whose messages were all bad
+                for message in messages:
+                    key = (topic, message.partition)
+                    self.processed[key] = max(self.processed.get(key, -1), message.offset)
+                    self.read_max[key] = max(self.read_max.get(key, 0), message.offset + 1)
+            for index, message, letter in letters:
                 await self.dead_letter(message, letter)
-                counts.dead_letter(letter.reason)
+                counts[index].dead_letter(letter.reason)
         return counts
 
     def _before_end(self, topic: str, messages: list[Message]) -> list[Message]:
@@ -285,85 +301,99 @@ class Pipeline:
             if (end := self.ends.get((topic, m.partition))) is None or m.offset < end
         ]
 
-    async def _partition_batch(self, part: _Part, group: list[Decoded]) -> _Done:
-        """One partition's events of a batch: judged, deduplicated, absorbed, published, stored.
-        Its dead letters (too late) are returned, to be sent after the whole batch."""
-        done = _Done(BatchCounts(part.topic))
+    async def _run(self, part: _Part, pieces: list[_Piece]) -> _Done:
+        """One partition's events of a run: judged (slice by slice), deduplicated, absorbed,
+        published, stored. Its dead letters (too late) are returned, to be sent after the whole
+        run."""
+        done = _Done()
         engine = self.engine(part.partition)
-        index = self.topic_index[part.topic]
-        labels = part.labels
-        items = [Item(d.event, index, d.message.offset, labels[d.event.store_id]) for d in group]
-        # While its events are being read, this topic has a backlog (them): only once they are
-        # absorbed may it count as read to its end.
-        verdicts = engine.read(
-            items, self.progress(part.partition, part.wall_ms), wall_ms=part.wall_ms
-        )
-        done.counts.late += verdicts.late
-        key = (part.topic, part.partition)
-        self.processed[key] = max(self.processed.get(key, -1), group[-1].message.offset)
-        progress = self.progress(part.partition, part.wall_ms)
-        by_item = {id(item): d for item, d in zip(items, group, strict=True)}
-        for item in verdicts.too_late:
-            message = by_item[id(item)].message
+        judged: list[tuple[_Piece, Item, Message]] = []
+        for piece in pieces:
+            index = self.topic_index[piece.topic]
+            labels = part.labels
+            items = [
+                Item(d.event, index, d.message.offset, labels[d.event.store_id])
+                for d in piece.events
+            ]
+            # While its events are being read, this topic has a backlog (them): only once they
+            # are absorbed may it count as read to its end.
+            verdicts = engine.read(
+                items, self.progress(part.partition, part.wall_ms), wall_ms=part.wall_ms
+            )
+            done.of(piece).late += verdicts.late
+            key = (piece.topic, part.partition)
+            last = piece.events[-1].message.offset
+            self.processed[key] = max(self.processed.get(key, -1), last)
+            by_item = {id(item): d.message for item, d in zip(items, piece.events, strict=True)}
             limit = self.settings.max_lateness_seconds
-            detail = f"event_time is more than {limit} s behind the watermark"
-            done.letters.append((message, _letter(message, Reason.TOO_LATE, detail)))
+            for item in verdicts.too_late:
+                message = by_item[id(item)]
+                detail = f"event_time is more than {limit} s behind the watermark"
+                done.letters.append(
+                    (piece.index, message, _letter(message, Reason.TOO_LATE, detail))
+                )
+            judged += [(piece, item, by_item[id(item)]) for item in verdicts.on_time]
+        progress = self.progress(part.partition, part.wall_ms)
         first = await self.store.first_occurrences(
-            [item.event.event_id for item in verdicts.on_time],
-            [f"{part.topic}:{part.partition}:{item.offset}" for item in verdicts.on_time],
+            [item.event.event_id for _, item, _ in judged],
+            [f"{m.topic}:{m.partition}:{m.offset}" for _, _, m in judged],
             horizon_s=self.settings.dedup_horizon_seconds,
         )
-        accepted = [item for item, ok in zip(verdicts.on_time, first, strict=True) if ok]
-        done.counts.duplicates += len(verdicts.on_time) - len(accepted)
+        accepted = []
+        for (piece, item, _), ok in zip(judged, first, strict=True):
+            if ok:
+                accepted.append(item)
+            else:
+                done.of(piece).duplicates += 1
         plan = engine.apply(accepted, progress, self.table)
-        done.counts.evicted += plan.evicted
+        done.of(pieces[-1]).evicted += plan.evicted
         await self._settle(engine, plan, part.wall_ms)
         return done
 
-    async def _one_by_one(self, part: _Part, group: list[Decoded], error: BaseException) -> _Done:
-        """A partition's batch raised (not a Redis outage): its events are processed one at a
+    async def _one_by_one(self, part: _Part, pieces: list[_Piece], error: BaseException) -> _Done:
+        """A partition's run raised (not a Redis outage): its events are processed one at a
         time, so the one that fails is found. It gets ``max_event_failures`` tries in all; then
         it becomes a ``processing_error`` dead letter and the partition moves on. A partition
         that fails without any event (the error is not an event's) stops the worker."""
-        where = f"{part.topic}[{part.partition}]"
         logger.warning(
-            "%s: a batch of %d events failed (%s: %s); processing them one at a time",
-            where,
-            len(group),
+            "partition %d: a batch of %d events failed (%s: %s); processing them one at a time",
+            part.partition,
+            sum(len(piece.events) for piece in pieces),
             type(error).__name__,
             error,
         )
-        done = _Done(BatchCounts(part.topic))
-        for decoded in group:
-            for _ in range(self.settings.max_event_failures):
-                try:
-                    one = await self._partition_batch(part, [decoded])
-                except BaseException as exc:
-                    self.forget([part.partition])
-                    if not _event_error(exc):
-                        raise
-                    error = exc
+        done = _Done()
+        for piece in pieces:
+            for decoded in piece.events:
+                for _ in range(self.settings.max_event_failures):
+                    try:
+                        one = await self._run(part, [_Piece(piece.index, piece.topic, [decoded])])
+                    except BaseException as exc:
+                        self.forget([part.partition])
+                        if not _event_error(exc):
+                            raise
+                        error = exc
+                    else:
+                        done.add(one)
+                        break
                 else:
-                    done.counts.add(one.counts)
-                    done.letters += one.letters
-                    break
-            else:
-                await self._probe(part)  # raises when the partition fails without this event
-                message = decoded.message
-                logger.error(
-                    "%s@%d: processing failed %d times (%s: %s); the event goes to the "
-                    "dead-letter topic as %s and the partition moves on",
-                    where,
-                    message.offset,
-                    self.settings.max_event_failures,
-                    type(error).__name__,
-                    error,
-                    Reason.PROCESSING_ERROR,
-                    exc_info=error,
-                )
-                detail = f"{type(error).__name__}: {error}"[:1024]
-                letter = _letter(message, Reason.PROCESSING_ERROR, detail, field=None)
-                done.letters.append((message, letter))
+                    await self._probe(part)  # raises when the partition fails without this event
+                    message = decoded.message
+                    logger.error(
+                        "%s[%d]@%d: processing failed %d times (%s: %s); the event goes to the "
+                        "dead-letter topic as %s and the partition moves on",
+                        piece.topic,
+                        part.partition,
+                        message.offset,
+                        self.settings.max_event_failures,
+                        type(error).__name__,
+                        error,
+                        Reason.PROCESSING_ERROR,
+                        exc_info=error,
+                    )
+                    detail = f"{type(error).__name__}: {error}"[:1024]
+                    letter = _letter(message, Reason.PROCESSING_ERROR, detail, field=None)
+                    done.letters.append((piece.index, message, letter))
         return done
 
     async def _probe(self, part: _Part) -> None:
@@ -410,20 +440,37 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class _Part:
-    """Where one partition's part of a batch goes."""
+    """Where one partition's part of a run goes."""
 
-    topic: str
     partition: int
     labels: dict[str, str]
     wall_ms: int
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """One slice's valid events of one partition."""
+
+    index: int  # of the slice in its run
+    topic: str
+    events: list[Decoded]
+
+
 @dataclass
 class _Done:
-    """What one partition's part of a batch did, merged into the batch's once it succeeded."""
+    """What one partition's part of a run did (by slice), merged into the run's once it
+    succeeded."""
 
-    counts: BatchCounts
+    counts: dict[int, BatchCounts] = field(default_factory=dict)
     letters: Letters = field(default_factory=list)
+
+    def of(self, piece: _Piece) -> BatchCounts:
+        return self.counts.setdefault(piece.index, BatchCounts(piece.topic))
+
+    def add(self, other: _Done) -> None:
+        for index, counts in other.counts.items():
+            self.counts.setdefault(index, BatchCounts(counts.topic)).add(counts)
+        self.letters += other.letters
 
 
 def _event_error(exc: BaseException) -> bool:

@@ -107,26 +107,34 @@ def wire_batches(
     deliveries: Deliveries,
     hold: Holding,
 ) -> None:
-    """Process the input the consumer queues (``consumer.Batch``), a slice at a time in the
-    order ``align.Aligner`` gives (each partition's topics in step)."""
+    """Process the input the consumer queues (``consumer.Batch``), a run of one partition's
+    slices at a time, in the order ``align.Aligner`` gives (each partition's topics in step)."""
     aligner = Aligner(pipeline.topics, pipeline.backlogged)
 
-    async def process(piece: Slice) -> None:
+    async def process(run: list[Slice]) -> None:
         started = time.perf_counter()
-        tp = piece.tp
-        messages = [
-            Message(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
-            for r in piece.records
+        slices = [
+            (
+                piece.tp.topic,
+                [
+                    Message(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+                    for r in piece.records
+                ],
+            )
+            for piece in run
         ]
-        counts = await hold(partial(pipeline.on_batch, tp.topic, messages), tp.topic)
-        count(metrics, counts, len(messages), time.perf_counter() - started)
-        # Acked once the state of the slice is on the broker; the next slices go on meanwhile.
+        what = f"a batch of partition {run[0].tp.partition}"
+        counts = await hold(partial(pipeline.on_slices, slices), what)
+        sizes = [len(messages) for _, messages in slices]
+        count(metrics, counts, sizes, time.perf_counter() - started)
+        # Acked once the state of the run is on the broker; the next runs go on meanwhile.
         consumer = cast(Consumer, app.consumer)
         sent = deliveries.sent()
 
         async def ack() -> None:
-            await hold(partial(deliveries.wait, sent), tp.topic)
-            consumer.ack_range(tp, piece.first, piece.last)
+            await hold(partial(deliveries.wait, sent), what)
+            for piece in run:
+                consumer.ack_range(piece.tp, piece.first, piece.last)
 
         acking = consumer.acking
         task = asyncio.ensure_future(ack())
@@ -157,30 +165,38 @@ def wire_batches(
                     await asyncio.sleep(0.05)
                     continue
             take_queued()
-            piece = aligner.next_slice()
-            if piece is None:  # nothing, or every partition waits for one of its topics
+            run = aligner.next_run(pipeline.settings.run_max_events)
+            if not run:  # nothing, or every partition waits for one of its topics
                 with contextlib.suppress(TimeoutError):
                     wait = aligner.wait_left() if aligner.records else None
                     aligner.add(await asyncio.wait_for(batches.get(), wait))
                 continue
             consumer.busy = True
             try:
-                await process(piece)
+                await process(run)
             finally:
                 consumer.busy = False
 
 
-def count(metrics: WorkerMetrics, counts: BatchCounts, size: int, seconds: float) -> None:
-    topic = counts.topic
-    for event_type, n in counts.valid.items():
-        metrics.events.labels(topic, event_type).inc(n)
-    for reason, n in counts.dead_letters.items():
-        metrics.dead_letters.labels(topic, reason).inc(n)
-    metrics.duplicates.labels(topic).inc(counts.duplicates)
-    metrics.late.labels(topic).inc(counts.late)
-    metrics.evicted.inc(counts.evicted)
-    metrics.batch_events.labels(topic).observe(size)
-    metrics.batch_seconds.labels(topic).observe(seconds)
+def count(
+    metrics: WorkerMetrics, counts: list[BatchCounts], sizes: list[int], seconds: float
+) -> None:
+    """What a run of slices did (``counts`` and message ``sizes`` by slice) and how long it
+    took; its batch metrics are per topic: the messages of each topic in the run."""
+    by_topic: dict[str, int] = {}
+    for slice_counts, size in zip(counts, sizes, strict=True):
+        topic = slice_counts.topic
+        for event_type, n in slice_counts.valid.items():
+            metrics.events.labels(topic, event_type).inc(n)
+        for reason, n in slice_counts.dead_letters.items():
+            metrics.dead_letters.labels(topic, reason).inc(n)
+        metrics.duplicates.labels(topic).inc(slice_counts.duplicates)
+        metrics.late.labels(topic).inc(slice_counts.late)
+        metrics.evicted.inc(slice_counts.evicted)
+        by_topic[topic] = by_topic.get(topic, 0) + size
+    for topic, size in by_topic.items():
+        metrics.batch_events.labels(topic).observe(size)
+        metrics.batch_seconds.labels(topic).observe(seconds)
 
 
 def wire_ticks(

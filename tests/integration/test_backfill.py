@@ -368,7 +368,7 @@ def test_killed_backfill_resumes_to_the_identical_report(
     args += ["--workers", str(workers)]
     # Small batches: the range takes several commit intervals to read, so the kill below (at
     # the first committed progress) lands while the backfill is under way.
-    env = {**topics.env, "STREAMPROC_BATCH_MAX_EVENTS": "50"}
+    env = {**topics.env, "STREAMPROC_BATCH_MAX_EVENTS": "50", "STREAMPROC_RUN_MAX_EVENTS": "50"}
     with Backfill(args, env, tmp_path / "killed") as proc:
         plan = wait_for_plan(topics, name, proc)
         assert (plan.starts, plan.ends) == (first_run.plan.starts, first_run.plan.ends)

@@ -96,3 +96,24 @@ def test_batches_of_a_new_generation_replace_the_old_ones() -> None:
     aligner.add(Batch(TP("click", 1), records([10]), generation=2))  # a rebalance came between
     assert drain(aligner) == [("click", [0])]
     assert aligner.generation == 2
+
+
+def test_a_run_is_one_partitions_slices_in_order_up_to_its_size() -> None:
+    backlog = {("cart", 1)}
+    aligner = Aligner(["click", "cart"], lambda topic, p: (topic, p) in backlog)
+    aligner.add(Batch(TP("click", 0), records([10, 70, 130, 190])))
+    aligner.add(Batch(TP("cart", 0), records([65, 135])))
+    aligner.add(Batch(TP("click", 1), records([10, 20])))
+
+    def run(max_records: int) -> list[tuple[str, int, list[int]]]:
+        taken = aligner.next_run(max_records)
+        return [(s.tp.topic, s.tp.partition, [r.offset for r in s.records]) for s in taken]
+
+    # the slices of partition 0 in their order, until they hold 3 records
+    assert run(3) == [("click", 0, [0]), ("cart", 0, [0]), ("click", 0, [1])]
+    # partition 1 waits for its cart topic: the rest of partition 0
+    assert run(3) == [("click", 0, [2]), ("cart", 0, [1]), ("click", 0, [3])]
+    assert run(3) == []
+    backlog.clear()
+    assert run(1) == [("click", 1, [0, 1])]  # a slice is never cut
+    assert aligner.next_run(100) == [] and aligner.records == 0

@@ -1,11 +1,13 @@
 """What one worker's pipeline does when processing raises: an error one event causes makes that
 event a ``processing_error`` dead letter and the rest of the batch goes on; an error that is not
 an event's (a Redis outage, a partition that fails without any event) leaves the pipeline, so
-the batch is held or the worker stops, and nothing is counted or dead-lettered twice."""
+the batch is held or the worker stops, and nothing is counted or dead-lettered twice. A run of
+several slices (``align.Aligner.next_run``) gives what its slices give one by one."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from streamproc.worker.pipeline import Highwater, Pipeline
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1, max_event_failures=3)
 CLICKS = SETTINGS.topic_clickstream
+CART = SETTINGS.topic_cart
 
 
 class Store:
@@ -29,6 +32,8 @@ class Store:
     def __init__(self) -> None:
         self.fail: list[Exception] = []
         self.published = 0
+        self.cells: dict[tuple[int, int, str], dict[str, int]] = {}  # whole values, last ones
+        self.presence: set[tuple[int, str, str, str]] = set()
 
     async def end_offsets(self) -> dict[tuple[str, int], int]:
         return {}
@@ -45,6 +50,9 @@ class Store:
         if self.fail:
             raise self.fail.pop(0)
         self.published += 1
+        for (minute, store), counters in parts["cells"].items():
+            self.cells[(partition, minute, store)] = counters
+        self.presence |= parts["presence"]
 
 
 class Table(dict[str, bytes]):
@@ -54,6 +62,7 @@ class Table(dict[str, bytes]):
         super().__init__()
         self.poisoned = set(poisoned)
         self.raised = 0
+        self.written: list[str] = []  # every key written, in order
 
     def scan(self) -> Iterable[str]:
         return list(self)
@@ -66,6 +75,7 @@ class Table(dict[str, bytes]):
             ):
                 self.raised += 1
                 raise OverflowError(f"cannot store {key}")
+            self.written.append(key)
             if value is None:
                 self.pop(key, None)
             else:
@@ -157,3 +167,68 @@ async def test_a_partition_that_ends_before_what_was_read_stops_the_worker() -> 
     pipe.check_ends()
     with pytest.raises(TopicsChanged, match=r"clickstream\[0\] ends at offset 0, but .* 4"):
         pipe.check_ends()
+
+
+def shop_minutes() -> list[tuple[str, list[Message]]]:
+    """Three minutes of two sessions' page views and cart events, one slice per topic and
+    minute (as the aligner cuts them), a malformed cart message in the middle."""
+    slices: list[tuple[str, list[Message]]] = []
+    offsets = {CLICKS: 0, CART: 0}
+    for minute in range(3):
+        for topic, kind in ((CLICKS, "page_view"), (CART, "add_to_cart")):
+            found = []
+            for session in ("s1", "s2"):
+                t_ms = T0_MS + minute * 60_000 + 1000 * len(found)
+                event = make_event(
+                    kind,
+                    event_id=f"{kind}-{minute}-{session}",
+                    session_id=session,
+                    cart_id=f"c-{session}" if topic == CART else None,
+                    event_time=datetime.fromtimestamp(t_ms / 1000, UTC).isoformat(),
+                )
+                bad = topic == CART and minute == 1 and session == "s2"
+                value = b"{not json" if bad else dumps(event)
+                found.append(Message(topic, 0, offsets[topic], t_ms, b"k", value))
+                offsets[topic] += 1
+            slices.append((topic, found))
+    return slices
+
+
+async def test_a_run_gives_what_its_slices_give_one_by_one_and_writes_each_record_once() -> None:
+    by_slice, by_run = Store(), Store()
+    tables = Table(), Table()
+    letters: tuple[list[DeadLetter], list[DeadLetter]] = ([], [])
+    one = make_pipeline(by_slice, tables[0], letters[0])
+    for topic, messages in shop_minutes():
+        await one.on_batch(topic, messages)
+    run = make_pipeline(by_run, tables[1], letters[1])
+    counts = await run.on_slices(shop_minutes())
+
+    assert by_run.cells == by_slice.cells and by_run.presence == by_slice.presence
+    assert dict(tables[1]) == dict(tables[0])
+    assert letters[1] == letters[0] and [letter.reason for letter in letters[1]] == ["not_json"]
+    assert [c.topic for c in counts] == [CLICKS, CART] * 3
+    assert [sum(c.valid.values()) for c in counts] == [2, 2, 2, 1, 2, 2]
+    assert counts[3].dead_letters == {"not_json": 1}
+    assert by_run.published == 1 and by_slice.published == 6
+    assert tables[1].written.count("0|s:s1") == 1 and tables[0].written.count("0|s:s1") == 6
+    assert run.processed == one.processed == {(CLICKS, 0): 5, (CART, 0): 5}
+
+
+async def test_an_event_that_fails_in_a_run_becomes_a_dead_letter_of_its_own_slice() -> None:
+    store, table, letters = Store(), Table(poisoned=["s2"]), []
+    pipe = make_pipeline(store, table, letters)
+    counts = await pipe.on_slices(shop_minutes())
+    failed = [letter for letter in letters if letter.reason == Reason.PROCESSING_ERROR]
+    assert [(letter.topic, letter.offset) for letter in failed] == [
+        (CLICKS, 1), (CART, 1), (CLICKS, 3), (CLICKS, 5), (CART, 5),
+    ]  # fmt: skip
+    assert [c.dead_letters for c in counts] == [
+        {Reason.PROCESSING_ERROR: 1},
+        {Reason.PROCESSING_ERROR: 1},
+        {Reason.PROCESSING_ERROR: 1},
+        {"not_json": 1},
+        {Reason.PROCESSING_ERROR: 1},
+        {Reason.PROCESSING_ERROR: 1},
+    ]
+    assert "0|s:s1" in table and "0|s:s2" not in table
