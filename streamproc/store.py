@@ -20,6 +20,7 @@ Every write is an absolute value or an idempotent add, so a re-processed batch c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import defaultdict
@@ -30,6 +31,8 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from streamproc.config import Settings
 from streamproc.kpi import counters as c
@@ -146,12 +149,24 @@ def _sketch_keys(presence: Iterable[Presence]) -> dict[tuple[int, str, str], set
     return sketches
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a visitor is in several sketches of one publish
 def visitor_hash(visitor: str) -> int:
     """A signed 64-bit hash of a visitor id, never 0 (0 marks an outgrown set)."""
     value = int.from_bytes(
         hashlib.blake2b(visitor.encode(), digest_size=8).digest(), "big", signed=True
     )
     return value or 1
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis (C), as redis-py's synchronous client packs them. Its asyncio
+    connections pack in Python, copying a growing buffer once per argument: 3.9 µs per event id
+    of a worker's dedup call of 20,000 ids, against 0.34 µs with hiredis."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return list(self._serializer.pack(*args))
 
 
 # Redis errors worth retrying a batch for: the server is unreachable, restarting, loading, frozen
@@ -224,6 +239,10 @@ class KpiStore:
         client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+        if HIREDIS_AVAILABLE:
+            pool = client.connection_pool
+            base = pool.connection_class  # a TCP, TLS or Unix socket connection, by the URL
+            pool.connection_class = type(base.__name__, (_HiredisPacking, base), {})
         return cls(client, namespace, retention_s=retention_s, exact_visitors=exact_visitors)
 
     @classmethod

@@ -62,17 +62,30 @@ def _dims(segment: Segment, settled: bool) -> tuple[str, str, bool]:
 
 
 def _present(
-    out: Contribution, minute: int, store: str, visitor: str, dims: tuple[str, str, bool]
+    out: Contribution,
+    minute: int,
+    store: str,
+    visitor: str,
+    dims: tuple[str, str, bool],
+    labels: tuple[str, str] | None = None,
 ) -> None:
+    """``visitor`` was seen in the cell; in its breakdowns too once ``dims`` are known.
+    ``labels``: the breakdowns' dimension labels, when the caller made them already."""
     if not visitor:
         return
     # Marks the cell as holding visitors even when nothing else is counted in it, so that its
     # window exists; the distinct count itself comes from the sketches.
     c.bump(c.cell(out.cells, minute, store), c.VISITOR_MARKS)
-    out.presence.add((minute, store, "", visitor))
+    presence = out.presence
+    presence.add((minute, store, "", visitor))
     if dims[2]:
-        out.presence.add((minute, store, f"channel_group={dims[0]}", visitor))
-        out.presence.add((minute, store, f"device_type={dims[1]}", visitor))
+        channel, device = labels or _labels(dims)
+        presence.add((minute, store, channel, visitor))
+        presence.add((minute, store, device, visitor))
+
+
+def _labels(dims: tuple[str, str, bool]) -> tuple[str, str]:
+    return f"channel_group={dims[0]}", f"device_type={dims[1]}"
 
 
 def _owner(segments: list[Segment], t: int, timeout_ms: int) -> int | None:
@@ -164,13 +177,14 @@ def _segment_cells(
         c.bump(cell, c.SESSIONS_DURATION, segment.end - segment.start)
     else:
         c.bump(cell, c.SESSIONS_OPEN)
+    labels = _labels(dims)
     for key, views in segment.cells.items():
         minute_text, store, visitor = key.split("|", 2)
         minute = int(minute_text)
         c.add_dimensioned(
             c.cell(out.cells, minute, store), c.PAGE_VIEWS, views, channel=channel, device=device
         )
-        _present(out, minute, store, visitor, dims)
+        _present(out, minute, store, visitor, dims, labels)
 
 
 def _order_cells(out: Contribution, order: Order, dims: tuple[str, str, bool]) -> None:

@@ -220,16 +220,19 @@ class PartitionEngine:
             }
             if frozen_in:
                 self.half_evicted[key] = frozen_in
-            self._count(contrib, +1, set(contrib.cells) - frozen_in)
+            self._count(contrib, +1, frozen_in)
             self._schedule(key, record, contrib)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
     def _count(
-        self, contrib: Contribution, sign: int, cells: set[c.CellKey] | None = None
+        self, contrib: Contribution, sign: int, without: set[c.CellKey] | None = None
     ) -> set[c.CellKey]:
-        """Add (or remove) a contribution to the projection; returns the cells that changed."""
-        chosen = contrib.cells if cells is None else {k: contrib.cells[k] for k in cells}
+        """Add (or remove) a contribution to the projection, but for the cells ``without``;
+        returns the cells that changed."""
+        chosen = contrib.cells
+        if without:
+            chosen = {k: v for k, v in chosen.items() if k not in without}
         changed = c.add_cells(self.sums, chosen, sign)
         for cell in chosen:
             self.refs[cell] = self.refs.get(cell, 0) + sign
@@ -333,8 +336,8 @@ class PartitionEngine:
             after = self.contribution(key, record, watermark)
             # cells whose frozen sum already holds this record (an eviction cut short by a crash)
             frozen_in = self.half_evicted.pop(key, set())
-            changed |= self._count(before, -1, set(before.cells) - frozen_in)
-            changed |= self._count(after, +1, set(after.cells) - frozen_in)
+            changed |= self._count(before, -1, frozen_in)
+            changed |= self._count(after, +1, frozen_in)
             plan.presence |= after.presence - before.presence
             deadline = self.deadline(key, record)
             # The end of the input (NEVER) decides everything but is no reason to forget.
