@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import msgspec
+
 from streamproc.deadletter import DeadLetter, clip
 from streamproc.errors import InvalidEvent
 from streamproc.events.models import Event, Family
@@ -18,8 +20,9 @@ from streamproc.events.parse import EventDecoder, Reason
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+# Messages, decoded events and items (engine.py) are msgspec structs: one of each is made per
+# event, and a frozen dataclass took ~1.1 µs to build against ~0.1 µs.
+class Message(msgspec.Struct, frozen=True):
     """A consumed Kafka message, reduced to what the processor needs."""
 
     topic: str
@@ -30,8 +33,7 @@ class Message:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(msgspec.Struct, frozen=True):
     """A valid event with the coordinates of the message it came from."""
 
     event: Event

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 from streamproc.events import models as m
 from streamproc.kpi import absorb
 from streamproc.kpi import counters as c
@@ -46,6 +48,7 @@ from streamproc.kpi.windows import MINUTE_MS, minute_of
 
 Record = SessionRecord | TicketRecord
 CLICKSTREAM, CART, ORDERS, TICKETS = range(TOPICS)
+ALL_TOPICS = frozenset(range(TOPICS))
 FAMILY_INDEX = {m.Family.CLICKSTREAM: 0, m.Family.CART: 1, m.Family.ORDERS: 2, m.Family.TICKETS: 3}
 
 
@@ -73,8 +76,7 @@ class EngineSettings:
         return Timeouts(self.session_timeout_ms, self.abandonment_timeout_ms, self.max_lateness_ms)
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(msgspec.Struct, frozen=True):  # one per event: a frozen dataclass is ~10x slower
     """An accepted event with its coordinates, ready to apply."""
 
     event: m.Event
@@ -416,14 +418,14 @@ class PartitionEngine:
     def _advance(self, progress: Progress, *, idle: bool = True) -> int:
         """Move the watermark on from the topics' progress (and the wall clock when idle)."""
         meta, s = self.meta, self.settings
-        active = [t for t in range(TOPICS) if t not in progress.ended]
-        if not active:
+        ended, max_ts = progress.ended, meta.max_ts  # (called for most events: kept lean)
+        if ended.issuperset(ALL_TOPICS):
             frontier = NEVER
         else:
-            frontier = max(meta.max_ts)
+            frontier = max(max_ts)
             for topic in progress.backlog:
-                if topic in active:
-                    frontier = min(frontier, meta.max_ts[topic])
+                if topic not in ended and max_ts[topic] < frontier:
+                    frontier = max_ts[topic]
             quiet = progress.wall_ms - self.last_event_wall_ms >= s.idle_timeout_ms
             if idle and not progress.backlog and quiet and progress.wall_ms:
                 frontier = max(frontier, progress.wall_ms - s.idle_timeout_ms)
