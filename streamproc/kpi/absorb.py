@@ -92,21 +92,58 @@ def _merge(a: Segment, b: Segment) -> Segment:
     )
 
 
+def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
+    """``_merge(segment, _segment_of(event, store))``, in place: the common case (the event
+    falls into one session) builds no new segment and copies no cells."""
+    t, eid = event.event_time, event.event_id
+    segment.start = min(segment.start, t)
+    segment.end = max(segment.end, t)
+    segment.first = earlier(segment.first, Earliest(t, eid, store=store, text=event.visitor_id))
+    if event.device_type:
+        device = Earliest(t, eid, text=event.device_type)
+        segment.device = device if segment.device is None else earlier(segment.device, device)
+    if isinstance(event, m.SessionStart):
+        start = Earliest(
+            t, eid, text=event.channel_group, extra=event.device_type or "",
+            number=event.session_index if event.session_index is not None else NONE,
+        )  # fmt: skip
+        current = segment.start_event
+        segment.start_event = start if current is None else earlier(current, start)
+    is_view = isinstance(event, m.PageView)
+    segment.page_views += is_view
+    segment.others += not isinstance(event, _NOT_OTHER)
+    segment.adds += isinstance(event, m.AddToCart)
+    key = cell_key(minute_of(t), store, event.visitor_id)
+    segment.cells[key] = segment.cells.get(key, 0) + is_view
+
+
 def add_session_event(
     record: SessionRecord, event: m.WebEvent, store: str, *, session_timeout_ms: int
 ) -> None:
     """A clickstream or cart event: into its session (merging sessions it bridges) and cart."""
-    merged = _segment_of(event, store)
     t = event.event_time
-    kept = []
-    for segment in record.segments:
-        if segment.start - session_timeout_ms < t < segment.end + session_timeout_ms:
-            merged = _merge(segment, merged)
-        else:
-            kept.append(segment)
-    kept.append(merged)
-    kept.sort(key=lambda s: s.start)
-    record.segments = kept
+    reached = [
+        segment
+        for segment in record.segments
+        if segment.start - session_timeout_ms < t < segment.end + session_timeout_ms
+    ]
+    if len(reached) == 1:
+        moves = t < reached[0].start
+        _absorb_into(reached[0], event, store)
+        if moves:
+            record.segments.sort(key=lambda s: s.start)
+    else:
+        merged = _segment_of(event, store)
+        bridged = {id(segment) for segment in reached}
+        kept = []
+        for segment in record.segments:
+            if id(segment) in bridged:
+                merged = _merge(segment, merged)
+            else:
+                kept.append(segment)
+        kept.append(merged)
+        kept.sort(key=lambda s: s.start)
+        record.segments = kept
     kind = _CART_KINDS.get(type(event))
     if kind is not None:
         _add_cart_event(record, event, kind, store)  # type: ignore[arg-type]
