@@ -43,21 +43,26 @@ def cell_key(minute: int, store: str, visitor: str) -> str:
     return f"{minute}|{store}|{visitor}"
 
 
+def _start_event(event: m.WebEvent) -> Earliest | None:
+    """A session_start as a segment keeps it (channel, device, session index); else None."""
+    if not isinstance(event, m.SessionStart):
+        return None
+    return Earliest(
+        event.event_time, event.event_id, text=event.channel_group,
+        extra=event.device_type or "",
+        number=event.session_index if event.session_index is not None else NONE,
+    )  # fmt: skip
+
+
 def _segment_of(event: m.WebEvent, store: str) -> Segment:
     t, eid = event.event_time, event.event_id
-    start_event = None
-    if isinstance(event, m.SessionStart):
-        start_event = Earliest(
-            t, eid, text=event.channel_group, extra=event.device_type or "",
-            number=event.session_index if event.session_index is not None else NONE,
-        )  # fmt: skip
     is_view = isinstance(event, m.PageView)
     return Segment(
         start=t,
         end=t,
         first=Earliest(t, eid, store=store, text=event.visitor_id),
         device=Earliest(t, eid, text=event.device_type) if event.device_type else None,
-        start_event=start_event,
+        start_event=_start_event(event),
         page_views=int(is_view),
         others=int(not isinstance(event, _NOT_OTHER)),
         adds=int(isinstance(event, m.AddToCart)),
@@ -100,15 +105,10 @@ def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
     segment.end = max(segment.end, t)
     segment.first = earlier(segment.first, Earliest(t, eid, store=store, text=event.visitor_id))
     if event.device_type:
-        device = Earliest(t, eid, text=event.device_type)
-        segment.device = device if segment.device is None else earlier(segment.device, device)
-    if isinstance(event, m.SessionStart):
-        start = Earliest(
-            t, eid, text=event.channel_group, extra=event.device_type or "",
-            number=event.session_index if event.session_index is not None else NONE,
-        )  # fmt: skip
-        current = segment.start_event
-        segment.start_event = start if current is None else earlier(current, start)
+        segment.device = earlier(segment.device, Earliest(t, eid, text=event.device_type))
+    start = _start_event(event)
+    if start is not None:
+        segment.start_event = earlier(segment.start_event, start)
     is_view = isinstance(event, m.PageView)
     segment.page_views += is_view
     segment.others += not isinstance(event, _NOT_OTHER)

@@ -308,9 +308,9 @@ class Pipeline:
         done = _Done()
         engine = self.engine(part.partition)
         judged: list[tuple[_Piece, Item, Message]] = []
+        labels, limit = part.labels, self.settings.max_lateness_seconds
         for piece in pieces:
             index = self.topic_index[piece.topic]
-            labels = part.labels
             items = [
                 Item(d.event, index, d.message.offset, labels[d.event.store_id])
                 for d in piece.events
@@ -325,7 +325,6 @@ class Pipeline:
             last = piece.events[-1].message.offset
             self.processed[key] = max(self.processed.get(key, -1), last)
             by_item = {id(item): d.message for item, d in zip(items, piece.events, strict=True)}
-            limit = self.settings.max_lateness_seconds
             for item in verdicts.too_late:
                 message = by_item[id(item)]
                 detail = f"event_time is more than {limit} s behind the watermark"

@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 # Fetched records a worker buffers (beyond, the queue and then the fetching wait); a partition
 # waiting for one of its topics takes more even so.
 MAX_BUFFERED = 100_000
-# Processed slices whose messages may be on their way to the broker at once: a slice waited for
-# its delivery before the next began (~11 ms a slice, a third of a run of small slices).
+# Processed runs whose state may be on its way to the broker at once, acked once delivered: a
+# slice used to wait for its delivery before the next began (~11 ms a slice, a third of the time
+# of a run of small slices).
 MAX_ACKING = 16
 
 
