@@ -122,6 +122,25 @@ def add_cells(target: Cells, source: Mapping[CellKey, Counters], sign: int = 1) 
     return changed
 
 
+def add_difference(target: Counters, new: Mapping[str, int], old: Mapping[str, int]) -> None:
+    """``target += new - old``; zero entries are dropped."""
+    for name, value in new.items():
+        delta = value - old.get(name, 0)
+        if delta:
+            total = target.get(name, 0) + delta
+            if total:
+                target[name] = total
+            else:
+                target.pop(name, None)
+    for name, value in old.items():
+        if name not in new:
+            total = target.get(name, 0) - value
+            if total:
+                target[name] = total
+            else:
+                target.pop(name, None)
+
+
 def sum_counters(parts: Iterable[Mapping[str, int]]) -> Counters:
     total: Counters = {}
     for part in parts:
