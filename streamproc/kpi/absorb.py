@@ -101,11 +101,15 @@ def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
     """``_merge(segment, _segment_of(event, store))``, in place: the common case (the event
     falls into one session) builds no new segment and copies no cells."""
     t, eid = event.event_time, event.event_id
-    segment.start = min(segment.start, t)
-    segment.end = max(segment.end, t)
-    segment.first = earlier(segment.first, Earliest(t, eid, store=store, text=event.visitor_id))
-    if event.device_type:
-        segment.device = earlier(segment.device, Earliest(t, eid, text=event.device_type))
+    if t < segment.start:
+        segment.start = t
+    elif t > segment.end:
+        segment.end = t
+    first, device = segment.first, segment.device  # most events are not the earliest of either
+    if (t, eid) < (first.t, first.eid):
+        segment.first = Earliest(t, eid, store=store, text=event.visitor_id)
+    if event.device_type and (device is None or (t, eid) < (device.t, device.eid)):
+        segment.device = Earliest(t, eid, text=event.device_type)
     start = _start_event(event)
     if start is not None:
         segment.start_event = earlier(segment.start_event, start)
