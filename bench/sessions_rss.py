@@ -1,6 +1,7 @@
-"""Memory per open session: the RSS of one worker before and after it holds N open sessions.
+"""Memory per open session, and recovery: one worker before and after it holds N open sessions,
+then SIGKILLed and started again.
 
-    python bench/sessions_rss.py [--sessions 100000] [--events-per-session 3]
+    python bench/sessions_rss.py [--sessions 100000] [--events-per-session 3] [--no-recovery]
 
 Starts one worker on fresh topics (the running dev stack, or a temporary one), waits until it is
 idle and measures its RSS; then sends N sessions of a few events each (session_start, page_view,
@@ -8,6 +9,12 @@ product_view, ...), all within the last 10 minutes of event time so that none ca
 session timeout is 30 minutes), waits until the worker has counted every event, and measures the
 RSS again. Prints the difference per session. The Faust table store is ``memory://``, so the
 state table is in the worker's heap and part of the figure.
+
+Recovery (unless ``--no-recovery``): once the RSS is read and Faust has committed, the worker is
+SIGKILLed while it holds the N sessions, one more event (a session_start of a new session) is
+sent, and a new worker is started. Printed: the time from that start until the new worker has
+counted the event (group join, state restored from the changelog, the event processed), and the
+RSS of the restored worker.
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ from streamproc import devstack, metrics
 KINDS = ("session_start", "page_view", "product_view", "page_view", "page_ping")
 
 
-def session_events(n: int, per_session: int, now_ms: int) -> list[tuple[str, bytes]]:
+def session_events(
+    n: int, per_session: int, now_ms: int, *, prefix: str = ""
+) -> list[tuple[str, bytes]]:
     events = []
     for s in range(n):
-        sid = f"s{s:07d}"
+        sid = f"{prefix}s{s:07d}"
         start = now_ms - 600_000 + (s * 997) % 540_000
         for k in range(per_session):
             kind = KINDS[k % len(KINDS)]
@@ -99,6 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--events-per-session", type=int, default=3)
+    parser.add_argument(
+        "--no-recovery", dest="recovery", action="store_false", help="RSS only: no kill, no restart"
+    )
     args = parser.parse_args()
 
     stack = devstack.DevStack(Path(tempfile.mkdtemp(prefix="bench-stack-")))
@@ -115,16 +127,10 @@ def main() -> None:
             for t in ("clickstream", "cart", "orders", "tickets", "dlq")
         },
         "STREAMPROC_WORKER_PORT": str(port),
-        "STREAMPROC_LOG_LEVEL": "warning",
+        "STREAMPROC_LOG_LEVEL": "info",  # at warning Faust sets the root logger to DEBUG
     }
-    log = Path(tempfile.mkdtemp(prefix="bench-rss-")) / "worker.log"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "streamproc", "worker"],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    logs = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    worker = start_worker(env, logs / "worker.log")
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         wait_for_events(url, 0, 60)
@@ -143,6 +149,22 @@ def main() -> None:
             f"RSS {empty / 2**20:,.0f} MiB empty -> {loaded / 2**20:,.0f} MiB; "
             f"{per_session:,.0f} bytes per open session"
         )
+        if args.recovery:
+            time.sleep(5)  # past Faust's commit interval: the restart re-reads nothing
+            worker.kill()
+            worker.wait()
+            marker = session_events(1, 1, int(time.time() * 1000), prefix="after-kill-")
+            asyncio.run(send(info.bootstrap_servers, f"{ns}.clickstream", marker))
+            started = time.monotonic()
+            worker = start_worker(env, logs / "restarted.log")
+            wait_for_events(url, 1, 600)
+            seconds = time.monotonic() - started
+            restored = rss_settled(psutil.Process(worker.pid))
+            print(
+                f"recovery: SIGKILLed holding {args.sessions:,} open sessions; the restarted worker "
+                f"counted a new event {seconds:.1f} s after its start; RSS {restored / 2**20:,.0f} MiB"
+            )
+        print(f"logs: {logs}")
     finally:
         worker.terminate()
         try:
@@ -150,6 +172,16 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         stack.down()
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamproc", "worker"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 if __name__ == "__main__":
