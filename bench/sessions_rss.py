@@ -161,8 +161,9 @@ def main() -> None:
             seconds = time.monotonic() - started
             restored = rss_settled(psutil.Process(worker.pid))
             print(
-                f"recovery: SIGKILLed holding {args.sessions:,} open sessions; the restarted worker "
-                f"counted a new event {seconds:.1f} s after its start; RSS {restored / 2**20:,.0f} MiB"
+                f"recovery: SIGKILLed holding {args.sessions:,} open sessions; the restarted "
+                f"worker counted a new event {seconds:.1f} s after its start; "
+                f"RSS {restored / 2**20:,.0f} MiB"
             )
         print(f"logs: {logs}")
     finally:

@@ -153,14 +153,16 @@ async def publish(
     topics: Mapping[Family, str],
     *,
     on_sent: Callable[[Routed], None] | None = None,
+    partition: Callable[[Routed], int] | None = None,
 ) -> None:
-    """Send every record to its family's topic, keyed and time-stamped as given."""
+    """Send every record to its family's topic, keyed and time-stamped as given; to the partition
+    ``partition`` gives it, else to the producer's choice (by key; any partition without one)."""
     if isinstance(records, AsyncIterable):
         async for record in records:
-            await _send(record, producer, topics, on_sent)
+            await _send(record, producer, topics, on_sent, partition)
     else:
         for record in records:
-            await _send(record, producer, topics, on_sent)
+            await _send(record, producer, topics, on_sent, partition)
 
 
 async def _send(
@@ -168,10 +170,15 @@ async def _send(
     producer: Producer,
     topics: Mapping[Family, str],
     on_sent: Callable[[Routed], None] | None,
+    partition: Callable[[Routed], int] | None,
 ) -> None:
     key = record.key.encode() if record.key is not None else None
     await producer.send(
-        topics[record.family], key=key, value=record.value, timestamp_ms=record.timestamp_ms
+        topics[record.family],
+        key=key,
+        value=record.value,
+        timestamp_ms=record.timestamp_ms,
+        partition=partition(record) if partition is not None else None,
     )
     if on_sent is not None:
         on_sent(record)
@@ -214,9 +221,17 @@ class Producer:
             await self._producer.stop()
 
     async def send(
-        self, topic: str, *, key: bytes | None, value: bytes, timestamp_ms: int | None
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int | None,
+        partition: int | None = None,
     ) -> None:
-        future = await self._producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms)
+        future = await self._producer.send(
+            topic, value=value, key=key, timestamp_ms=timestamp_ms, partition=partition
+        )
         self._pending.append(future)
         self.stats.sent[topic] += 1
         if len(self._pending) >= self._max_in_flight:

@@ -1,14 +1,18 @@
 """``streamproc replay``: an events file through the real pipeline, to a final KPI report.
 
-The file is produced to fresh topics, the end offset of every partition (from the producer's
-acknowledgements) is recorded in Redis, and worker processes run until every partition has read
-to its end, which moves its watermark past every event: all windows close, all sessions and carts
-are decided. The report is then read from what the workers published.
+The file is read once for the partition of every line (``Routing``: by key, round robin without
+one), which gives the end offset of every partition of the fresh topics before anything is sent;
+the ends go to Redis and the file is produced while the worker processes run, so they process
+what has arrived as it arrives. Until the ends are in Redis (``KpiStore.expect_end_offsets``)
+they take every partition for one with more to read. Each partition is done once read to its end,
+which moves its watermark past every event: all windows close, all sessions and carts are
+decided. The report is then read from what the workers published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -16,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -24,7 +28,9 @@ from streamproc import broker
 from streamproc.config import Settings
 from streamproc.errors import StreamprocError
 from streamproc.eventfile import Unroutable, routable
+from streamproc.events.models import Family
 from streamproc.kpi.contrib import NEVER
+from streamproc.kpi.offline import partition_of
 from streamproc.kpi.report import Row
 from streamproc.reporting import aligned_report
 from streamproc.store import TRANSIENT, KpiStore
@@ -50,16 +56,49 @@ def replay_settings(settings: Settings, namespace: str | None = None) -> tuple[s
     return ns, env
 
 
-async def produce(
-    lines: Iterable[bytes], settings: Settings, *, bootstrap: str, on_sent: Callable[[int], None]
-) -> tuple[int, list[Unroutable], dict[tuple[str, int], int]]:
-    """Send the file; return (messages, unroutable lines, end offset of every partition)."""
-    counts = await broker.ensure_topics(
+class Routing:
+    """The partition of each line of a file, the same in every pass over it: by key as the
+    producer's default partitioner does, round robin for lines without a key."""
+
+    def __init__(self, topics: Mapping[Family, str], partitions: Mapping[str, int]) -> None:
+        self.topics = topics
+        self.partitions = partitions
+        self._keyless = itertools.count()
+
+    def __call__(self, record: broker.Routed) -> int:
+        count = self.partitions[self.topics[record.family]]
+        return partition_of(record.key, count, self._keyless)
+
+
+def planned_ends(
+    lines: Iterable[bytes], settings: Settings, partitions: Mapping[str, int]
+) -> dict[tuple[str, int], int]:
+    """The end offset of every input partition once ``produce`` has sent the file to fresh
+    topics: known before anything is sent, so that workers can process while it is."""
+    topics = settings.topics_by_family
+    ends = {(t, p): 0 for t in settings.input_topics for p in range(partitions[t])}
+    routing = Routing(topics, partitions)
+    for record in routable(lines, []):
+        ends[(topics[record.family], routing(record))] += 1
+    return ends
+
+
+async def create_topics(settings: Settings, *, bootstrap: str) -> dict[str, int]:
+    """The input and dead-letter topics (kept when they exist); their partition counts."""
+    return await broker.ensure_topics(
         bootstrap,
         {name: settings.partitions for name in (*settings.input_topics, settings.topic_dlq)},
         replication_factor=settings.replication_factor,
         co_partitioned=settings.input_topics,
     )
+
+
+async def produce(
+    lines: Iterable[bytes], settings: Settings, *, bootstrap: str, on_sent: Callable[[int], None]
+) -> tuple[int, list[Unroutable], dict[tuple[str, int], int]]:
+    """Send the file (each line to the partition ``Routing`` gives it); return (messages,
+    unroutable lines, end offset of every partition)."""
+    counts = await create_topics(settings, bootstrap=bootstrap)
     ends = {(t, p): 0 for t in settings.input_topics for p in range(counts[t])}
     unroutable: list[Unroutable] = []
 
@@ -73,7 +112,11 @@ async def produce(
                 on_sent(sent)
 
         await broker.publish(
-            routable(lines, unroutable), producer, settings.topics_by_family, on_sent=count
+            routable(lines, unroutable),
+            producer,
+            settings.topics_by_family,
+            on_sent=count,
+            partition=Routing(settings.topics_by_family, counts),
         )
         await producer.flush()
         for (topic, partition), last in producer.last_offsets.items():

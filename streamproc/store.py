@@ -139,6 +139,14 @@ _EXPIRE_EVERY_S = 3600.0
 _MAX_EXACT_MINUTES = 3000
 
 
+def _ends(raw: Mapping[Any, Any]) -> dict[tuple[str, int], int]:
+    ends = {}
+    for field, value in raw.items():
+        topic, _, partition = _text(field).rpartition(":")
+        ends[(topic, int(partition))] = int(value)
+    return ends
+
+
 def _sketch_keys(presence: Iterable[Presence]) -> dict[tuple[int, str, str], set[str]]:
     """(minute, store, dimension) -> visitors; each also counts for the store ``all``."""
     sketches: dict[tuple[int, str, str], set[str]] = defaultdict(set)
@@ -402,17 +410,30 @@ class KpiStore:
 
     async def end_offsets(self) -> dict[tuple[str, int], int]:
         """Known ends of the input topics (set by replay and backfill), else empty."""
-        raw = await self.client.hgetall(self.key("end"))
-        ends = {}
-        for field, value in raw.items():
-            topic, _, partition = _text(field).rpartition(":")
-            ends[(topic, int(partition))] = int(value)
-        return ends
+        return _ends(await self.client.hgetall(self.key("end")))
+
+    async def input_ends(self) -> dict[tuple[str, int], int] | None:
+        """Known ends of the input topics, empty when there are none, or None while they are
+        expected (``expect_end_offsets``): read together, so never half of a ``set``."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.exists(self.key("end-expected"))
+        pipe.hgetall(self.key("end"))
+        expected, raw = await pipe.execute()
+        return None if expected else _ends(raw)
+
+    async def expect_end_offsets(self) -> None:
+        """The input's ends will be set (a replay still producing it): until they are, workers
+        take every input partition for one with more to read, so that the watermark waits for it
+        instead of following the wall clock."""
+        await self.client.set(self.key("end-expected"), 1, ex=self.retention_s)
 
     async def set_end_offsets(self, ends: Mapping[tuple[str, int], int]) -> None:
+        pipe = self.client.pipeline(transaction=True)
         if ends:
             mapping = {f"{topic}:{p}": offset for (topic, p), offset in ends.items()}
-            await self.client.hset(self.key("end"), mapping=mapping)  # type: ignore[arg-type]
+            pipe.hset(self.key("end"), mapping=mapping)  # type: ignore[arg-type]
+        pipe.delete(self.key("end-expected"))
+        await pipe.execute()
 
     # --- exporter and replay ----------------------------------------------------------------
 

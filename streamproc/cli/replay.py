@@ -6,15 +6,18 @@ import asyncio
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated
 
 import typer
+from rich.progress import Progress, TaskID
 
 from streamproc import devstack, replay
 from streamproc.cli.common import DEFAULT_BOOTSTRAP, app, endpoints, err, out, progress, settings
 from streamproc.config import Settings, parse_duration_seconds
+from streamproc.replay import ReplayError
 from streamproc.store import KpiStore
 
 
@@ -95,34 +98,57 @@ class _Job:
     timeout_s: float
 
 
+def _tracked(lines: IO[bytes], bar: Progress, task: TaskID) -> Iterator[bytes]:
+    """The lines of a file, moving a progress bar as they are read."""
+    for number, line in enumerate(lines):
+        if number % 20_000 == 0:
+            bar.update(task, completed=lines.tell())
+        yield line
+    bar.update(task, completed=lines.tell())
+
+
 async def _replay(job: _Job) -> tuple[list[dict[str, object]], str]:
     run = job.settings
     started = time.monotonic()
     store = KpiStore.for_settings(run, job.redis_url)
     try:
-        with progress() as bar, job.path.open("rb") as lines:
-            task = bar.add_task("producing", total=job.size, events=0, rate=0.0)
-
-            def sent(count: int) -> None:
-                rate = count / max(time.monotonic() - started, 1e-9)
-                bar.update(task, completed=lines.tell(), events=count, rate=rate)
-
-            produced, unroutable, ends = await replay.produce(
-                lines, run, bootstrap=job.bootstrap, on_sent=sent
-            )
-            bar.update(task, completed=job.size, events=produced)
-        await store.set_end_offsets(ends)
-        partitions = len({p for _, p in ends})
+        # The workers start (join the group, set up their state) while the file is read for
+        # the ends of its partitions and then sent: they process what has arrived meanwhile.
+        partitions_of = await replay.create_topics(run, bootstrap=job.bootstrap)
+        await store.expect_end_offsets()
         log_dir = Path(tempfile.mkdtemp(prefix=f"{run.namespace}-logs-"))
-        with replay.Workers(job.env, job.workers, log_dir) as procs, progress() as bar:
-            task = bar.add_task("processing", total=partitions, events=produced, rate=0.0)
-            await replay.wait_until_done(
-                store,
-                partitions,
-                timeout_s=job.timeout_s,
-                on_progress=lambda done, _: bar.update(task, completed=done),
-                check=procs.check,
-            )
+        with replay.Workers(job.env, job.workers, log_dir) as procs:
+            with progress() as bar, job.path.open("rb") as lines:
+                task = bar.add_task("routing", total=job.size, events=0, rate=0.0)
+                planned = replay.planned_ends(_tracked(lines, bar, task), run, partitions_of)
+                await store.set_end_offsets(planned)
+                lines.seek(0)
+                task = bar.add_task("producing", total=job.size, events=0, rate=0.0)
+
+                def sent(count: int) -> None:
+                    rate = count / max(time.monotonic() - started, 1e-9)
+                    bar.update(task, completed=lines.tell(), events=count, rate=rate)
+                    procs.check()
+
+                produced, unroutable, ends = await replay.produce(
+                    lines, run, bootstrap=job.bootstrap, on_sent=sent
+                )
+                bar.update(task, completed=job.size, events=produced)
+            if ends != planned:
+                raise ReplayError(
+                    "the topics did not end where the file said they would: were they written "
+                    "to by something else meanwhile?"
+                )
+            partitions = len({p for _, p in ends})
+            with progress() as bar:
+                task = bar.add_task("processing", total=partitions, events=produced, rate=0.0)
+                await replay.wait_until_done(
+                    store,
+                    partitions,
+                    timeout_s=job.timeout_s,
+                    on_progress=lambda done, _: bar.update(task, completed=done),
+                    check=procs.check,
+                )
             rows = await replay.report(store, run, job.sizes_ms)
         elapsed = time.monotonic() - started
         skipped = f", {len(unroutable):,} unroutable lines skipped" if unroutable else ""

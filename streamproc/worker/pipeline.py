@@ -131,6 +131,7 @@ class Pipeline:
         self.ends: dict[tuple[str, int], int] = {}
         self.finished: set[int] = set()
         self.ends_loaded = False  # a replay's or backfill's known ends hold the watermark back
+        self.ends_expected = False  # a replay still producing: every partition has more to come
         self.shrunk: dict[tuple[str, int], int] = {}  # partitions seen ending before what was read
         # the offset after the last message read of each partition, kept when a partition moves
         # (offsets never go back on a broker that keeps its data)
@@ -161,8 +162,10 @@ class Pipeline:
             del self.processed[key]
 
     async def refresh_ends(self) -> None:
-        self.ends = await self.store.end_offsets()
-        self.ends_loaded = True
+        ends = await self.store.input_ends()
+        self.ends_expected = ends is None
+        self.ends = ends or {}
+        self.ends_loaded = not self.ends_expected  # else read again with every batch and tick
 
     def progress(self, partition: int, wall_ms: int) -> Progress:
         backlog, ended = set(), set()
@@ -180,6 +183,8 @@ class Pipeline:
 
     def _state(self, topic: str, partition: int) -> str:
         """``ended`` (read to its known end), ``backlog`` (unread input) or ``read``."""
+        if self.ends_expected:
+            return "backlog"
         done = max(
             self.processed.get((topic, partition), -1) + 1,
             self.read_from(topic, partition) or 0,

@@ -24,13 +24,13 @@ CLICKS = SETTINGS.topic_clickstream
 class FakeStore:
     """The KpiStore calls the pipeline makes, in memory."""
 
-    def __init__(self, ends: dict[tuple[str, int], int]) -> None:
-        self.ends = ends
+    def __init__(self, ends: dict[tuple[str, int], int] | None) -> None:
+        self.ends = ends  # None: expected (a replay still sending its input)
         self.seen: list[str] = []  # event ids asked about, in order
         self.watermarks: list[int] = []
 
-    async def end_offsets(self) -> dict[tuple[str, int], int]:
-        return dict(self.ends)
+    async def input_ends(self) -> dict[tuple[str, int], int] | None:
+        return None if self.ends is None else dict(self.ends)
 
     async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:
         return {store: store for store in stores}
@@ -187,3 +187,18 @@ async def test_events_of_a_partition_this_worker_no_longer_owns_change_nothing()
     counts = await pipe.on_batch(CLICKS, messages(range(3), bad=1))
     assert store.seen == [] and letters == [] and counts.valid == {}
     assert not pipe.engines and not pipe.processed and not pipe.table.scan()
+
+
+async def test_while_the_ends_are_expected_every_topic_has_more_to_come() -> None:
+    """A replay sends its file while the workers run: a topic read to what has arrived so far
+    (or with nothing yet) holds the watermark, idle or not, until the ends are known."""
+    store, letters = FakeStore(None), []
+    pipe = pipeline(store, letters, highwater=lambda topic, partition: 2)
+    await pipe.on_batch(CLICKS, messages(range(2)))  # all that has arrived
+    progress = pipe.progress(0, T0_MS + 3_600_000)  # an hour later: idle by the wall clock
+    assert progress.backlog == frozenset(range(4)) and not progress.ended
+    await pipe.on_tick(0)
+    assert store.watermarks[-1] < T0_MS  # neither the wall clock nor the clickstream moved it
+    store.ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 2}
+    await pipe.on_tick(0)  # the ends are read again with every tick until they are known
+    assert store.watermarks[-1] >= NEVER

@@ -35,7 +35,7 @@ class Store:
         self.cells: dict[tuple[int, int, str], dict[str, int]] = {}  # whole values, last ones
         self.presence: set[tuple[int, str, str, str]] = set()
 
-    async def end_offsets(self) -> dict[tuple[str, int], int]:
+    async def input_ends(self) -> dict[tuple[str, int], int] | None:
         return {}
 
     async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:
