@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 import msgspec
@@ -210,6 +210,39 @@ class PartitionStatus:
     watermark: int
     max_ts: list[int]
     at_ms: int
+
+
+VisitorKey = tuple[tuple[int, ...], str, str | None]  # (minutes, store, dimension)
+
+
+class PipelineStore(Protocol):
+    """What a worker asks of Redis (``KpiStore``; unit tests pass an in-memory one)."""
+
+    async def input_ends(self) -> dict[tuple[str, int], int] | None: ...
+    async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]: ...
+    async def first_occurrences(
+        self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
+    ) -> list[bool]: ...
+    async def publish(
+        self,
+        partition: int,
+        *,
+        cells: Mapping[c.CellKey, c.Counters],
+        presence: Iterable[Presence],
+        open_tickets: Mapping[tuple[str, str, str], int] | None,
+        status: PartitionStatus | None,
+    ) -> None: ...
+
+
+class ReportStore(Protocol):
+    """What the exporter reads from Redis (``KpiStore``; unit tests pass an in-memory one)."""
+
+    async def statuses(self) -> dict[int, dict[str, Any]]: ...
+    async def minutes(self, since_ms: float = 0) -> list[int]: ...
+    async def cells(self, minutes: Iterable[int]) -> dict[c.CellKey, c.Counters]: ...
+    async def visitor_counts(self, keys: Iterable[VisitorKey]) -> dict[VisitorKey, int]: ...
+    async def open_tickets(self) -> dict[tuple[str, str, str], int]: ...
+    async def aclose(self) -> None: ...
 
 
 class KpiStore:
@@ -460,9 +493,7 @@ class KpiStore:
         key = (tuple(minutes), store, dimension)
         return (await self.visitor_counts([key]))[key]
 
-    async def visitor_counts(
-        self, keys: Iterable[tuple[tuple[int, ...], str, str | None]]
-    ) -> dict[tuple[tuple[int, ...], str, str | None], int]:
+    async def visitor_counts(self, keys: Iterable[VisitorKey]) -> dict[VisitorKey, int]:
         """Distinct visitors of many (minutes, store, dimension) unions, in one round trip."""
         ordered = list(keys)
 

@@ -35,7 +35,7 @@ from streamproc.kpi.report import CH_DEV, Row
 from streamproc.kpi.windowing import VisitorKey, Window, group_windows, rows, ticket_rows
 from streamproc.kpi.windows import rfc3339, window_label
 from streamproc.metrics import ExporterMetrics
-from streamproc.store import TRANSIENT, KpiStore
+from streamproc.store import TRANSIENT, ReportStore
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Exporter:
     """Reads what the workers published and keeps the KPI snapshot up to date."""
 
     def __init__(
-        self, store: KpiStore, config: ExporterConfig, *, now: Callable[[], float] = time.time
+        self, store: ReportStore, config: ExporterConfig, *, now: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.config = config

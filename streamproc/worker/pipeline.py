@@ -36,7 +36,7 @@ from streamproc.kpi.engine import (
     Plan,
     Progress,
 )
-from streamproc.store import STORE_ERRORS, KpiStore, PartitionStatus
+from streamproc.store import STORE_ERRORS, PartitionStatus, PipelineStore
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Pipeline:
         self,
         settings: Settings,
         *,
-        store: KpiStore,
+        store: PipelineStore,
         table: StateTable,
         decoders: dict[str, BatchDecoder],
         dead_letter: DeadLetterSink,

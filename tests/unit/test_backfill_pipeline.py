@@ -70,7 +70,7 @@ def pipeline(
     decoder = EventDecoder()
     return Pipeline(
         SETTINGS,
-        store=store,  # type: ignore[arg-type]
+        store=store,
         table=Table(),
         decoders={t: BatchDecoder(decoder, f) for f, t in SETTINGS.topics_by_family.items()},
         dead_letter=dead_letter,

@@ -61,7 +61,7 @@ class FakeStore:
 
 
 def exporter(store: FakeStore, clock: list[float], config: ExporterConfig = CONFIG) -> Exporter:
-    return Exporter(store, config, now=lambda: clock[0])  # type: ignore[arg-type]
+    return Exporter(store, config, now=lambda: clock[0])
 
 
 async def test_incremental_refreshes_equal_fresh_ones() -> None:

@@ -91,7 +91,7 @@ def make_pipeline(
     decoder = EventDecoder()
     return Pipeline(
         SETTINGS,
-        store=store,  # type: ignore[arg-type]
+        store=store,
         table=table,
         decoders={t: BatchDecoder(decoder, f) for f, t in SETTINGS.topics_by_family.items()},
         dead_letter=dead_letter,
