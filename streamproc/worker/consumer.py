@@ -129,14 +129,22 @@ class Consumer(faust_aiokafka.Consumer):
                     self.batches.put(Batch(tp, fresh, generation)), self.suspend_flow.wait()
                 )
             else:
-                for record in fresh:
-                    message = self._to_message(tp, record)
-                    await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                await self.wait_first(self._deliver(tp, fresh), self.suspend_flow.wait())
             self._read_offset[tp] = fresh[-1].offset
             commit_every = self._commit_every
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await self.commit()
+
+    async def _deliver(self, tp: TP, records: list[Any]) -> None:
+        """Faust's per-message path, for the other topics (the state changelog while it is
+        recovered, the ticks). Faust races every message against a flow suspension (two tasks a
+        message, a quarter of the time a recovery spends reading); here a fetched batch races
+        once. A suspension (a rebalance) drops the rest of the batch, as Faust drops each message
+        after it."""
+        callback = self.callback
+        for record in records:
+            await callback(self._to_message(tp, record))
 
     async def _unread(self, tp: TP, fetched: list[Any]) -> list[Any]:
         """The records at or after the read offset, as Faust delivers them; a jump over offsets
