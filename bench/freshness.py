@@ -340,9 +340,12 @@ async def _measure(
     ready = time.time()
     markers.measured = True
     first = probe.snap()
+    rss: list[tuple[float, int]] = []  # (seconds into the run, worker RSS)
+    sampler = asyncio.create_task(_sample_rss(probe, rss, every_s=5.0))
     t0 = time.time() + 0.05
     sending = await send_traffic(traffic, info.bootstrap_servers, t0)
     markers.stopped = True
+    sampler.cancel()
     end = probe.snap()
     counted = harness.counted(metrics_url) or 0.0
     await sender
@@ -354,9 +357,32 @@ async def _measure(
         "sending": sending,
         "cores": harness.cpu_shares(first, end),
         "worker_rss_mib_at_end": end.rss["worker"] / 2**20,
+        "worker_rss": _rss_figures(rss),
         "behind_at_end": behind,
         "kept_up": behind < 2 * traffic.rate,
         **await _drain(args, info, settings, markers, done, poller),
+    }
+
+
+async def _sample_rss(
+    probe: harness.Probe, out: list[tuple[float, int]], *, every_s: float
+) -> None:
+    started = time.monotonic()
+    while True:
+        out.append((time.monotonic() - started, probe.snap().rss["worker"]))
+        await asyncio.sleep(every_s)
+
+
+def _rss_figures(samples: list[tuple[float, int]]) -> dict[str, Any]:
+    """The worker's RSS over the run, and how far it moved over the second half (after the
+    sessions and windows of a steady state have built up) around that half's mean."""
+    late = [rss for t, rss in samples if t >= samples[-1][0] / 2] if samples else []
+    mean = sum(late) / len(late) if late else 0.0
+    return {
+        "samples_mib": [(round(t, 1), round(rss / 2**20, 1)) for t, rss in samples],
+        "second_half_min_mib": min(late) / 2**20 if late else None,
+        "second_half_max_mib": max(late) / 2**20 if late else None,
+        "second_half_spread": (max(late) - min(late)) / 2 / mean if late else None,
     }
 
 
@@ -435,5 +461,12 @@ def report(f: dict[str, Any]) -> None:
         f"yet counted when sending ended); committed-offset lag then {f['committed_lag_at_end']:,}"
         f", after {f['drain_s']:.0f} s of drain {f['committed_lag_after_drain']:,}"
     )
+    rss = f["worker_rss"]
+    if rss["second_half_spread"] is not None:
+        print(
+            f"  worker RSS, second half of the run: {rss['second_half_min_mib']:,.0f}-"
+            f"{rss['second_half_max_mib']:,.0f} MiB (±{100 * rss['second_half_spread']:.1f} % "
+            f"around its mean; every 5 s in the JSON)"
+        )
     shares = ", ".join(f"{k} {v:.2f}" for k, v in f["cores"].items())
     print(f"  CPU while sending, in cores: {shares}")
