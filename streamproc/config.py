@@ -245,6 +245,15 @@ class Settings(BaseSettings):
     group_rebalance_timeout_seconds: int = Field(
         default=10, ge=1, description="How long a rebalance waits for members to rejoin."
     )
+    group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Static group membership (Kafka's `group.instance.id`): a worker restarted "
+        "with the same id gets its partitions back as soon as it joins, instead of after the "
+        "dead member's session timeout and a rebalance. Give each worker its own stable id (a "
+        "StatefulSet pod name, one compose service per worker); two live workers must never "
+        "share one. Unset: dynamic membership.",
+    )
 
     # --- processes -------------------------------------------------------------------------
     bind: str = Field(

@@ -150,6 +150,7 @@ def _faust_app(settings: Settings, *, bootstrap_servers: str, partitions: int) -
         broker_session_timeout=settings.group_session_timeout_seconds,
         broker_heartbeat_interval=settings.group_heartbeat_interval_seconds,
         broker_rebalance_timeout=settings.group_rebalance_timeout_seconds,
+        consumer_group_instance_id=settings.group_instance_id,
         web_enabled=False,
         worker_redirect_stdouts=False,
         table_standby_replicas=0,

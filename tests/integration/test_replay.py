@@ -110,13 +110,16 @@ def test_replay_of_real_traffic(stack: Any, tmp_path: Path) -> None:
     agree(rows, REES46.read_bytes().splitlines())
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    ("workers", "static"), [(1, False), (2, False), (1, True)], ids=["one", "two", "one-static"]
+)
 async def test_workers_killed_at_random_and_restarted(
-    simulated: tuple[Path, list[bytes]], stack: Any, tmp_path: Path, workers: int
+    simulated: tuple[Path, list[bytes]], stack: Any, tmp_path: Path, workers: int, static: bool
 ) -> None:
     """SIGKILL at random moments (several times), restart: the same final report. With one worker
     the restarted one shares the group with the killed one's membership until it expires, so it is
-    revoked and assigned its partitions again on the way."""
+    revoked and assigned its partitions again on the way; with static membership
+    (``STREAMPROC_GROUP_INSTANCE_ID``) it takes the killed one's place in the group at once."""
     path, lines = simulated
     settings = load_settings(env_file=None, partitions=4, fx_rates={"EUR": Decimal("1.08")})
     namespace, env = replay.replay_settings(settings)
@@ -124,6 +127,8 @@ async def test_workers_killed_at_random_and_restarted(
         update={k.removeprefix("STREAMPROC_").lower(): v for k, v in env.items()}
     )
     env.update(env_for(stack), **env)
+    if static:
+        env["STREAMPROC_GROUP_INSTANCE_ID"] = "worker-0"
     store = KpiStore.connect(stack.redis_url, namespace)
     rng = random.Random(7)
     try:
@@ -144,6 +149,9 @@ async def test_workers_killed_at_random_and_restarted(
             )
             rows = await replay.report(store, run, [900_000, 3_600_000, 86_400_000])
         agree(rows, lines)
+        if static:  # aiokafka names a static member after its instance id
+            logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+            assert "with member_id worker-0-" in logs
     finally:
         await store.drop()
         await store.aclose()
