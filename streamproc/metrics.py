@@ -15,9 +15,10 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
+from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -30,6 +31,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client import disable_created_metrics as _disable_created_metrics
+from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -345,5 +347,11 @@ class ExporterMetrics(NamedTuple):
         return metrics
 
     def render(self) -> tuple[bytes, str]:
-        """The ``/metrics`` page and its content type."""
+        """The ``/metrics`` page and its content type (text format, uncompressed)."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def aiohttp_handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The exporter's ``/metrics``: prometheus_client's own aiohttp handler, which answers
+        the OpenMetrics format to a scraper that asks for it and compresses for one that accepts
+        gzip (at the store cap the page is ~40 k series, ~4 MB uncompressed)."""
+        return make_aiohttp_handler(self.registry)

@@ -29,7 +29,6 @@ from streamproc.store import TRANSIENT
 logger = logging.getLogger(__name__)
 
 EXPORTER = web.AppKey("exporter", Exporter)
-METRICS = web.AppKey("metrics", ExporterMetrics)
 ENDPOINTS = ("/metrics", "/api/kpis", "/api/status", "/healthz", "/readyz")
 
 
@@ -37,11 +36,6 @@ def _json(value: object, *, status: int = 200) -> web.Response:
     return web.Response(
         body=msgspec.json.encode(value), status=status, content_type="application/json"
     )
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def _kpis(request: web.Request) -> web.Response:
@@ -82,9 +76,8 @@ async def _index(request: web.Request) -> web.Response:
 def create_app(exporter: Exporter, metrics: ExporterMetrics) -> web.Application:
     app = web.Application()
     app[EXPORTER] = exporter
-    app[METRICS] = metrics
     app.router.add_get("/", _index)
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", metrics.aiohttp_handler())
     app.router.add_get("/api/kpis", _kpis)
     app.router.add_get("/api/status", _status)
     app.router.add_get("/healthz", _health)

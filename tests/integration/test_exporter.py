@@ -15,6 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.exporter import Exporter, ExporterConfig, serve
@@ -155,6 +158,29 @@ async def running(stack: Any, namespace: str, store: KpiStore) -> AsyncIterator[
         yield Running(exporter, url, http)
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_metrics_negotiate_openmetrics_and_gzip(running: Running) -> None:
+    """prometheus_client's aiohttp handler: OpenMetrics to a scraper that asks for it, gzip to
+    one that accepts it, the same samples as the text format."""
+    text_format = await running.scrape()
+    headers = {
+        "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        "Accept-Encoding": "gzip",
+    }
+    async with running.http.get(running.url + "/metrics", headers=headers) as response:
+        assert response.status == 200
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert response.content_type == "application/openmetrics-text"
+        body = await response.text()  # decompressed by the client
+    assert body.endswith("# EOF\n")
+    openmetrics = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in openmetrics_families(body)
+        for s in family.samples
+    }
+    shop = {key: value for key, value in text_format.items() if key[0].startswith("shop_")}
+    assert shop and all(openmetrics[key] == value for key, value in shop.items())
 
 
 def sample(name: str, window: str | None = "5m", store: str = "all", **labels: str) -> Any:
