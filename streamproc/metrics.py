@@ -58,6 +58,9 @@ class WorkerMetrics(NamedTuple):
     watermark: Gauge
     event_lag: Gauge
     redis_retries: Counter
+    consumer_lag: Gauge
+    rebalances: Counter
+    recovery_remaining: Gauge
 
     @classmethod
     def create(
@@ -128,6 +131,24 @@ class WorkerMetrics(NamedTuple):
                 "streamproc_redis_retries",
                 "Redis calls that failed with a transient error and were retried; the worker "
                 "holds its batch (and commits nothing) meanwhile.",
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "streamproc_consumer_lag_records",
+                "Records of each input partition this worker owns that it has not processed: the "
+                "partition's end as its last fetch saw it, minus the next offset to process.",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            rebalances=Counter(
+                "streamproc_rebalances",
+                "Partition assignments this worker received: one per rebalance it took part in.",
+                registry=registry,
+            ),
+            recovery_remaining=Gauge(
+                "streamproc_state_recovery_remaining_records",
+                "State changelog records left to read before the worker processes again after a "
+                "rebalance or restart; 0 when it is not recovering.",
                 registry=registry,
             ),
         )

@@ -130,8 +130,15 @@ def create_app(
             for gauge in (metrics.watermark, metrics.event_lag):
                 with contextlib.suppress(KeyError):
                     gauge.remove(str(partition))
+            for topic in settings.input_topics:
+                with contextlib.suppress(KeyError):
+                    metrics.consumer_lag.remove(topic, str(partition))
+
+    async def assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        metrics.rebalances.inc()
 
     app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
     app.pipeline = pipeline  # type: ignore[attr-defined]  # for tests and tools
     return app
 

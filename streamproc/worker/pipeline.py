@@ -181,14 +181,24 @@ class Pipeline:
         """Whether a topic partition has input the pipeline has not processed yet."""
         return self._state(topic, partition) == "backlog"
 
+    def lag(self, topic: str, partition: int) -> int | None:
+        """Records of a topic partition not processed yet (as far as the last fetch saw it);
+        None before the first fetch response."""
+        high = self.highwater(topic, partition)
+        return None if high is None else max(0, high - self._done(topic, partition))
+
+    def _done(self, topic: str, partition: int) -> int:
+        """The next offset to process."""
+        return max(
+            self.processed.get((topic, partition), -1) + 1,
+            self.read_from(topic, partition) or 0,
+        )
+
     def _state(self, topic: str, partition: int) -> str:
         """``ended`` (read to its known end), ``backlog`` (unread input) or ``read``."""
         if self.ends_expected:
             return "backlog"
-        done = max(
-            self.processed.get((topic, partition), -1) + 1,
-            self.read_from(topic, partition) or 0,
-        )
+        done = self._done(topic, partition)
         end = self.ends.get((topic, partition))
         if end is not None and done >= end:
             return "ended"

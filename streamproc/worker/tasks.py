@@ -243,6 +243,16 @@ def wire_ticks(
             latest = max(engine.meta.max_ts)
             if latest > 0:
                 metrics.event_lag.labels(str(partition)).set(now - latest / 1000)
+        for partition in pipeline.owned():
+            for topic in pipeline.topics:
+                if (lag := pipeline.lag(topic, partition)) is not None:
+                    metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+
+    @app.timer(1.0)
+    async def recovery_progress() -> None:
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager's, untyped
+        remaining = recovery.active_remaining_total() if app.in_recovery else 0
+        metrics.recovery_remaining.set(remaining)
 
     @app.timer(2.0)
     async def refresh_ends() -> None:

@@ -230,6 +230,12 @@ async def test_idle_close_label_caps_and_late_events_through_the_live_pipeline(
         scraped = metrics.scrape(f"http://127.0.0.1:{worker_port}/metrics")
         assert scraped.total("streamproc_late_events_total") == 1
         assert scraped.total("streamproc_dead_letters_total", reason="too_late") == 1
+        # everything read is processed, on every input partition the worker owns
+        lag = [s for s in scraped.samples if s.name == "streamproc_consumer_lag_records"]
+        topics = {env[f"STREAMPROC_TOPIC_{t}"] for t in ("CLICKSTREAM", "CART", "ORDERS")}
+        assert topics <= {s.labels["topic"] for s in lag} and all(s.value == 0 for s in lag)
+        assert scraped.total("streamproc_rebalances_total") >= 1
+        assert scraped.total("streamproc_state_recovery_remaining_records") == 0
         assert worker.stop() == 0, worker.log[-3000:]
         assert exporter.stop() == 0, exporter.log[-3000:]
 

@@ -202,3 +202,12 @@ async def test_while_the_ends_are_expected_every_topic_has_more_to_come() -> Non
     store.ends = {(t, 0): 0 for t in SETTINGS.input_topics} | {(CLICKS, 0): 2}
     await pipe.on_tick(0)  # the ends are read again with every tick until they are known
     assert store.watermarks[-1] >= NEVER
+
+
+async def test_lag_is_what_the_last_fetch_saw_beyond_what_was_processed() -> None:
+    store, letters = FakeStore({}), []
+    pipe = pipeline(store, letters, highwater=lambda topic, partition: 5)
+    assert pipe.lag(CLICKS, 0) == 5
+    await pipe.on_batch(CLICKS, messages(range(2)))
+    assert pipe.lag(CLICKS, 0) == 3
+    assert pipeline(store, letters).lag(CLICKS, 0) is None  # no fetch response yet
