@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -115,3 +116,38 @@ def routable(lines: Iterable[bytes], unroutable: list[Unroutable]) -> Iterator[F
             unroutable.append(record)
         else:
             yield record
+
+
+def in_time_order(records: Iterable[FileRecord], filled: list[int]) -> Iterator[FileRecord]:
+    """The records, each with a timestamp: one without (its ``event_time`` does not parse, so it
+    will be dead-lettered) gets the timestamp of the record before it, or the file's first one.
+
+    Left to the producer, it would be stamped with the wall clock, weeks after the data around it,
+    and a backfill looking its range up by timestamp would take it for the end of its partition.
+    The line numbers of the records stamped here are appended to ``filled``. Records before the
+    first timestamp wait for it (at most ``_MAX_WAITING``; then, and in a file without any, they
+    keep none).
+    """
+    waiting: list[FileRecord] = []
+    last: int | None = None
+    for record in records:
+        if record.timestamp_ms is not None:
+            last = record.timestamp_ms
+            for early in waiting:
+                filled.append(early.line_no)
+                yield dataclasses.replace(early, timestamp_ms=last)
+            waiting.clear()
+        elif last is not None:
+            filled.append(record.line_no)
+            record = dataclasses.replace(record, timestamp_ms=last)
+        elif len(waiting) < _MAX_WAITING:
+            waiting.append(record)
+            continue
+        else:  # too many to hold: these go unstamped, in file order
+            yield from waiting
+            waiting.clear()
+        yield record
+    yield from waiting
+
+
+_MAX_WAITING = 100_000

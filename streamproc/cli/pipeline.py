@@ -125,11 +125,12 @@ def produce_command(
 ) -> None:
     """Publish an events file to the input topics, keyed and time-stamped per the contract."""
     from streamproc import broker
-    from streamproc.eventfile import Unroutable, routable
+    from streamproc.eventfile import Unroutable, in_time_order, routable
 
     loaded = settings()
     servers = bootstrap_servers(loaded)
     unroutable: list[Unroutable] = []
+    stamped: list[int] = []  # lines whose event_time does not parse
     size = path.stat().st_size
 
     async def run(lines: Iterable[bytes], on_line: Callable[[int], None]) -> broker.ProduceStats:
@@ -137,7 +138,7 @@ def produce_command(
 
         async with broker.Producer(servers) as producer:
             await broker.publish(
-                routable(lines, unroutable),
+                in_time_order(routable(lines, unroutable), stamped),
                 producer,
                 loaded.topics_by_family,
                 on_sent=lambda r: on_line(len(r.value)),
@@ -164,4 +165,11 @@ def produce_command(
     if unroutable:
         shown = ", ".join(f"line {u.line_no} ({u.why})" for u in unroutable[:5])
         extra = f"; skipped {len(unroutable):,} unroutable lines: {shown}"
+    if stamped:
+        shown = ", ".join(str(line) for line in stamped[:5])
+        extra += (
+            f"; {len(stamped):,} messages without a valid event_time (dead letters to be) got "
+            f"the timestamp of the message before them, or the file's first (lines {shown}"
+            f"{', ...' if len(stamped) > 5 else ''})"
+        )
     summary(f"produced {path.name}", stats.sent, elapsed, extra)

@@ -117,6 +117,28 @@ async def test_produce_puts_every_event_on_its_topic_with_its_key(
     assert all(len(found) == 1 for found in partitions.values())
 
 
+async def test_produce_stamps_a_line_without_event_time_with_the_time_before_it(
+    stack: Any, namespace: str, tmp_path: Path
+) -> None:
+    """Not with the wall clock, weeks after the data: a backfill finds its range by timestamp."""
+    env = settings_env(namespace, bootstrap=stack.bootstrap_servers, redis_url=stack.redis_url)
+    t0 = 1_780_000_000_000
+    times: list[Any] = ["garbled", t0, "2026-13-45T99:00:00Z", t0 + 60_000, None]
+    lines = []
+    for i, t in enumerate(times):
+        event = {"event_id": f"e{i}", "event_type": "page_view", "event_time": t}
+        event |= {"session_id": "s1", "visitor_id": "v1", "store_id": "st"}
+        lines.append(json.dumps(event).encode())
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    done = run_cli(["produce", str(path)], env)
+    said = " ".join(done.stdout.split())  # the terminal wraps it
+    assert "3 messages without a valid event_time" in said and "(lines 1, 3, 5)" in said, said
+    records = await consume_all(stack.bootstrap_servers, [f"{namespace}.clickstream"], 5)
+    by_id = {json.loads(r.value)["event_id"]: r.timestamp for r in records}
+    assert by_id == {"e0": t0, "e1": t0, "e2": t0, "e3": t0 + 60_000, "e4": t0 + 60_000}
+
+
 async def test_simulate_sends_to_kafka(stack: Any, namespace: str) -> None:
     env = settings_env(namespace, bootstrap=stack.bootstrap_servers, redis_url=stack.redis_url)
     done = run_cli(["simulate", "--start", "-30m", "--duration", "10m", "--rate", "30"], env)
