@@ -1,12 +1,11 @@
-"""The offset range of a time range on every partition, with Kafka's semantics on any broker.
+"""The offset range of a time range on every partition: the records stamped within it.
 
 Kafka answers "offset for time T" (ListOffsets with a timestamp) with the earliest offset whose
 record timestamp is at or after T. Its time index holds the running maximum of the timestamps,
 so the answer is the first offset where that maximum reaches T, which is the same offset as the
 first record whose own timestamp reaches T; records after it may be older (late events), records
-before it are all older. A range [T1, T2) of a partition is therefore the offsets
-``[offset(T1), offset(T2))``, and a partition with no record at or after T ends at its high
-watermark.
+before it are all older. ``offset(T1)`` and ``offset(T2)`` (the high watermark where no record
+reaches T) are where the range is looked for (below).
 
 Not every broker gets this right: Tansu ignores the record timestamps (it answers offset 0 with
 its own clock). So a broker's answer is verified against the records around it: the record at
@@ -14,6 +13,16 @@ the answer must be at or after T and the ``LOOKBACK`` records before it older th
 proof when the look-back reaches the partition's first offset). Partitions whose answer fails are
 scanned: their record timestamps are read from the start (values are never decoded) until both
 boundaries are found. End offsets come from fetch responses, never from ListOffsets LATEST.
+
+Those two offsets are where the search starts, not the range: one record stamped weeks late (a
+producer's clock, a retried send, a message re-published) is the first "at or after T2" and
+would end its partition's range in the middle of the range's data. So the range runs from the
+first to just after the last record stamped *within* ``[T1, T2)`` (``InRange``): the records from
+``offset(T1)`` on are read until the first one stamped within the range, and the records from
+``offset(T2)`` on until ``TAIL`` in a row are stamped at or after T2 (or the partition ends),
+keeping the last one stamped within. What that bound can miss: a record stamped within the range
+that follows more than ``TAIL`` records in a row stamped after it. Records stamped outside the
+range that lie between are read too; their events go wherever their event time puts them.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from streamproc.backfill.plan import TopicPart
 logger = logging.getLogger(__name__)
 
 LOOKBACK = 1000  # records before a broker's answer that must be older than the time
+TAIL = 1000  # records in a row stamped at or after T2 that end the search for more within
 
 
 class TimeIndex(Protocol):
@@ -52,6 +62,42 @@ class Ranges:
     ends: dict[TopicPart, int]
     highwaters: dict[TopicPart, int]
     methods: dict[str, int]
+
+
+class InRange:
+    """Scans one partition forward from an offset for records stamped within ``[since, until)``:
+    the first and the last of them, until ``tail`` records in a row are stamped at or after
+    ``until`` (or, ``first_only``, until the first is found)."""
+
+    def __init__(self, since_ms: int, until_ms: int, *, tail: int, first_only: bool) -> None:
+        self.since_ms, self.until_ms, self.tail, self.first_only = (
+            since_ms,
+            until_ms,
+            tail,
+            first_only,
+        )
+        self.first: int | None = None
+        self.last: int | None = None
+        self.streak = 0  # records in a row stamped at or after until_ms
+        self.read = 0
+        self.done = False
+
+    def feed(self, records: Iterable[tuple[int, int]]) -> bool:
+        """Read records in offset order; True once the scan is done (later ones are ignored)."""
+        for offset, timestamp in records:
+            if self.done:
+                break
+            self.read += 1
+            if timestamp >= self.until_ms:
+                self.streak += 1
+                self.done = self.streak >= self.tail
+            elif timestamp >= self.since_ms:
+                self.streak = 0
+                if self.first is None:
+                    self.first = offset
+                self.last = offset
+                self.done = self.first_only
+        return self.done
 
 
 class FirstAtOrAfter:
@@ -106,6 +152,7 @@ async def find_ranges(
     since_ms: int,
     until_ms: int,
     use_broker: bool = True,
+    tail: int = TAIL,
 ) -> Ranges:
     """The offsets of ``[since_ms, until_ms)`` on every partition (see the module docstring)."""
     parts = sorted(partitions)
@@ -128,9 +175,56 @@ async def find_ranges(
                     found[tp][i] = offset
                     methods["scan"] += 1
         logger.info("scanned the timestamps of %d partitions", len(todo))
-    starts = {tp: _given(found[tp][0]) for tp in parts}
-    ends = {tp: _given(found[tp][1]) for tp in parts}
+    at_since = {tp: _given(found[tp][0]) for tp in parts}
+    at_until = {tp: _given(found[tp][1]) for tp in parts}
+    starts, ends = await _by_content(index, at_since, at_until, high, times, tail=tail)
+    methods["extended"] = sum(1 for tp in parts if ends[tp] > at_until[tp])
     return Ranges(starts, ends, high, methods)
+
+
+async def _by_content(
+    index: TimeIndex,
+    at_since: Mapping[TopicPart, int],
+    at_until: Mapping[TopicPart, int],
+    high: Mapping[TopicPart, int],
+    times: tuple[int, int],
+    *,
+    tail: int,
+) -> tuple[dict[TopicPart, int], dict[TopicPart, int]]:
+    """From the first offsets stamped at or after T1 and T2 to the first and just after the last
+    offset stamped within ``[T1, T2)`` (module docstring); an empty range where none is."""
+    firsts = await _in_range(
+        index, {tp: (o, high[tp]) for tp, o in at_since.items()}, times, tail, True
+    )
+    lasts = await _in_range(
+        index, {tp: (o, high[tp]) for tp, o in at_until.items()}, times, tail, False
+    )
+    starts, ends = {}, {}
+    for tp, until in at_until.items():
+        first, last = firsts[tp].first, lasts[tp].last
+        ends[tp] = until if last is None else last + 1
+        starts[tp] = ends[tp] if first is None else first
+        if ends[tp] > until:
+            logger.info(
+                "%s[%d]: records stamped within the range follow offset %d, the first stamped at "
+                "or after its end: the range ends at %d (%d records read past it)",
+                *tp, until, ends[tp], lasts[tp].read,
+            )  # fmt: skip
+    return starts, ends
+
+
+async def _in_range(
+    index: TimeIndex,
+    ranges: Mapping[TopicPart, tuple[int, int]],
+    times: tuple[int, int],
+    tail: int,
+    first_only: bool,
+) -> dict[TopicPart, InRange]:
+    scans = {tp: InRange(*times, tail=tail, first_only=first_only) for tp in ranges}
+    async for tp, records in index.timestamps(ranges):
+        if scans[tp].feed(records):
+            index.skip(tp)
+    return scans
 
 
 def _given(offset: int | None) -> int:

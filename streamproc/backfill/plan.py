@@ -88,7 +88,8 @@ class Plan:
         topics: all input topics (clickstream, cart, orders, tickets), as the workers consume them.
         read: the topics whose ranges are read; the others get an empty range.
         lookup: how many boundaries each method found: ``broker`` (a verified ListOffsets
-            answer) or ``scan``.
+            answer) or ``scan``; and ``extended``: partitions whose range runs past the first
+            record stamped at or after its end (records stamped within it follow; offsets.py).
         finished_ms: wall clock when every partition was read to its end; None while running.
     """
 

@@ -182,7 +182,14 @@ async def _backfill(job: _Job) -> _Outcome:
 
 
 def _describe(plan: Plan, *, resumed: bool) -> str:
-    how = ", ".join(f"{n} by {method}" for method, n in sorted(plan.lookup.items()))
+    lookup = dict(plan.lookup)
+    extended = lookup.pop("extended", 0)
+    how = ", ".join(f"{n} by {method}" for method, n in sorted(lookup.items()))
+    if extended:
+        how += (
+            f"; {extended} partitions hold records stamped within the range after one stamped "
+            "past its end, and are read to the last of them"
+        )
     verb = "resuming" if resumed else "backfill"
     return (
         f"{verb} {plan.name}: {rfc3339(plan.since_ms)} to {rfc3339(plan.until_ms)}, "

@@ -1,12 +1,14 @@
 """`streamproc backfill` against the embedded broker and a real Redis, on three days of simulated
 traffic (duplicates, out-of-order, late, too-late and malformed records) already in the topics.
 
-"Restricted to [T1, T2)" means: the records in each partition's offset range [offset(T1),
-offset(T2)), where offset(T) is the first offset whose record timestamp is at or after T (Kafka's
-ListOffsets semantics), processed as if they were the whole input. The expected ranges are
-computed here from the producer's acknowledgements, and the expected report by the independent
-reference over exactly those lines, in file order. A record after offset(T2) that is older than
-T2 (a late event) is outside; a record inside the range that is older than T1 is inside.
+"Restricted to [T1, T2)" means: the records in each partition's offset range, from the first to
+just after the last record whose timestamp lies in [T1, T2) (``backfill/offsets.py``), processed
+as if they were the whole input. The expected ranges are computed here from the producer's
+acknowledgements, and the expected report by the independent reference over exactly those
+lines, in file order. Records stamped outside [T1, T2) that lie between are inside. A few records
+in the middle of the range are stamped weeks later or years earlier than their event time (a
+producer's clock): Kafka's first offset at or after T2 is one of them on most partitions, and
+the range must not end there.
 
 The maximum lateness is 4 h here, so the simulator's 2-3 h delayed records are late events that
 amend closed windows rather than ``too_late`` dead letters. Whether a record is too late depends
@@ -28,7 +30,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -86,27 +88,37 @@ def sim_lines(*, seed: int, start: datetime, duration: timedelta, rate: float) -
 Coordinates = tuple[str, int, int, int]  # topic, partition, offset, record timestamp
 
 
-async def produce(bootstrap: str, topics: dict[str, str], lines: list[bytes]) -> list[Any]:
-    """Send the lines in file order; the (topic, partition, offset, timestamp) of each, or None."""
+def skewed(index: int, stamp: int) -> int:
+    """A few records of [T1, T2) stamped weeks later or years earlier than their event time."""
+    if ms(T1) <= stamp < ms(T2) and index % 401 in (0, 200):
+        return stamp + (30 * 86_400_000 if index % 401 == 0 else -3 * 365 * 86_400_000)
+    return stamp
+
+
+async def produce(
+    bootstrap: str, topics: dict[str, str], lines: list[bytes], *, skew: bool = False
+) -> list[Any]:
+    """Send the lines in file order; the (topic, partition, offset, timestamp) of each, or None.
+    ``skew``: stamp some records far from their event time (``skewed``)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
     await producer.start()
     try:
-        pending: list[tuple[int, FileRecord, Any]] = []
+        pending: list[tuple[int, int, Any]] = []
         for record in read_records(lines):
             if isinstance(record, FileRecord):
+                assert record.timestamp_ms is not None  # the simulator stamps every record
+                stamp = record.timestamp_ms
+                if skew:
+                    stamp = skewed(record.line_no - 1, stamp)
                 key = record.key.encode() if record.key is not None else None
                 future = await producer.send(
-                    topics[record.family.value],
-                    record.value,
-                    key=key,
-                    timestamp_ms=record.timestamp_ms,
+                    topics[record.family.value], record.value, key=key, timestamp_ms=stamp
                 )
-                pending.append((record.line_no - 1, record, future))
+                pending.append((record.line_no - 1, stamp, future))
         coordinates: list[Any] = [None] * len(lines)
-        for index, record, future in pending:
+        for index, stamp, future in pending:
             meta = await future
-            assert record.timestamp_ms is not None  # the simulator stamps every record
-            coordinates[index] = (meta.topic, meta.partition, meta.offset, record.timestamp_ms)
+            coordinates[index] = (meta.topic, meta.partition, meta.offset, stamp)
         return coordinates
     finally:
         await producer.stop()
@@ -136,11 +148,33 @@ class Topics:
         every = {(t, p) for t in self.names.values() for p in range(4)}
         return {tp: found.get(tp, ends.get(tp, 0)) for tp in every}
 
-    def restricted(self, starts: dict[TopicPart, int], ends: dict[TopicPart, int]) -> list[bytes]:
-        """The lines whose records lie in the offset ranges, in file order."""
+    def expected_ranges(
+        self, since: datetime, until: datetime
+    ) -> tuple[dict[TopicPart, int], dict[TopicPart, int]]:
+        """Per partition: from the first to just after the last offset whose record timestamp
+        lies in [since, until); where none does, empty at the first at or after ``until``."""
+        inside: dict[TopicPart, list[int]] = {}
+        for coords in sorted(c for c in self.coordinates if c is not None):
+            topic, partition, offset, stamp = coords
+            if ms(since) <= stamp < ms(until):
+                inside.setdefault((topic, partition), []).append(offset)
+        empty = self.expected_offsets(until)
+        starts = {tp: inside[tp][0] if tp in inside else at for tp, at in empty.items()}
+        ends = {tp: inside[tp][-1] + 1 if tp in inside else at for tp, at in empty.items()}
+        return starts, ends
+
+    def restricted(
+        self,
+        starts: dict[TopicPart, int],
+        ends: dict[TopicPart, int],
+        *,
+        without: Collection[int] = (),
+    ) -> list[bytes]:
+        """The lines whose records lie in the offset ranges, in file order (but for the lines
+        numbered ``without``, from 0)."""
         kept = []
-        for line, coords in zip(self.lines, self.coordinates, strict=True):
-            if coords is not None:
+        for index, (line, coords) in enumerate(zip(self.lines, self.coordinates, strict=True)):
+            if coords is not None and index not in without:
                 topic, partition, offset, _ = coords
                 if starts[(topic, partition)] <= offset < ends[(topic, partition)]:
                     kept.append(line)
@@ -175,7 +209,7 @@ def topics(stack: StackInfo) -> Iterator[Topics]:
             {**{name: 4 for name in names.values()}, f"{namespace}.dlq": 4},
             co_partitioned=names.values(),
         )
-        return await produce(stack.bootstrap_servers, names, lines)
+        return await produce(stack.bootstrap_servers, names, lines, skew=True)
 
     coordinates = asyncio.run(setup())
     yield Topics(stack, namespace, lines, coordinates, env)
@@ -294,14 +328,21 @@ def test_backfill_report_equals_the_reference_of_its_offset_range(
     topics: Topics, first_run: Run
 ) -> None:
     plan = first_run.plan
-    assert plan.starts == topics.expected_offsets(T1)
-    assert plan.ends == topics.expected_offsets(T2)
+    assert (plan.starts, plan.ends) == topics.expected_ranges(T1, T2)
+    # Kafka's rule (the first offset stamped at or after T2) would have cut most partitions short
+    cut = [tp for tp, end in topics.expected_offsets(T2).items() if end < plan.ends[tp]]
+    assert len(cut) >= 4 and plan.lookup["extended"] == len(cut)
+    assert "are read to the last of them" in " ".join(first_run.stdout.split())
     assert plan.lookup.get("scan")  # Tansu's ListOffsets-by-time answers were caught
     # the workers read past the ends (the traffic produced meanwhile) and ignored it
     assert any((first_run.committed[tp] or 0) > end for tp, end in plan.ends.items())
     lines = topics.restricted(plan.starts, plan.ends)
     assert {row["window"] for row in first_run.rows} >= {"15m", "1h", "1d"}
-    agree(first_run.rows, lines)
+    # An event stamped years before its event_time is a dead letter (future_time: its time is
+    # too far after the record's): the reference, which sees no record timestamps, leaves it out.
+    early = {i for i, c in enumerate(topics.coordinates) if c and c[3] < ms(START)}
+    assert len(early) >= 10
+    agree(first_run.rows, topics.restricted(plan.starts, plan.ends, without=early))
     summary = re.search(r"events ([\d,]+): accepted ([\d,]+)", first_run.stdout)
     assert summary is not None, first_run.stdout
     assert int(summary[1].replace(",", "")) == plan.records == len(lines)
@@ -319,19 +360,21 @@ def test_offset_lookup_on_tansu_verified_broker_answers_and_scans(topics: Topics
 
     for use_broker in (True, False):
         found = asyncio.run(lookup(T1, T2, use_broker=use_broker))
-        assert (found.starts, found.ends) == (
-            topics.expected_offsets(T1),
-            topics.expected_offsets(T2),
-        )
+        assert (found.starts, found.ends) == topics.expected_ranges(T1, T2)
         # Tansu answers offset 0 whatever the time: kept only where 0 is right (empty partitions)
         zeros = [o for at in (T1, T2) for o in topics.expected_offsets(at).values() if o == 0]
         assert found.methods["broker"] == (len(zeros) if use_broker else 0)
         assert found.methods["scan"] == 2 * len(parts) - found.methods["broker"]
     # before every record, Tansu's 0 is right (and kept); after every record: the high watermark
     found = asyncio.run(lookup(early, late, use_broker=True))
+    # ... and past the records stamped weeks later than the rest, to the last one stamped within
+    # (at least: other tests of this module append traffic to the topics meanwhile)
+    _, ends = topics.expected_ranges(early, late)
     assert found.starts == dict.fromkeys(parts, 0)
-    assert found.ends == found.highwaters
-    assert found.methods == {"broker": len(parts), "scan": len(parts)}
+    assert all(ends[tp] <= found.ends[tp] <= found.highwaters[tp] for tp in parts)
+    extended = sum(1 for tp, end in topics.expected_offsets(late).items() if end < ends[tp])
+    assert extended > 0 and found.methods["extended"] >= extended
+    assert (found.methods["broker"], found.methods["scan"]) == (len(parts), len(parts))
 
 
 async def partition_statuses(url: str, name: str) -> dict[int, dict[str, Any]]:
@@ -366,17 +409,20 @@ def test_killed_backfill_resumes_to_the_identical_report(
     name = f"{topics.namespace}-bf2w{workers}"
     args = backfill_args(name, tmp_path, "--since", rfc(T1), "--until", rfc(T2))
     args += ["--workers", str(workers)]
-    # Small batches: the range takes several commit intervals to read, so the kill below (at
-    # the first committed progress) lands while the backfill is under way.
-    env = {**topics.env, "STREAMPROC_BATCH_MAX_EVENTS": "50", "STREAMPROC_RUN_MAX_EVENTS": "50"}
+    # Small batches: the range takes several commit intervals (Faust's: 2.8 s) to read, so the
+    # kill below (at the first committed progress) lands while the backfill is under way; with
+    # batches of 50 a worker read the whole range within the first interval.
+    env = {**topics.env, "STREAMPROC_BATCH_MAX_EVENTS": "10", "STREAMPROC_RUN_MAX_EVENTS": "10"}
     with Backfill(args, env, tmp_path / "killed") as proc:
         plan = wait_for_plan(topics, name, proc)
         assert (plan.starts, plan.ends) == (first_run.plan.starts, first_run.plan.ends)
         deadline = time.monotonic() + 120
-        while True:  # kill once a part of the range is committed
+        while True:  # kill once a part of the range is committed, or being processed
             positions = committed(topics, name, plan)
             done = sum(min(positions[tp] or s, plan.ends[tp]) - s for tp, s in plan.starts.items())
-            if done > 0:
+            statuses = asyncio.run(partition_statuses(topics.stack.redis_url, name))
+            marks = [int(status["watermark"]) for status in statuses.values()]
+            if done > 0 or (marks and min(marks) < 2**62):
                 break
             assert time.monotonic() < deadline and proc.poll() is None, proc.output
             time.sleep(0.2)

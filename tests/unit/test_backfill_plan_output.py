@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from streamproc.backfill.offsets import LOOKBACK, FirstAtOrAfter, answer_holds, find_ranges
+from streamproc.backfill.offsets import (
+    LOOKBACK,
+    TAIL,
+    FirstAtOrAfter,
+    answer_holds,
+    find_ranges,
+)
 from streamproc.backfill.openmetrics import exposition
 from streamproc.backfill.plan import (
     BackfillError,
@@ -47,6 +53,15 @@ def kafka_answer(log: list[int], t: int) -> int | None:
 def first_own(log: list[int], t: int) -> int:
     """The first offset whose own timestamp reaches t (else the end): the expected boundary."""
     return next((offset for offset, ts in enumerate(log) if ts >= t), len(log))
+
+
+def by_content(log: list[int], t1: int, t2: int) -> tuple[int, int]:
+    """The expected range: from the first to just after the last record stamped within
+    [t1, t2); empty, at the first record at or after t2, when none is."""
+    inside = [offset for offset, ts in enumerate(log) if t1 <= ts < t2]
+    if not inside:
+        return first_own(log, t2), first_own(log, t2)
+    return inside[0], inside[-1] + 1
 
 
 class FakeIndex:
@@ -120,10 +135,13 @@ async def test_correct_broker_answers_are_used_without_scanning() -> None:
     t1, t2 = 1000 + 2 * LOOKBACK, 1000 + 4 * LOOKBACK
     ranges, index = await ranges_of(logs, kafka_answer, t1, t2)
     for tp, log in logs.items():
-        assert (ranges.starts[tp], ranges.ends[tp]) == (first_own(log, t1), first_own(log, t2))
-    assert ranges.methods == {"broker": 8, "scan": 0}
-    # verification reads at most the look-back window before each answer, never whole partitions
-    assert all(read <= 2 * (LOOKBACK + 1) for read in index.read.values())
+        assert (ranges.starts[tp], ranges.ends[tp]) == by_content(log, t1, t2)
+    # late records stamped within the range follow the first one stamped at or after t2
+    extended = sum(1 for log in logs.values() if by_content(log, t1, t2)[1] > first_own(log, t2))
+    assert ranges.methods == {"broker": 8, "scan": 0, "extended": extended} and extended > 0
+    # the look-back before each answer, the first record from t1 on and the tail after t2 are
+    # read (a batch of 7 more at most each), never whole partitions
+    assert all(read <= 2 * (LOOKBACK + 1) + TAIL + 3 * 7 for read in index.read.values())
 
 
 async def test_a_broker_that_ignores_record_timestamps_is_caught_and_partitions_are_scanned() -> (
@@ -139,8 +157,8 @@ async def test_a_broker_that_ignores_record_timestamps_is_caught_and_partitions_
 
     ranges, _ = await ranges_of(logs, tansu, t1, t2)
     for tp, log in logs.items():
-        assert (ranges.starts[tp], ranges.ends[tp]) == (first_own(log, t1), first_own(log, t2))
-    assert ranges.methods == {"broker": 0, "scan": 8}
+        assert (ranges.starts[tp], ranges.ends[tp]) == by_content(log, t1, t2)
+    assert ranges.methods["broker"] == 0 and ranges.methods["scan"] == 8
 
 
 async def test_a_time_before_all_records_takes_the_brokers_zero_and_one_after_all_the_end() -> None:
@@ -151,7 +169,7 @@ async def test_a_time_before_all_records_takes_the_brokers_zero_and_one_after_al
 
     ranges, _ = await ranges_of(logs, tansu, 5, 100)
     assert (ranges.starts[("a", 0)], ranges.ends[("a", 0)]) == (0, 5)
-    assert ranges.methods == {"broker": 1, "scan": 1}
+    assert ranges.methods == {"broker": 1, "scan": 1, "extended": 0}
 
 
 async def test_answers_contradicted_by_nearby_records_are_replaced_by_a_scan() -> None:
@@ -184,9 +202,57 @@ async def test_the_scan_stops_reading_a_partition_once_both_boundaries_are_found
         return 0
 
     index = FakeIndex({("a", 0): log}, tansu)
-    ranges = await find_ranges(index, [("a", 0)], since_ms=100, until_ms=200, use_broker=False)
+    ranges = await find_ranges(
+        index, [("a", 0)], since_ms=100, until_ms=200, use_broker=False, tail=10
+    )
     assert (ranges.starts[("a", 0)], ranges.ends[("a", 0)]) == (100, 200)
-    assert index.read[("a", 0)] < 220
+    assert index.read[("a", 0)] < 200 + 3 * 7 + 10 + 7  # the scan, the start, the tail of 10
+
+
+WEEKS = 30 * 86_400_000
+
+
+@pytest.mark.parametrize(
+    ("log", "expected"),
+    [
+        ([90, 100, 120, 150, 199, 200, 230], (1, 5)),  # monotone: Kafka's own answers
+        ([100, 120, 130 + WEEKS, 150, 180, 210, 220], (0, 5)),  # one weeks late mid-range
+        ([100, 120, 130 - WEEKS, 150, 180, 210, 220], (0, 5)),  # one weeks early mid-range
+        ([50 + WEEKS, 100, 120, 250, 260], (1, 3)),  # a late one before the range's first
+        ([100, 150, 250, 260, 190, 300, 310], (0, 5)),  # a late event after t2's first
+        ([10, 20, 250, 260], (2, 2)),  # all outside: empty, where t2's first is
+        ([10, 20, 30], (3, 3)),  # all before: empty at the end
+    ],
+    ids=[
+        "monotone",
+        "late-outlier",
+        "early-outlier",
+        "late-first",
+        "late-event",
+        "outside",
+        "before",
+    ],
+)
+async def test_the_range_runs_from_the_first_to_the_last_record_stamped_within_it(
+    log: list[int], expected: tuple[int, int]
+) -> None:
+    for answer in (kafka_answer, lambda log, t: 0):  # a broker that knows, one that does not
+        ranges, _ = await ranges_of({("a", 0): log}, answer, 100, 200)
+        assert (
+            (ranges.starts[("a", 0)], ranges.ends[("a", 0)])
+            == expected
+            == by_content(log, 100, 200)
+        )
+
+
+async def test_the_search_past_t2_stops_after_tail_records_stamped_after_the_range() -> None:
+    """What the bound misses: a record stamped within the range after a longer run of later ones."""
+    log = [100, 150, *([300] * 20), 160, *([300] * 5), 170]
+    index = FakeIndex({("a", 0): log}, kafka_answer)
+    ranges = await find_ranges(index, [("a", 0)], since_ms=100, until_ms=200, tail=10)
+    assert ranges.ends[("a", 0)] == 2  # 160 follows 20 records stamped later: not searched for
+    ranges = await find_ranges(index, [("a", 0)], since_ms=100, until_ms=200, tail=25)
+    assert ranges.ends[("a", 0)] == len(log)  # both found: the longest run is 20
 
 
 # --- times, names, plans -----------------------------------------------------------------------
