@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from streamproc.backfill.plan import TopicPart
@@ -276,3 +276,56 @@ async def _scan(
         if finders[tp].feed(records):
             index.skip(tp)
     return finders
+
+
+@dataclass
+class Stamps:
+    """What looks wrong in one partition's record timestamps within its range: records stamped
+    outside ``[T1, T2)``, and records stamped more than the lateness allowance before the record
+    before them (a jump back); the first ``SHOWN`` offsets of each."""
+
+    outside: int = 0
+    backwards: int = 0
+    outside_at: list[int] = field(default_factory=list)
+    backwards_at: list[int] = field(default_factory=list)
+
+    SHOWN = 5
+
+
+class StampAudit:
+    """Feeds one partition's (offset, timestamp) pairs, in offset order, into ``Stamps``."""
+
+    def __init__(self, since_ms: int, until_ms: int, lateness_ms: int) -> None:
+        self.since_ms, self.until_ms, self.lateness_ms = since_ms, until_ms, lateness_ms
+        self.stamps = Stamps()
+        self._before: int | None = None  # the previous record's timestamp
+
+    def feed(self, records: Iterable[tuple[int, int]]) -> None:
+        found = self.stamps
+        for offset, timestamp in records:
+            if not self.since_ms <= timestamp < self.until_ms:
+                found.outside += 1
+                if len(found.outside_at) < Stamps.SHOWN:
+                    found.outside_at.append(offset)
+            before = self._before
+            if before is not None and timestamp < before - self.lateness_ms:
+                found.backwards += 1
+                if len(found.backwards_at) < Stamps.SHOWN:
+                    found.backwards_at.append(offset)
+            self._before = timestamp
+
+
+async def audit_stamps(
+    index: TimeIndex,
+    ranges: Mapping[TopicPart, tuple[int, int]],
+    *,
+    since_ms: int,
+    until_ms: int,
+    lateness_ms: int,
+) -> dict[TopicPart, Stamps]:
+    """The record timestamps of every partition's ``[start, end)`` (values are not decoded),
+    audited; only partitions with something to say are returned."""
+    audits = {tp: StampAudit(since_ms, until_ms, lateness_ms) for tp in ranges}
+    async for tp, records in index.timestamps(ranges):
+        audits[tp].feed(records)
+    return {tp: a.stamps for tp, a in audits.items() if a.stamps.outside or a.stamps.backwards}

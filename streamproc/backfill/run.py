@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from streamproc import broker, replay
-from streamproc.backfill.offsets import find_ranges
+from streamproc.backfill.offsets import Stamps, audit_stamps, find_ranges
 from streamproc.backfill.plan import (
     BackfillError,
     Plan,
@@ -86,6 +86,7 @@ class Summary:
     dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> messages
     duplicates: int = 0
     accepted: int = 0  # distinct event ids counted
+    stamps: dict[TopicPart, Stamps] = field(default_factory=dict)  # partitions that look wrong
 
     @property
     def late(self) -> int:
@@ -310,6 +311,13 @@ class Backfill:
         across restarts: the dead-letter topic (each source message once) and the dedup keys."""
         async with broker.OffsetReader(self.bootstrap) as reader:
             letters = await reader.dead_letters(dead_letter_topic(plan.name))
+            stamps = await audit_stamps(
+                reader,
+                {tp: (start, plan.ends[tp]) for tp, start in plan.starts.items()},
+                since_ms=plan.since_ms,
+                until_ms=plan.until_ms,
+                lateness_ms=self.settings.max_lateness_seconds * 1000,
+            )
         reasons: dict[str, int] = {}
         seen: set[tuple[str, int, int]] = set()
         for letter in letters:
@@ -323,7 +331,7 @@ class Backfill:
         finally:
             await store.aclose()
         duplicates = plan.records - len(seen) - accepted
-        return Summary(plan.records, reasons, duplicates, accepted)
+        return Summary(plan.records, reasons, duplicates, accepted, stamps)
 
 
 def batch_url(url: str, *, timeout_s: int = 600) -> str:

@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from streamproc.backfill import Backfill, PartitionProgress, Plan, Request, Summary, parse_time
+from streamproc.backfill.offsets import Stamps
 from streamproc.backfill.openmetrics import Exposition, exposition
 from streamproc.backfill.promtool import create_blocks, next_steps
 from streamproc.cli.common import app, endpoints, err, out, settings
@@ -261,3 +262,24 @@ def _print_summary(outcome: _Outcome, expo: Exposition, *, report: Path, openmet
         + (f"; processing {outcome.events_per_s:,.0f} events/s" if outcome.events_per_s else ""),
         highlight=False,
     )
+    for (topic, partition), found in sorted(s.stamps.items()):
+        out.print(f"record timestamps of {topic}[{partition}]: {_stamps(found)}", highlight=False)
+
+
+def _stamps(found: Stamps) -> str:
+    """``12 outside the range (offsets 3, 9, ...); 2 more than STREAMPROC_MAX_LATENESS_SECONDS
+    behind the record before (offsets 40, 41)``"""
+
+    def offsets(at: list[int], count: int) -> str:
+        return ", ".join(map(str, at)) + (", ..." if count > len(at) else "")
+
+    said = []
+    if found.outside:
+        shown = offsets(found.outside_at, found.outside)
+        said.append(f"{found.outside:,} outside the range (offsets {shown})")
+    if found.backwards:
+        said.append(
+            f"{found.backwards:,} more than STREAMPROC_MAX_LATENESS_SECONDS behind the record "
+            f"before (offsets {offsets(found.backwards_at, found.backwards)})"
+        )
+    return "; ".join(said)

@@ -20,6 +20,7 @@ vary from run to run, for replays as much as for backfills, and no exact compari
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -343,6 +344,28 @@ def test_backfill_report_equals_the_reference_of_its_offset_range(
     early = {i for i, c in enumerate(topics.coordinates) if c and c[3] < ms(START)}
     assert len(early) >= 10
     agree(first_run.rows, topics.restricted(plan.starts, plan.ends, without=early))
+    # the summary says, per partition, what looks wrong in the record timestamps of its range
+    said = " ".join(first_run.stdout.split())
+    for tp, start in plan.starts.items():
+        stamps = sorted(
+            (c[2], c[3])
+            for c in topics.coordinates
+            if c and (c[0], c[1]) == tp and start <= c[2] < plan.ends[tp]
+        )
+        outside = [o for o, t in stamps if not ms(T1) <= t < ms(T2)]
+        back = [b[0] for a, b in itertools.pairwise(stamps) if b[1] < a[1] - MAX_LATENESS_S * 1000]
+        said_of = rf"record timestamps of {re.escape(tp[0])}\[{tp[1]}\]: "
+        line = re.search(said_of + r"(.*?)(?= record timestamps of |$)", said)
+        if not (outside or back):
+            assert line is None
+            continue
+        assert line is not None, said
+        if outside:
+            shown = ", ".join(map(str, outside[:5])) + (", ..." if len(outside) > 5 else "")
+            assert f"{len(outside):,} outside the range (offsets {shown})" in line[1]
+        if back:
+            assert f"{len(back):,} more than STREAMPROC_MAX_LATENESS_SECONDS behind" in line[1]
+    assert "outside the range" in said
     summary = re.search(r"events ([\d,]+): accepted ([\d,]+)", first_run.stdout)
     assert summary is not None, first_run.stdout
     assert int(summary[1].replace(",", "")) == plan.records == len(lines)

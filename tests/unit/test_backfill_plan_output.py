@@ -17,6 +17,7 @@ from streamproc.backfill.offsets import (
     LOOKBACK,
     TAIL,
     FirstAtOrAfter,
+    StampAudit,
     answer_holds,
     find_ranges,
 )
@@ -210,6 +211,16 @@ async def test_the_scan_stops_reading_a_partition_once_both_boundaries_are_found
 
 
 WEEKS = 30 * 86_400_000
+
+
+def test_the_audit_counts_stamps_outside_the_range_and_jumps_back() -> None:
+    audit = StampAudit(100, 200, lateness_ms=30)
+    log = [100, 150, 130 + WEEKS, 160, 140 - WEEKS, 199, 120, 175, 100, 210, 95]
+    audit.feed((offset + 40, ts) for offset, ts in enumerate(log))
+    found = audit.stamps
+    assert (found.outside, found.outside_at) == (4, [42, 44, 49, 50])
+    # more than 30 behind the record before: after each jump forward, the jump back
+    assert (found.backwards, found.backwards_at) == (5, [43, 44, 46, 48, 50])
 
 
 @pytest.mark.parametrize(
