@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from streamproc.backfill.plan import TopicPart
 
@@ -221,10 +221,7 @@ async def _in_range(
     first_only: bool,
 ) -> dict[TopicPart, InRange]:
     scans = {tp: InRange(*times, tail=tail, first_only=first_only) for tp in ranges}
-    async for tp, records in index.timestamps(ranges):
-        if scans[tp].feed(records):
-            index.skip(tp)
-    return scans
+    return await _read(index, ranges, scans)
 
 
 def _given(offset: int | None) -> int:
@@ -268,14 +265,29 @@ async def _verified(
     return confirmed
 
 
+class _Scan(Protocol):
+    def feed(self, records: Iterable[tuple[int, int]]) -> bool:
+        """Read records in offset order; True once the partition needs no more."""
+        ...
+
+
+ScanT = TypeVar("ScanT", bound=_Scan)
+
+
+async def _read(
+    index: TimeIndex, ranges: Mapping[TopicPart, tuple[int, int]], scans: dict[TopicPart, ScanT]
+) -> dict[TopicPart, ScanT]:
+    """Feed every partition's timestamps in ``[start, stop)`` to its scan, until it is done."""
+    async for tp, records in index.timestamps(ranges):
+        if scans[tp].feed(records):
+            index.skip(tp)
+    return scans
+
+
 async def _scan(
     index: TimeIndex, ranges: Mapping[TopicPart, tuple[int, int]], times: Sequence[int]
 ) -> dict[TopicPart, FirstAtOrAfter]:
-    finders = {tp: FirstAtOrAfter(times) for tp in ranges}
-    async for tp, records in index.timestamps(ranges):
-        if finders[tp].feed(records):
-            index.skip(tp)
-    return finders
+    return await _read(index, ranges, {tp: FirstAtOrAfter(times) for tp in ranges})
 
 
 @dataclass
@@ -300,7 +312,8 @@ class StampAudit:
         self.stamps = Stamps()
         self._before: int | None = None  # the previous record's timestamp
 
-    def feed(self, records: Iterable[tuple[int, int]]) -> None:
+    def feed(self, records: Iterable[tuple[int, int]]) -> bool:
+        """Read records in offset order; False: every record of the range is audited."""
         found = self.stamps
         for offset, timestamp in records:
             if not self.since_ms <= timestamp < self.until_ms:
@@ -313,6 +326,7 @@ class StampAudit:
                 if len(found.backwards_at) < Stamps.SHOWN:
                     found.backwards_at.append(offset)
             self._before = timestamp
+        return False
 
 
 async def audit_stamps(
@@ -325,7 +339,7 @@ async def audit_stamps(
 ) -> dict[TopicPart, Stamps]:
     """The record timestamps of every partition's ``[start, end)`` (values are not decoded),
     audited; only partitions with something to say are returned."""
-    audits = {tp: StampAudit(since_ms, until_ms, lateness_ms) for tp in ranges}
-    async for tp, records in index.timestamps(ranges):
-        audits[tp].feed(records)
+    audits = await _read(
+        index, ranges, {tp: StampAudit(since_ms, until_ms, lateness_ms) for tp in ranges}
+    )
     return {tp: a.stamps for tp, a in audits.items() if a.stamps.outside or a.stamps.backwards}

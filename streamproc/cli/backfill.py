@@ -19,7 +19,7 @@ from streamproc.backfill import Backfill, PartitionProgress, Plan, Request, Summ
 from streamproc.backfill.offsets import Stamps
 from streamproc.backfill.openmetrics import Exposition, exposition
 from streamproc.backfill.promtool import create_blocks, next_steps
-from streamproc.cli.common import app, endpoints, err, out, settings
+from streamproc.cli.common import app, endpoints, err, first_few, out, settings
 from streamproc.config import Settings, parse_duration_seconds
 from streamproc.errors import ConfigError
 from streamproc.kpi.report import Row
@@ -270,16 +270,13 @@ def _stamps(found: Stamps) -> str:
     """``12 outside the range (offsets 3, 9, ...); 2 more than STREAMPROC_MAX_LATENESS_SECONDS
     behind the record before (offsets 40, 41)``"""
 
-    def offsets(at: list[int], count: int) -> str:
-        return ", ".join(map(str, at)) + (", ..." if count > len(at) else "")
-
     said = []
     if found.outside:
-        shown = offsets(found.outside_at, found.outside)
+        shown = first_few(found.outside_at, found.outside)
         said.append(f"{found.outside:,} outside the range (offsets {shown})")
     if found.backwards:
         said.append(
             f"{found.backwards:,} more than STREAMPROC_MAX_LATENESS_SECONDS behind the record "
-            f"before (offsets {offsets(found.backwards_at, found.backwards)})"
+            f"before (offsets {first_few(found.backwards_at, found.backwards)})"
         )
     return "; ".join(said)

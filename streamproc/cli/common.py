@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import typer
@@ -111,6 +111,12 @@ def progress() -> Progress:
         TimeRemainingColumn(),
         console=err,
     )
+
+
+def first_few(shown: Iterable[object], total: int) -> str:
+    """``"3, 9, 12, ..."``: the first items of a longer list, for a summary line."""
+    listed = [str(item) for item in shown]
+    return ", ".join(listed) + (", ..." if total > len(listed) else "")
 
 
 def summary(title: str, sent: Mapping[str, int], elapsed: float, extra: str = "") -> None:

@@ -18,6 +18,7 @@ from streamproc.cli.common import (
     bootstrap_servers,
     endpoints,
     ensure_topics,
+    first_few,
     log,
     progress,
     settings,
@@ -166,10 +167,9 @@ def produce_command(
         shown = ", ".join(f"line {u.line_no} ({u.why})" for u in unroutable[:5])
         extra = f"; skipped {len(unroutable):,} unroutable lines: {shown}"
     if stamped:
-        shown = ", ".join(str(line) for line in stamped[:5])
         extra += (
             f"; {len(stamped):,} messages without a valid event_time (dead letters to be) got "
-            f"the timestamp of the message before them, or the file's first (lines {shown}"
-            f"{', ...' if len(stamped) > 5 else ''})"
+            f"the timestamp of the message before them, or the file's first "
+            f"(lines {first_few(stamped[:5], len(stamped))})"
         )
     summary(f"produced {path.name}", stats.sent, elapsed, extra)
