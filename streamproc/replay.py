@@ -212,5 +212,8 @@ async def wait_until_done(
 
 async def report(store: KpiStore, settings: Settings, sizes_ms: Iterable[int]) -> list[Row]:
     return await aligned_report(
-        store, sizes_ms=sizes_ms, reporting_currency=settings.reporting_currency
+        store,
+        sizes_ms=sizes_ms,
+        reporting_currency=settings.reporting_currency,
+        largest_ms=max(settings.window_seconds) * 1000,
     )

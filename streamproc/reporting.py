@@ -24,16 +24,28 @@ async def aligned_report(
     sizes_ms: Iterable[int],
     reporting_currency: str,
     minutes: Iterable[int] | None = None,
+    largest_ms: int = 0,
 ) -> list[Row]:
-    """Rows of every aligned window with data (or of the given minutes' windows)."""
+    """Rows of every aligned window with data (or of the given minutes' windows).
+
+    ``largest_ms``: the largest window of the settings, when ``sizes_ms`` are only some of
+    them; its breakdown rows decide which breakdowns of a smaller window read 0, so a window's
+    rows do not depend on which others are reported with it."""
+    sizes = sorted(set(sizes_ms))
     chosen = list(minutes) if minutes is not None else await store.minutes()
     cells = await store.cells(chosen)
-    windows = group_windows(cells, sizes_ms)
+    windows = group_windows(cells, {*sizes, max(largest_ms, sizes[-1])})
     keys = {key for window in windows for key in window.visitor_keys()}
     counts = await store.visitor_counts(keys)
     mark = await watermark(store)
     money = 10 ** minor_unit_exponent(reporting_currency)
-    found = rows(windows, lambda key: counts.get(key, 0), watermark=mark, money=money)
+    found = rows(
+        windows,
+        lambda key: counts.get(key, 0),
+        watermark=mark,
+        money=money,
+        only=lambda window: window.size_ms in sizes,
+    )
     statuses = await store.statuses()
     latest = max((max(s["max_ts"]) for s in statuses.values()), default=0)
     at = latest if mark >= NEVER else max(mark, 0)

@@ -299,7 +299,10 @@ class Backfill:
         store = self.store(plan.name)
         try:
             rows = await aligned_report(
-                store, sizes_ms=sizes_ms, reporting_currency=self.settings.reporting_currency
+                store,
+                sizes_ms=sizes_ms,
+                reporting_currency=self.settings.reporting_currency,
+                largest_ms=max(self.settings.window_seconds) * 1000,
             )
         finally:
             await store.aclose()

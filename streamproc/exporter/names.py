@@ -49,6 +49,10 @@ class MetricName:
         )
 
 
+# Counts and money read 0 rather than disappear (kpi/report.py; README "Zero is a value").
+ZERO = " 0 when none but the store had events (README: Zero is a value)."
+
+
 def _seconds(kpi: str, what: str) -> dict[str, MetricName]:
     """The three percentiles and the mean of a duration KPI."""
     name = f"shop_{kpi}_seconds"
@@ -63,20 +67,23 @@ def _seconds(kpi: str, what: str) -> dict[str, MetricName]:
 
 # KPI id (kpi/report.py KPIS, plus open_tickets) -> metric. Help texts follow kpis.md.
 METRICS: dict[str, MetricName] = {
-    "sessions": MetricName("shop_sessions", "Sessions started in the window.", CH_DEV),
+    "sessions": MetricName("shop_sessions", "Sessions started in the window." + ZERO, CH_DEV),
     "unique_visitors": MetricName(
         "shop_unique_visitors",
-        "Distinct visitors in the window (exact while small, else HyperLogLog).",
+        "Distinct visitors in the window (exact while small, else HyperLogLog)." + ZERO,
         CH_DEV,
     ),
-    "page_views": MetricName("shop_page_views", "Page views in the window.", CH_DEV),
-    "orders": MetricName("shop_orders", "Orders placed in the window.", CH_DEV),
+    "page_views": MetricName("shop_page_views", "Page views in the window." + ZERO, CH_DEV),
+    "orders": MetricName("shop_orders", "Orders placed in the window." + ZERO, CH_DEV),
     "revenue": MetricName(
-        "shop_revenue", "Order totals in the window, reporting currency.", CH_DEV, money=True
+        "shop_revenue",
+        "Order totals in the window, reporting currency." + ZERO,
+        CH_DEV,
+        money=True,
     ),
     "net_revenue": MetricName(
         "shop_net_revenue",
-        "Revenue minus refunds and cancelled orders in the window, reporting currency.",
+        "Revenue minus refunds and cancelled orders in the window, reporting currency." + ZERO,
         money=True,
     ),
     "conversion_rate": MetricName(
@@ -112,7 +119,7 @@ METRICS: dict[str, MetricName] = {
         "shop_new_customer_order_ratio", "Share of orders (with an index) by new customers."
     ),
     "refund_rate": MetricName("shop_refund_ratio", "Refunds per order in the window."),
-    "carts_created": MetricName("shop_carts_created", "Carts created in the window."),
+    "carts_created": MetricName("shop_carts_created", "Carts created in the window." + ZERO),
     "cart_abandonment_rate": MetricName(
         "shop_cart_abandonment_ratio", "Share of the window's carts not converted."
     ),
@@ -123,7 +130,7 @@ METRICS: dict[str, MetricName] = {
         "shop_payment_failure_ratio", "Payment failures per checkout started."
     ),
     "tickets_opened": MetricName(
-        "shop_tickets_opened", "Support tickets opened in the window.", ("channel",)
+        "shop_tickets_opened", "Support tickets opened in the window." + ZERO, ("channel",)
     ),
     **_seconds("first_response", "First-response times"),
     **_seconds("resolution", "Resolution times"),

@@ -152,10 +152,19 @@ def parse_query(params: Iterable[tuple[str, str]], *, window_labels: Iterable[st
 def report_minutes(
     minutes: Iterable[int], *, sizes_ms: Iterable[int], query: ReportQuery
 ) -> list[int]:
-    """The minutes of every wanted aligned window overlapping the range, each window whole."""
-    sizes = [s for s in sizes_ms if query.windows is None or window_label(s) in query.windows]
-    return [
-        m
-        for m in minutes
-        if any(query.overlaps(aligned_start(m, s), aligned_start(m, s) + s) for s in sizes)
-    ]
+    """The minutes of the largest aligned windows holding a wanted window that overlaps the
+    range: each wanted window whole, and the largest window holding it, whose breakdown rows
+    decide which of the wanted window's read 0 (``kpi/report.py``)."""
+    every = sorted(sizes_ms)
+    wanted = [s for s in every if query.windows is None or window_label(s) in query.windows]
+    largest = every[-1]
+    minutes = list(minutes)
+    inside: set[int] = set()  # of a wanted window
+    outer: set[int] = set()  # starts of the largest windows holding one
+    for minute in minutes:
+        for size in wanted:
+            start = aligned_start(minute, size)
+            if query.overlaps(start, start + size):
+                inside.add(minute)
+                outer.add(aligned_start(start, largest))
+    return [m for m in minutes if m in inside or aligned_start(m, largest) in outer]

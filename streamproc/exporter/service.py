@@ -271,7 +271,12 @@ class Exporter:
         marks = [int(s["watermark"]) for s in statuses.values()]
         mark = min(marks) if marks else -1
         found = await asyncio.to_thread(
-            rows, windows, lambda key: counts.get(key, 0), watermark=mark, money=self.config.money
+            rows,
+            windows,
+            lambda key: counts.get(key, 0),
+            watermark=mark,
+            money=self.config.money,
+            only=lambda w: query.wants_window(w.size_ms, w.start_ms, w.store),
         )
         latest = max((max(s["max_ts"]) for s in statuses.values()), default=0)
         at = latest if mark >= NEVER else max(mark, 0)
@@ -359,5 +364,13 @@ class Exporter:
 def _wanted_windows(
     cells: dict[c.CellKey, c.Counters], sizes_ms: Iterable[int], query: ReportQuery
 ) -> list[Window]:
+    """The wanted windows, and the largest windows holding them (``windowing.rows``)."""
     found = group_windows(cells, sizes_ms)
-    return [w for w in found if query.wants_window(w.size_ms, w.start_ms, w.store)]
+    wanted = [w for w in found if query.wants_window(w.size_ms, w.start_ms, w.store)]
+    outer = {(w.outer, w.store) for w in wanted}
+    return [
+        w
+        for w in found
+        if query.wants_window(w.size_ms, w.start_ms, w.store)
+        or (w.largest and (w.outer, w.store) in outer)
+    ]

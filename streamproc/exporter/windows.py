@@ -159,11 +159,18 @@ class Trailing:
             del self.cells[minute]
 
     def windows(self) -> list[Window]:
-        """The trailing windows with data, per size: "all" first, then each store."""
+        """The trailing windows per size: "all" first, then each store. A store with data in the
+        largest window has a window of every size, empty where it had none (its counts read 0
+        there); a store without leaves the windows."""
         found: list[Window] = []
         if self.end is None:
             return found
         ordered = sorted(self.cells)
+        outer = (self.end - self.horizon_ms, self.horizon_ms)
+        present = sorted(
+            (store for store, sums in self.sums[self.horizon_ms].items() if sums),
+            key=lambda s: (s != "all", s),
+        )
         for size in self.sizes:
             start = self.end - size
             spans: dict[str, list[int]] = {"all": []}
@@ -173,10 +180,9 @@ class Trailing:
                     for store in self.cells[minute]:
                         spans.setdefault(store, []).append(minute)
             sums = self.sums[size]
-            for store in sorted(sums, key=lambda s: (s != "all", s)):
-                if sums[store]:
-                    span = tuple(spans.get(store, ()))
-                    found.append(Window(size, start, store, dict(sums[store]), span))
+            for store in present:
+                span = tuple(spans.get(store, ()))
+                found.append(Window(size, start, store, dict(sums.get(store, {})), span, outer))
         return found
 
     def _span(self, size: int, start: int, stop: int, sign: int) -> None:

@@ -163,6 +163,15 @@ def _add_cart_event(record: SessionRecord, event: m.CartEvent, kind: int, store:
         cart.created = earlier(cart.created, Earliest(event.event_time, event.event_id, store))
 
 
+def mark(record: SessionRecord | TicketRecord, t: int, store: str) -> None:
+    """Note an accepted orders or tickets event in its (minute, store) cell: many of them count
+    nothing there (a customer's message, a second cancellation), but the cell must exist so that
+    the store's counts read 0 in that window. Clickstream and cart events are visitor sightings
+    in their segment's cells, which do the same."""
+    key = f"{minute_of(t)}|{store}"
+    record.marks[key] = record.marks.get(key, 0) + 1
+
+
 def _order(record: SessionRecord, order_id: str) -> Order:
     order = next((o for o in record.orders if o.order_id == order_id), None)
     if order is None:
@@ -174,6 +183,7 @@ def _order(record: SessionRecord, order_id: str) -> Order:
 def add_order_event(record: SessionRecord, event: m.OrderEvent, store: str) -> None:
     """order_placed (earliest per order id counts), order_cancelled, order_refunded."""
     t, eid = event.event_time, event.event_id
+    mark(record, t, store)
     order = _order(record, event.order_id)
     if isinstance(event, m.OrderPlaced):
         candidate = Earliest(
@@ -201,6 +211,7 @@ def add_order_event(record: SessionRecord, event: m.OrderEvent, store: str) -> N
 
 def add_ticket_event(record: TicketRecord, event: m.TicketFamilyEvent, store: str) -> None:
     t, eid = event.event_time, event.event_id
+    mark(record, t, store)
     if event.visitor_id:
         device = event.device_type or "other"
         record.visits.append(Visit(minute_of(t), store, event.visitor_id, device))

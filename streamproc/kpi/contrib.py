@@ -147,8 +147,16 @@ def contribute_session(
         c.bump(cell, c.REFUNDED, refund.amount)
     for visit in record.visits:
         _present(out, visit.minute, visit.store, visit.visitor, ("other", visit.device, True))
+    _marks(out, record.marks)
     _cart_cells(out, record.carts, placed, watermark, timeouts.abandonment_ms)
     return out
+
+
+def _marks(out: Contribution, marks: dict[str, int]) -> None:
+    """The record's accepted orders and tickets events, one mark each in their cells."""
+    for key, count in marks.items():
+        minute, store = key.split("|", 1)
+        c.bump(c.cell(out.cells, int(minute), store), c.EVENT_MARKS, count)
 
 
 def _order_key(order: Order) -> tuple[int, str]:
@@ -270,6 +278,7 @@ def contribute_ticket(record: TicketRecord) -> Contribution:
         _survey_cells(out, survey.t, survey.store, survey.kind, survey.score)
     for visit in record.visits:
         _present(out, visit.minute, visit.store, visit.visitor, ("other", visit.device, True))
+    _marks(out, record.marks)
     opened = record.opened
     store = opened.store if opened is not None else record.first.store if record.first else ""
     opening_t = opened.t if opened is not None else record.opened_at

@@ -22,8 +22,11 @@ ORDERS = "orders"
 REVENUE = "revenue_minor"
 DIMENSIONED = (SESSIONS, PAGE_VIEWS, ORDERS, REVENUE)
 
-# Bookkeeping: how many visitor sightings the cell's sketches got (not a KPI).
-VISITOR_MARKS = "visitor_marks"
+# Bookkeeping, not KPIs. A cell exists exactly where its store had an accepted event in its
+# minute: every clickstream and cart event is a visitor sighting, every orders and tickets event
+# an event mark. Counts and money read 0 in a window where their cells exist (kpi/report.py).
+VISITOR_MARKS = "visitor_marks"  # visitor sightings the cell's sketches got
+EVENT_MARKS = "event_marks"  # accepted events of the orders and tickets topics
 
 # Session outcomes (at the session's start minute).
 SESSIONS_CLOSED = "sessions_closed"

@@ -129,6 +129,14 @@ def record_key(item: Item) -> str:
     return f"v:{event.customer_id or event.event_id}"
 
 
+def _latest_mark(marks: dict[str, int]) -> int:
+    """The end of the latest minute with a marked event (absorb.mark), NONE without any: no
+    event a record absorbed may outlive it."""
+    if not marks:
+        return NONE
+    return max(int(key.split("|", 1)[0]) for key in marks) + MINUTE_MS - 1
+
+
 def _decode(key: str, raw: bytes) -> Record:
     return decode_session(raw) if key[0] in "so" else decode_ticket(raw)
 
@@ -174,6 +182,7 @@ class PartitionEngine:
             times = [seg.end for seg in record.segments]
             times += [e.t for cart in record.carts for e in cart.events]
             times += [r.t for r in record.refunds]
+            times.append(_latest_mark(record.marks))
             latest = max(times, default=NONE) + max(s.session_timeout_ms, s.abandonment_timeout_ms)
             for order in record.orders:
                 for moment in (order.placed, order.cancelled):
@@ -181,7 +190,7 @@ class PartitionEngine:
                         latest = max(latest, moment.t + s.order_retention_ms)
             return latest + s.max_lateness_ms
         times = [o.t for o in record.openings] + record.agent_replies + record.resolutions
-        times += [sv.t for sv in record.surveys] + [record.escalated]
+        times += [sv.t for sv in record.surveys] + [record.escalated, _latest_mark(record.marks)]
         if record.lifecycle is not None:
             times.append(record.lifecycle.t)
         retention = s.ticket_retention_ms if key.startswith("t:") else 0

@@ -95,6 +95,7 @@ class SessionRecord(Struct, array_like=True):
     orders: list[Order] = []
     refunds: list[Refund] = []
     visits: list[Visit] = []
+    marks: dict[str, int] = {}  # "minute|store" -> accepted orders events (absorb.mark)
 
 
 class Survey(Struct, array_like=True):
@@ -124,6 +125,7 @@ class TicketRecord(Struct, array_like=True):
     openings: list[TicketOpening] = []  # every ticket_opened event
     surveys: list[Survey] = []
     visits: list[Visit] = []
+    marks: dict[str, int] = {}  # "minute|store" -> accepted events (absorb.mark)
 
 
 class Meta(Struct, array_like=True):

@@ -2,12 +2,19 @@
 
 Row conventions: counts have ``numerator`` = value and no denominator; money is in major units;
 ratios are ``numerator / denominator``; means carry sum and count; percentiles carry the count as
-denominator; rows without data are left out.
+denominator.
+
+Zero is a value: a count or money KPI has a row in every window that has data for its store (a
+window with no cell of the store has no rows), 0 when nothing was counted. Its breakdown rows (by
+channel group, device type, ticket channel) read 0 where the breakdown value had a row in the
+largest window holding this one (``breakdowns``), and are left out otherwise, so that a value
+seen once does not stay at 0 forever. Ratios, means and percentiles with nothing to divide by are
+left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +35,7 @@ OUTCOME_COUNTERS = {  # KPIs that wait for an outcome: not final while these are
     "session": c.SESSIONS_OPEN,
     "cart": c.CARTS_UNDECIDED,
 }
+ZERO_KINDS = ("count", "money")  # read 0 rather than be left out (module docstring)
 
 
 @dataclass(frozen=True)
@@ -114,10 +122,12 @@ def kpi_row(
     dimension: str | None,
     visitors: int,
     money: int,
+    zero: bool = False,
 ) -> tuple[float | None, float | None, float | None] | None:
     """(value, numerator, denominator) of one KPI, or None when there is no data.
 
-    ``money`` is the number of minor units in a major unit of the reporting currency."""
+    ``money`` is the number of minor units in a major unit of the reporting currency; ``zero``:
+    a count or money KPI reads 0 rather than None."""
     num = (
         _value_of(kpi.numerator, counters, visitors, money, dimension)
         if kpi.kind != "quantile"
@@ -127,13 +137,13 @@ def kpi_row(
         _value_of(kpi.denominator, counters, visitors, money, dimension) if kpi.denominator else 0.0
     )
     if kpi.kind == "count":
-        return (num, num, None) if num else None
+        return (num, num, None) if num or zero else None
     if kpi.kind == "money":
         if kpi.numerator == c.REVENUE:  # a row wherever there are orders, even at 0.00
             orders = _value_of(c.ORDERS, counters, visitors, money, dimension)
-            return (num / money, num / money, None) if orders else None
+            return (num / money, num / money, None) if orders or zero else None
         takes_effect = any(counters.get(n) for n in (c.ORDERS, c.REFUNDS, c.CANCELLED))
-        return (num, num, None) if takes_effect else None
+        return (num, num, None) if takes_effect or zero else None
     if not den:
         return None
     if kpi.kind == "quantile":
@@ -159,16 +169,24 @@ def window_rows(
     visitors: Callable[[str | None], int],
     money: int,
     closed: bool,
+    breakdowns: Container[tuple[str, str]] = frozenset(),
 ) -> list[Row]:
-    """Every KPI row of one window and store (and its breakdowns)."""
+    """Every KPI row of one window and store (and its breakdowns), which has data.
+
+    ``breakdowns``: the (KPI, dimension) rows that had a row in the largest window holding this
+    one; those of counts and money read 0 here rather than be left out."""
     rows: list[Row] = []
     pending = {key: counters.get(name, 0) > 0 for key, name in OUTCOME_COUNTERS.items()}
     for kpi in KPIS:
         final = closed and not (kpi.waits_for and pending[kpi.waits_for])
+        zeros = kpi.kind in ZERO_KINDS
         for dimension in (None, *kpi.dimensions):
             needs_visitors = VISITORS in (kpi.numerator, kpi.denominator)
             seen = visitors(dimension) if needs_visitors else 0
-            found = kpi_row(kpi, counters, dimension=dimension, visitors=seen, money=money)
+            zero = zeros and (dimension is None or (kpi.name, dimension) in breakdowns)
+            found = kpi_row(
+                kpi, counters, dimension=dimension, visitors=seen, money=money, zero=zero
+            )
             if found is None:
                 continue
             value, numerator, denominator = found

@@ -239,8 +239,15 @@ async def test_metrics_are_the_kpis_of_the_trailing_windows(running: Running) ->
         ("streamproc_exporter_last_refresh_timestamp_seconds", frozenset()): NOW_S,
     }
     assert {key: scraped.get(key) for key in expected} == pytest.approx(expected)
+    zero = [  # counts and money of a store with data in the largest window: 0, not absent
+        sample("shop_sessions", "1m", "s2"),  # no data of s2 in its minute
+        sample("shop_orders", "1m", "s2"),
+        sample("shop_revenue", "1m", "s2"),
+        sample("shop_tickets_opened", "1m", "s2"),
+    ]
+    assert [scraped.get(key) for key in zero] == [0.0] * len(zero)
     absent = [
-        sample("shop_sessions", "1m", "s2"),  # no data in its minute
+        sample("shop_conversion_ratio", "1m", "s2"),  # 0 sessions: no denominator
         sample("shop_bounce_ratio"),  # no closed sessions: no denominator
         sample("shop_first_response_seconds", "1m", quantile="0.5"),
     ]
@@ -261,7 +268,7 @@ async def test_trailing_windows_follow_new_data(running: Running, store: KpiStor
     scraped = await running.scrape()
     assert scraped[sample("shop_sessions", "1m")] == 4  # [C, D)
     assert scraped[sample("shop_sessions")] == 11  # [D - 5m, D): A, B, C
-    assert sample("shop_sessions", "1m", "s2") not in scraped
+    assert scraped[sample("shop_sessions", "1m", "s2")] == 0  # s2 is in the 5m window only
     # the incremental result equals one computed from scratch
     fresh = Exporter(store, CONFIG, now=lambda: NOW_S)
     await fresh.refresh()
@@ -281,6 +288,7 @@ async def test_api_kpis_is_the_aligned_report_filtered(running: Running, store: 
     assert [(r["start"], r["value"], r["final"]) for r in found] == [
         (rfc3339(A), 1.0, False),  # open: the lowest watermark is A + 30 s
         (rfc3339(B), 1.0, False),
+        (rfc3339(D), 0.0, False),  # s1 had events in D, but no order: zero is a value
     ]
     status, found = await running.get(
         "/api/kpis", kpi="orders", dimension="none", **{"from": rfc3339(B), "to": rfc3339(C)}

@@ -14,7 +14,10 @@ Row conventions (value, numerator, denominator):
 * ``nps``: (promoters - detractors) / responses * 100, promoters - detractors, responses.
 
 A row exists when its cell has data for the KPI: at least one fact for counts, money, means and
-percentiles (a zero sum still gives a row), a non-zero denominator for ratios.
+percentiles (a zero sum still gives a row), a non-zero denominator for ratios. Zero is a value
+for counts and money: they have a row, 0 when nothing was counted, in every window in which the
+store (or any store, for ``all``) had an accepted event; and so does each of their breakdown rows
+that has a row in the largest window holding that window.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from reference.report import Row, make_row, parse_time_ms, window_label
 from reference.sessions import SessionIndex, build_sessions, session_facts
 from reference.tickets import build_tickets, opened_facts, survey_facts, ticket_facts
 from reference.traffic import page_view_facts, visitor_facts
-from reference.windows import ALL_STORES, Cell, CellKey, aggregate
+from reference.windows import ALL_STORES, Cell, CellKey, aggregate, window_start_ms
 
 Values = tuple[float | None, float | None, float | None]  # value, numerator, denominator
 Formula = Callable[[Cell, ReferenceSettings], Values | None]  # None: no row
@@ -67,6 +70,7 @@ def reference_facts(events: list[Event], settings: ReferenceSettings) -> list[Fa
     for ticket in build_tickets(events):
         facts += ticket_facts(ticket)
     facts += opened_facts(events) + survey_facts(events)
+    facts += [Fact(EVENTS, event["event_time"], event["store_id"]) for event in events]
     return facts
 
 
@@ -192,6 +196,12 @@ KPIS = (
     Kpi("nps", nps),
 )
 KPI_NAMES = (*(kpi.name for kpi in KPIS), "open_tickets")
+# Counts and money: 0 rather than no row (module docstring).
+ZERO_KPIS = (
+    *("sessions", "unique_visitors", "page_views", "orders", "revenue", "net_revenue"),
+    *("carts_created", "tickets_opened"),
+)
+EVENTS = "events"  # a fact per accepted event: which stores had one in which windows
 
 
 def reported_by(kpi: Kpi, dimension: str | None) -> bool:
@@ -199,23 +209,50 @@ def reported_by(kpi: Kpi, dimension: str | None) -> bool:
 
 
 def window_rows(cells: dict[CellKey, Cell], settings: ReferenceSettings) -> list[Row]:
-    """Every KPI row of every cell that has data for it, in a stable order."""
-    rows: list[Row] = []
+    """Every KPI row of every cell that has data for it, and the zero rows, in a stable order."""
+    found: dict[tuple[CellKey, str], Values] = {}
     for key, cell in cells.items():
         for kpi in KPIS:
             values = kpi.formula(cell, settings) if reported_by(kpi, key.dimension) else None
             if values is not None:
-                rows.append(
-                    make_row(
-                        kpi.name,
-                        window=window_label(key.size_s),
-                        span_ms=(key.start_ms, key.start_ms + key.size_s * 1000),
-                        store_id=key.store_id,
-                        dimension=key.dimension,
-                        values=values,
-                    )
-                )
+                found[(key, kpi.name)] = values
+    for key, name in zero_rows(cells, set(found), max(settings.window_sizes_s)):
+        found[(key, name)] = (0, 0, None)
+    rows = [
+        make_row(
+            name,
+            window=window_label(key.size_s),
+            span_ms=(key.start_ms, key.start_ms + key.size_s * 1000),
+            store_id=key.store_id,
+            dimension=key.dimension,
+            values=values,
+        )
+        for (key, name), values in found.items()
+    ]
     return sorted(rows, key=row_order)
+
+
+def zero_rows(
+    cells: dict[CellKey, Cell], found: set[tuple[CellKey, str]], largest_s: int
+) -> list[tuple[CellKey, str]]:
+    """The count and money rows that read 0: without a breakdown in every window with a cell
+    of the store (it had an accepted event there), with one where the largest window holding
+    the window has that row."""
+    appeared: dict[tuple[int, str], set[tuple[str, str]]] = {}
+    for key, name in found:
+        if key.size_s == largest_s and key.dimension is not None and name in ZERO_KPIS:
+            appeared.setdefault((key.start_ms, key.store_id), set()).add((name, key.dimension))
+    zeros: list[tuple[CellKey, str]] = []
+    for key in cells:
+        if key.dimension is not None:
+            continue
+        outer = (window_start_ms(key.start_ms, largest_s), key.store_id)
+        wanted = [(name, None) for name in ZERO_KPIS] + sorted(appeared.get(outer, ()))
+        for name, dimension in wanted:
+            target = key._replace(dimension=dimension)
+            if (target, name) not in found:
+                zeros.append((target, name))
+    return zeros
 
 
 def row_order(row: Row) -> tuple[int, int, str, bool, str, bool, str]:

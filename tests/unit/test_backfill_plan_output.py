@@ -393,7 +393,8 @@ def test_openmetrics_text() -> None:
         f'source="backfill"}} 2.0 {h + 3600}',
     ]
     assert lines[:2] == [
-        "# HELP shop_orders Orders placed in the window.",
+        "# HELP shop_orders Orders placed in the window. 0 when none but the store had events"
+        " (README: Zero is a value).",
         "# TYPE shop_orders gauge",
     ]
     assert (

@@ -74,13 +74,19 @@ def test_open_tickets_are_an_instant() -> None:
     assert not ReportQuery(kpis=frozenset({"orders"})).wants_open_tickets(T)
 
 
-def test_report_minutes_cover_whole_windows() -> None:
+def test_report_minutes_cover_whole_windows_and_the_largest_holding_them() -> None:
     minutes = [T + k * 15 * M for k in range(8)]  # 00:00 .. 01:45, every 15 min
     query = ReportQuery(from_ms=T + 40 * M, to_ms=T + 50 * M, windows=frozenset({"15m", "1h"}))
-    chosen = report_minutes(minutes, sizes_ms=(15 * M, H, 86_400_000), query=query)
+    chosen = report_minutes(minutes, sizes_ms=(15 * M, H, 2 * H), query=query)
+    assert chosen == minutes  # the wanted hour 00:00-01:00 and the 2h window holding it
+    chosen = report_minutes(minutes, sizes_ms=(15 * M, H), query=query)
     assert chosen == [T + k * 15 * M for k in range(4)]  # the whole hour 00:00-01:00
     query = ReportQuery(from_ms=T + 40 * M, to_ms=T + 50 * M, windows=frozenset({"15m"}))
-    assert report_minutes(minutes, sizes_ms=(15 * M, H), query=query) == [T + 30 * M, T + 45 * M]
+    assert report_minutes(minutes, sizes_ms=(15 * M,), query=query) == [T + 30 * M, T + 45 * M]
+    # a 45m window straddles the hours: whole, and the hour holding its start
+    query = ReportQuery(from_ms=T + 50 * M, to_ms=T + 55 * M, windows=frozenset({"45m"}))
+    chosen = report_minutes(minutes, sizes_ms=(45 * M, H), query=query)
+    assert chosen == [T + k * 15 * M for k in range(6)]  # 00:45-01:30, and 00:00-01:00
 
 
 @pytest.mark.parametrize(

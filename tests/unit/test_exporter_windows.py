@@ -95,6 +95,7 @@ def test_windows_hold_the_minutes_of_their_span() -> None:
     found = [(w.size_ms, w.start_ms, w.store, w.counters, w.minutes) for w in trailing.windows()]
     assert found == [
         (M, T + 4 * M, "all", {"sessions": 1}, (T + 4 * M,)),
+        (M, T + 4 * M, "s1", {}, ()),  # in the largest window: its counts read 0
         (M, T + 4 * M, "s2", {"sessions": 1}, (T + 4 * M,)),
         (5 * M, T, "all", {"orders": 3, "sessions": 5}, (T, T + 3 * M, T + 4 * M)),
         (5 * M, T, "s1", {"orders": 3}, (T, T + 3 * M)),
