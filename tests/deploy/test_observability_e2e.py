@@ -233,14 +233,15 @@ def test_the_spike_alert_fires_and_reaches_the_webhook_grouped_by_store(run: Run
     assert alert["status"] == "firing"
     assert alert["labels"] == {
         "alertname": ALERT,
-        "severity": "page",
+        "severity": "critical",
         "store_id": store,
         "window": "15m",
     }
     annotations = alert["annotations"]
     assert annotations["summary"].startswith(f"Cart abandonment spike in store {store}: ")
     assert "Same time last week: no data." in annotations["description"]
-    assert annotations["runbook"].startswith("README.md#alerts")
+    assert annotations["runbook_url"] == "docs/runbook.md#cartabandonmentspike"
+    assert annotations["dashboard_url"].startswith(f"/d/streamproc-shop-kpis?var-store={store}&")
     firing = run.range(
         f'ALERTS{{alertname="{ALERT}", alertstate="firing"}}', start=run.start, end=run.end
     )

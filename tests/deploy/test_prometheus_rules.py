@@ -7,6 +7,7 @@ them and a missing binary fails."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -66,7 +67,7 @@ def test_promtool_checks_the_rules(promtool: str) -> None:
 
 
 def test_the_rule_unit_tests_pass(promtool: str) -> None:
-    assert len(TEST_FILES) == 5
+    assert len(TEST_FILES) == 7
     done = run(promtool, "test", "rules", *TEST_FILES)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("SUCCESS") == len(TEST_FILES)
@@ -97,6 +98,33 @@ MUTATIONS = {
         "pipeline",
     ),
     "dead letters at any traffic": ("pipeline.yml", ">= 1\n", ">= 0\n", "pipeline"),
+    "orders expected at any traffic": (
+        "shop-kpis.yml",
+        "expected >= 5",
+        "expected >= 0",
+        "orders-stalled",
+    ),
+    "orders stalled without `for`": (
+        "shop-kpis.yml",
+        "store_id_window:shop_orders:max == 0\n          )\n        for: 5m",
+        "store_id_window:shop_orders:max == 0\n          )\n        for: 0m",
+        "orders-stalled",
+    ),
+    "no fallback on last week": ("shop-kpis.yml", '1d"}) > 0\n', '1d"}) >= 0\n', "orders-stalled"),
+    "quiet topics alert": ("pipeline.yml", "offset 10m)) >= 60", "offset 10m)) >= 0", "silence"),
+    "a silent topic while all are": (
+        "pipeline.yml",
+        "sum(increase(streamproc_events_total[10m])) > 0",
+        "vector(1)",
+        "silence",
+    ),
+    "one failed refresh is stale": ("pipeline.yml", "[5m])) >= 3", "[5m])) >= 1", "silence"),
+    "other jobs down": (
+        "pipeline.yml",
+        'up{job=~"streamproc-worker|streamproc-exporter"}',
+        "up",
+        "silence",
+    ),
 }
 
 
@@ -121,35 +149,48 @@ def test_amtool_checks_the_alertmanager_config(amtool: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "labels",
+    ("labels", "receiver"),
     [
-        ["alertname=CartAbandonmentSpike", "store_id=store-01", "severity=page"],
-        ["alertname=PipelineLagHigh", "severity=page", "partition=3"],
+        (["alertname=CartAbandonmentSpike", "store_id=store-01", "severity=critical"], "pager"),
+        (["alertname=PipelineLagHigh", "severity=critical", "partition=3"], "pager"),
+        (["alertname=FirstResponseSlow", "store_id=store-01", "severity=warning"], "webhook"),
+        (["alertname=DeadLetterRateHigh", "severity=warning", "topic=shop.cart"], "webhook"),
+        (["alertname=Anything", "severity=info"], "webhook"),
     ],
 )
-def test_every_alert_reaches_the_webhook(amtool: str, labels: list[str]) -> None:
+def test_every_alert_reaches_its_receiver_by_severity(
+    amtool: str, labels: list[str], receiver: str
+) -> None:
     done = run(
         amtool, "config", "routes", "test", f"--config.file={ALERTMANAGER}",
-        "--verify.receivers=webhook", *labels,
+        f"--verify.receivers={receiver}", *labels,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_alerts_are_grouped_by_store() -> None:
+def test_alerts_are_grouped_by_store_within_each_severity() -> None:
     config = yaml.safe_load(ALERTMANAGER.read_text())
-    assert config["route"]["group_by"] == ["store_id"]
-    (no_store,) = config["route"]["routes"]
+    route = config["route"]
+    assert route["group_by"] == ["store_id"] and route["receiver"] == "webhook"
+    critical, info, no_store = route["routes"]
+    assert critical["matchers"] == ['severity="critical"'] and critical["receiver"] == "pager"
+    assert info["matchers"] == ['severity="info"'] and "receiver" not in info
     assert no_store == {"matchers": ['store_id=""'], "group_by": ["alertname"]}
-    (receiver,) = config["receivers"]
-    assert receiver["webhook_configs"][0]["url"] == "http://alert-webhook:8080/alerts"
+    assert critical["routes"] == info["routes"] == [no_store]
+    urls = {r["name"]: r["webhook_configs"][0]["url"] for r in config["receivers"]}
+    assert urls == {"pager": WEBHOOK, "webhook": WEBHOOK}
+
+
+WEBHOOK = "http://alert-webhook:8080/alerts"
 
 
 def test_the_alerts_of_kpis_md() -> None:
     """kpis.md "Alerting defaults": names, `for` and the thresholds in the expressions."""
     found = alerts()
     assert sorted(found) == [
-        "CartAbandonmentSpike", "ConversionDrop", "DeadLetterRateHigh",
-        "FirstResponseSlow", "PipelineLagHigh",
+        "CartAbandonmentSpike", "ConversionDrop", "DeadLetterRateHigh", "ExporterStale",
+        "FirstResponseSlow", "InputTopicSilent", "OrdersStalled", "PipelineLagHigh",
+        "ShopKpisAbsent", "StreamprocTargetDown",
     ]  # fmt: skip
     spike = " ".join(found["CartAbandonmentSpike"]["expr"].split())
     assert (
@@ -168,15 +209,36 @@ def test_the_alerts_of_kpis_md() -> None:
 
 @pytest.mark.parametrize("name", sorted(alerts()))
 def test_every_alert_says_where_what_and_what_to_do(name: str) -> None:
+    """The monitoring-mixin conventions: severity critical, warning or info; a summary and a
+    description saying where and how much; a runbook section that exists; a dashboard panel
+    that exists, with the alert's store, window or topic selected."""
     rule = alerts()[name]
     annotations = rule["annotations"]
-    assert sorted(annotations) == ["description", "runbook", "summary"]
-    assert "$value" in annotations["summary"] and "$value" in annotations["description"]
-    assert annotations["runbook"].startswith("README.md#alerts: ")
-    assert rule["labels"]["severity"] in ("page", "ticket")
-    if "store_id" in rule["expr"]:
-        assert "$labels.store_id" in annotations["summary"]
-        assert "$labels.store_id" in annotations["description"]
+    assert sorted(annotations) == ["dashboard_url", "description", "runbook_url", "summary"]
+    assert rule["labels"]["severity"] in ("critical", "warning", "info")
+    assert annotations["runbook_url"] == f"docs/runbook.md#{name.lower()}"
+    assert f"\n### {name}\n" in RUNBOOK.read_text()
+    if "store_id" in rule["expr"] and "absent(" not in rule["expr"]:
+        for key in ("summary", "description"):
+            assert "$labels.store_id" in annotations[key]
+        assert "var-store={{ $labels.store_id }}" in annotations["dashboard_url"]
+    url = re.fullmatch(r"/d/([a-z-]+)\?(.*)viewPanel=(\d+)", annotations["dashboard_url"])
+    assert url is not None, annotations["dashboard_url"]
+    dashboard = DASHBOARDS[url.group(1)]
+    assert int(url.group(3)) in {panel["id"] for panel in dashboard["panels"]}
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    chosen = re.findall(r"var-([a-z]+)=", url.group(2))
+    assert set(chosen) <= variables
+
+
+RUNBOOK = DEPLOY.parent / "docs" / "runbook.md"
+DASHBOARDS = {
+    board["uid"]: board
+    for board in (
+        json.loads(path.read_text())
+        for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+    )
+}
 
 
 def test_recording_rules_are_named_level_metric_operations() -> None:
