@@ -17,7 +17,7 @@ from streamproc.cli.common import app, bootstrap_servers, ensure_topics, out, pr
 from streamproc.config import parse_duration_seconds
 from streamproc.errors import ConfigError
 from streamproc.simulate import Anomalies, SimConfig, SimRecord, SimStats, simulate, write_jsonl
-from streamproc.simulate.options import parse_range, parse_start
+from streamproc.simulate.options import parse_outage, parse_range, parse_start
 
 RANGE_HELP = "Time range as offsets from --start, e.g. 30m..45m, optionally *FACTOR (30m..45m*4)."
 
@@ -36,7 +36,12 @@ def _config(
         abandonment_spikes=tuple(parse_range(r, start=start) for r in ranges["abandonment_spike"]),
         conversion_drops=tuple(parse_range(r, start=start) for r in ranges["conversion_drop"]),
         idle_gaps=tuple(parse_range(r, start=start) for r in ranges["idle_gap"]),
-        **shares,
+        checkout_outages=tuple(parse_outage(r, start=start) for r in ranges["checkout_outage"]),
+        duplicate_share=shares["duplicate_share"],
+        out_of_order_share=shares["out_of_order_share"],
+        late_share=shares["late_share"],
+        too_late_share=shares["too_late_share"],
+        malformed_share=shares["malformed_share"],
     )
     pairs = [pair.split("=", 1) for pair in currencies]
     if any(len(pair) != 2 for pair in pairs):
@@ -139,6 +144,13 @@ def simulate_command(
     abandonment_spike: Annotated[list[str], typer.Option(help=RANGE_HELP)] = [],  # noqa: B006
     conversion_drop: Annotated[list[str], typer.Option(help=RANGE_HELP)] = [],  # noqa: B006
     idle_gap: Annotated[list[str], typer.Option(help="No traffic at all in a range.")] = [],  # noqa: B006
+    checkout_outage: Annotated[
+        list[str],
+        typer.Option(
+            help="Every payment fails in a range (no orders; sessions and carts go on), in "
+            "every store or one: 30m..45m or 30m..45m@store-02."
+        ),
+    ] = [],  # noqa: B006
     duplicates: Annotated[float, typer.Option(help="Share of duplicate records.")] = 0.0,
     out_of_order: Annotated[float, typer.Option(help="Share 1-90 s late.")] = 0.0,
     late: Annotated[float, typer.Option(help="Share 5-30 min late.")] = 0.0,
@@ -160,6 +172,7 @@ def simulate_command(
                 "abandonment_spike": abandonment_spike,
                 "conversion_drop": conversion_drop,
                 "idle_gap": idle_gap,
+                "checkout_outage": checkout_outage,
             },
             shares={
                 "duplicate_share": duplicates,

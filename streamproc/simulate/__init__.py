@@ -28,7 +28,7 @@ share ids, while the same config reproduces the same ids.
 
 from streamproc.simulate.behaviour import Funnel, Support, Visits
 from streamproc.simulate.catalog import fx_rates
-from streamproc.simulate.config import REPORTING_CURRENCY, Anomalies, SimConfig, TimeRange
+from streamproc.simulate.config import REPORTING_CURRENCY, Anomalies, Outage, SimConfig, TimeRange
 from streamproc.simulate.malformed import BAD_INPUT_REASONS
 from streamproc.simulate.output import SimStats, write_jsonl
 from streamproc.simulate.record import Kind, SimRecord
@@ -40,6 +40,7 @@ __all__ = [
     "Anomalies",
     "Funnel",
     "Kind",
+    "Outage",
     "SimConfig",
     "SimRecord",
     "SimStats",

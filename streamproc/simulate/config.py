@@ -52,6 +52,22 @@ class TimeRange:
 
 
 @dataclass(frozen=True)
+class Outage:
+    """A broken checkout: from ``start`` (inclusive) to ``end`` (exclusive) every payment of the
+    store ``store_id`` (every store when empty) fails, so no order is placed (web, phone or
+    marketplace) while sessions, carts and checkouts go on."""
+
+    start: datetime
+    end: datetime
+    store_id: str = ""
+
+    def __post_init__(self) -> None:
+        check_aware("Outage.start", self.start)
+        check_aware("Outage.end", self.end)
+        check(self.end > self.start, "Outage.end", f"after start {self.start}", self.end)
+
+
+@dataclass(frozen=True)
 class Anomalies:
     """Trouble to inject. All off by default: a clean stream unless asked for.
 
@@ -60,6 +76,7 @@ class Anomalies:
     Attributes:
         abandonment_spikes: carts created in a range reach checkout ``factor`` times less often.
         conversion_drops: sessions starting in a range create a cart ``factor`` times less often.
+        checkout_outages: checkouts in a range end without an order (:class:`Outage`).
         idle_gaps: no record at all (by event time and by arrival time) in a range: sessions
             end at its start, backend events (refunds, tickets) wait until its end.
         duplicate_share: an event re-sent unchanged 0.1-10 s after the original.
@@ -73,6 +90,7 @@ class Anomalies:
 
     abandonment_spikes: tuple[TimeRange, ...] = ()
     conversion_drops: tuple[TimeRange, ...] = ()
+    checkout_outages: tuple[Outage, ...] = ()
     idle_gaps: tuple[TimeRange, ...] = ()
     duplicate_share: float = 0.0
     out_of_order_share: float = 0.0
@@ -85,6 +103,9 @@ class Anomalies:
             ranges = getattr(self, name)
             ok = isinstance(ranges, tuple) and all(isinstance(r, TimeRange) for r in ranges)
             check(ok, name, "a tuple of TimeRange", ranges)
+        outages = self.checkout_outages
+        ok = isinstance(outages, tuple) and all(isinstance(o, Outage) for o in outages)
+        check(ok, "checkout_outages", "a tuple of Outage", outages)
         shares = [getattr(self, name) for name in _SHARES]
         for name, share in zip(_SHARES, shares, strict=True):
             check_probability(name, share)

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from streamproc.config import parse_duration_seconds
-from streamproc.simulate.config import TimeRange
+from streamproc.simulate.config import Outage, TimeRange
 
 _OFFSET = re.compile(r"^\+?\d+\s*[smhdw]$")
 _RANGE = re.compile(r"^(?P<start>[^.]+)\.\.(?P<end>[^*]+)(?:\*(?P<factor>[0-9.]+))?$")
@@ -34,6 +34,15 @@ def _point(text: str, start: datetime) -> datetime:
     if _OFFSET.match(text):
         return start + timedelta(seconds=parse_duration_seconds(text.lstrip("+")))
     return parse_start(text, now=start)
+
+
+def parse_outage(text: str, *, start: datetime) -> Outage:
+    """``30m..45m`` (every store) or ``30m..45m@store-02``: a checkout outage."""
+    span, _, store = text.strip().partition("@")
+    if "*" in span:
+        raise ValueError(f"an outage has no factor: {text!r}")
+    found = parse_range(span, start=start)
+    return Outage(found.start, found.end, store.strip())
 
 
 def parse_range(text: str, *, start: datetime) -> TimeRange:

@@ -65,9 +65,12 @@ def place_web_order(
 
 
 def place_offline_order(world: World, visitors: Visitors, t_ms: int) -> None:
-    """A phone or marketplace order: no session, keyed by ``order_id``."""
+    """A phone or marketplace order: no session, keyed by ``order_id``. None while the
+    store's payments fail (a checkout outage)."""
     rng = world.rng
     store = world.catalog.pick_store(rng)
+    if world.checkout_down(store.store_id, t_ms):
+        return
     lines: dict[int, int] = {}
     for _ in range(1 + rng.randrange(3)):
         product = world.catalog.pick_product(rng)

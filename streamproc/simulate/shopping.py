@@ -3,8 +3,9 @@
 A shopping session adds one or more products (each from its product page), sometimes removes
 some on the cart page (never all), and reaches checkout with ``p_checkout`` (divided by the
 factor of an abandonment spike at the cart's creation). A checkout ends in an order with
-``p_order``; payment attempts fail with ``p_payment_failure`` each (an order comes after up to
-three failures; a lost checkout had some failures too, or none).
+``p_order`` (never during a checkout outage of its store); payment attempts fail with
+``p_payment_failure`` each (an order comes after up to three failures; a lost checkout had some
+failures too, or none).
 """
 
 from __future__ import annotations
@@ -109,7 +110,9 @@ def _checkout(world: World, session: Session, t_ms: int, cart: Cart) -> None:
     if not emit_web(world, session, t_ms, Family.CART, event):
         return
     t_ms = view_page(world, session, t_ms + between_ms(rng, 0.5, 2), "checkout")
-    ordered = rng.random() < funnel.p_order
+    ordered = rng.random() < funnel.p_order and not world.checkout_down(
+        session.store.store_id, t_ms
+    )
     for _ in range(_payment_failures(world, ordered=ordered)):
         t_ms += between_ms(rng, 15, 90)
         failed = world.web_event(t_ms, "payment_failed", session.base)

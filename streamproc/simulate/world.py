@@ -9,7 +9,7 @@ from typing import Any
 
 from streamproc.events.models import Family
 from streamproc.simulate.catalog import Catalog
-from streamproc.simulate.config import SimConfig
+from streamproc.simulate.config import SimConfig, TimeRange
 from streamproc.simulate.emitter import Emitter
 from streamproc.simulate.timeline import Rfc3339, Spans, to_ms
 
@@ -36,11 +36,20 @@ class World:
         self.gaps = Spans(anomalies.idle_gaps)
         self.abandonment_spikes = Spans(anomalies.abandonment_spikes)
         self.conversion_drops = Spans(anomalies.conversion_drops)
+        self._outages = [
+            (o.store_id, Spans([TimeRange(o.start, o.end)])) for o in anomalies.checkout_outages
+        ]
         self.catalog = Catalog(self.rng, config)
         self.rfc3339 = Rfc3339()
         self._ids = itertools.count(1)
         self.emitter = Emitter(
             self.rng, anomalies, end_ms=self.end_ms, gaps=self.gaps, fresh_id=self.event_id
+        )
+
+    def checkout_down(self, store_id: str, t_ms: int) -> bool:
+        """Whether the store's payments all fail at ``t_ms`` (an outage; draws nothing)."""
+        return any(
+            store in ("", store_id) and spans.contains(t_ms) for store, spans in self._outages
         )
 
     def event_id(self) -> str:

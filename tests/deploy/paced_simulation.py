@@ -5,6 +5,9 @@ the exporter's trailing windows jump ahead with the fastest topic. Here the reco
 the way ``--live`` releases them, but by a clock that runs ``--speed`` times faster than the wall
 clock from ``--wall-start``, so every topic stays current and event time advances steadily.
 
+During the spike, one store's checkout breaks (``--outage``): its orders stop, its sessions go
+on, for the orders-stalled alert.
+
 The scenario (SCENARIO below) is chosen so that the cart-abandonment spike clearly stands out.
 With the simulator's default funnel 66 % of carts are abandoned, so even a total spike reaches
 only 1.5x that (100 %), and a factor of 4 about 1.4x. Here 80 % of carts reach checkout and
@@ -29,7 +32,7 @@ from streamproc import broker
 from streamproc.cli.common import ensure_topics
 from streamproc.config import load_settings
 from streamproc.pacing import paced
-from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate
+from streamproc.simulate import Anomalies, Outage, SimConfig, TimeRange, simulate
 from streamproc.simulate.behaviour import Funnel, Support, Visits
 
 SCENARIO: dict[str, Any] = {
@@ -47,12 +50,27 @@ SCENARIO: dict[str, Any] = {
 SPIKE_FACTOR = 4.0
 
 
-def config(start: datetime, *, minutes: int, spike: tuple[int, int] | None) -> SimConfig:
+def config(
+    start: datetime,
+    *,
+    minutes: int,
+    spike: tuple[int, int] | None,
+    outage: tuple[int, int, str] | None = None,
+) -> SimConfig:
     spikes: tuple[TimeRange, ...] = ()
     if spike is not None:
         begin, end = (start + timedelta(minutes=m) for m in spike)
         spikes = (TimeRange(begin, end, SPIKE_FACTOR),)
-    anomalies = Anomalies(abandonment_spikes=spikes, duplicate_share=0.005, malformed_share=0.002)
+    outages: tuple[Outage, ...] = ()
+    if outage is not None:
+        begin, end = (start + timedelta(minutes=m) for m in outage[:2])
+        outages = (Outage(begin, end, outage[2]),)
+    anomalies = Anomalies(
+        abandonment_spikes=spikes,
+        checkout_outages=outages,
+        duplicate_share=0.005,
+        malformed_share=0.002,
+    )
     return SimConfig(start=start, duration_seconds=minutes * 60, anomalies=anomalies, **SCENARIO)
 
 
@@ -82,12 +100,18 @@ def main() -> None:
     parser.add_argument("--speed", type=float, required=True, help="event seconds per second")
     parser.add_argument("--minutes", type=int, required=True, help="event minutes to send")
     parser.add_argument("--spike", help="abandonment spike, minutes from the start: 210..270")
+    parser.add_argument("--outage", help="a store's checkout outage: 215..265@store-01")
     args = parser.parse_args()
-    spike = None
+    spike = outage = None
     if args.spike:
         begin, end = args.spike.split("..")
         spike = (int(begin), int(end))
-    sim = config(datetime.fromisoformat(args.start), minutes=args.minutes, spike=spike)
+    if args.outage:
+        span, store = args.outage.split("@")
+        begin, end = span.split("..")
+        outage = (int(begin), int(end), store)
+    start = datetime.fromisoformat(args.start)
+    sim = config(start, minutes=args.minutes, spike=spike, outage=outage)
     asyncio.run(produce(sim, wall_start=args.wall_start, speed=args.speed))
 
 

@@ -11,10 +11,14 @@ simulated traffic starts with 3.5 hours of normal traffic: the z-score fallback'
 watched with a complete baseline and must stay silent. Then comes an hour of abandonment spike,
 which must fire and reach the webhook. There is no week of history, so it is the z-score
 fallback that fires here; the week-over-week branch is covered by deploy/prometheus/tests/.
+During the spike one store's checkout breaks: its orders must read 0 (not vanish) while its
+sessions go on, and the orders-stalled alert must reach the pager receiver. Last, the exporter
+and the worker are stopped: the target-down and KPIs-absent alerts must reach it too.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -45,6 +49,9 @@ STEP = 0.5  # seconds between the points of range queries
 MINUTES = 280  # event minutes sent
 SPIKE = (210, 270)  # the abandonment spike, event minutes from the start
 ALERT = "CartAbandonmentSpike"
+OUTAGE = (215, 265, "store-01")  # a checkout outage: event minutes from the start, the
+# busiest store (its 5m window expects about 13 orders: the alert comes within ~12 minutes)
+STALLED = "OrdersStalled"
 
 
 def prometheus_config(ports: dict[str, int]) -> dict[str, Any]:
@@ -83,6 +90,9 @@ class Run:
     notifications: Path
     delivered: list[dict[str, Any]] = field(default_factory=list)
     delivered_at: float | None = None
+    stalled_at: float | None = None  # when the orders-stalled notification arrived
+    stopped_at: float | None = None  # when the exporter and the worker were stopped
+    silenced: list[dict[str, Any]] = field(default_factory=list)  # notifications after that
     end: float = 0.0
 
     def at(self, minutes: float) -> float:
@@ -114,12 +124,24 @@ class Run:
         return self.api.query_range(expr, start=start, end=end, step=STEP)
 
 
-def _spike_notification(notifications: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _firing(
+    notifications: list[dict[str, Any]], alertname: str, **labels: str
+) -> dict[str, Any] | None:
+    """The first notification carrying a firing ``alertname`` with those labels."""
     for notification in notifications:
-        names = {alert["labels"]["alertname"] for alert in notification["alerts"]}
-        if notification["status"] == "firing" and ALERT in names:
-            return notification
+        for alert in notification["alerts"]:
+            found = alert["labels"]
+            if (
+                alert["status"] == "firing"
+                and found["alertname"] == alertname
+                and all(found.get(k) == v for k, v in labels.items())
+            ):
+                return notification
     return None
+
+
+def _spike_notification(notifications: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return _firing(notifications, ALERT)
 
 
 def _render(tmp: Path, ports: dict[str, int]) -> list[dict[str, Any]]:
@@ -142,6 +164,7 @@ def _simulator(env: dict[str, str], *, start: datetime, wall_start: float, log: 
         f"--speed={SPEED}",
         f"--minutes={MINUTES}",
         f"--spike={SPIKE[0]}..{SPIKE[1]}",
+        f"--outage={OUTAGE[0]}..{OUTAGE[1]}@{OUTAGE[2]}",
     ]
     return Server(argv, log=log, env=env)
 
@@ -157,14 +180,40 @@ def _check_alive(servers: list[Server], streamproc: list[StreamprocProcess]) -> 
 def _wait_for_delivery(
     result: Run, servers: list[Server], streamproc: list[StreamprocProcess], sim: Server
 ) -> None:
+    """Until the spike and the orders-stalled alerts were delivered (or the traffic ran out)."""
     deadline = result.at(MINUTES) + 10
     while time.time() < deadline:
         delivered = result.read_notifications()
-        if _spike_notification(delivered) is not None:
-            result.delivered, result.delivered_at = delivered, time.time()
+        if result.stalled_at is None and _firing(delivered, STALLED, store_id=OUTAGE[2]):
+            result.stalled_at = time.time()
+        if result.delivered_at is None and _spike_notification(delivered) is not None:
+            result.delivered_at = time.time()
+        result.delivered = delivered
+        if result.delivered_at is not None and result.stalled_at is not None:
             return
         _check_alive(servers, streamproc)
         assert sim.proc is not None and sim.proc.poll() in (None, 0), sim.log_path.read_text()
+        time.sleep(0.5)
+
+
+SILENCE = (  # what stopping the exporter and the worker must deliver: (alertname, labels)
+    ("StreamprocTargetDown", {"job": "streamproc-exporter"}),
+    ("StreamprocTargetDown", {"job": "streamproc-worker"}),
+    ("ShopKpisAbsent", {}),
+)
+
+
+def _stop_and_wait_for_silence(result: Run, streamproc: list[StreamprocProcess]) -> None:
+    """Stop the exporter and the worker; wait until the silence alerts were delivered."""
+    seen = len(result.read_notifications())
+    for process in streamproc:
+        process.stop()
+    result.stopped_at = time.time()
+    deadline = result.stopped_at + 30
+    while time.time() < deadline:
+        result.silenced = result.read_notifications()[seen:]
+        if all(_firing(result.silenced, name, **labels) for name, labels in SILENCE):
+            return
         time.sleep(0.5)
 
 
@@ -217,6 +266,8 @@ def run(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 # store) is delivered within the evaluation that fired it: the range queries
                 # must reach a few evaluations past the delivery to see it firing.
                 time.sleep(4 * STEP)
+                if result.delivered_at is not None and result.stalled_at is not None:
+                    _stop_and_wait_for_silence(result, [exporter, worker])
                 result.end = time.time()
                 yield result
     drop_keys(stack.redis_url, namespace)
@@ -255,6 +306,51 @@ def test_the_spike_alert_fires_and_reaches_the_webhook_grouped_by_store(run: Run
         f"(= {(run.delivered_at - run.at(SPIKE[0])) * SPEED / 60:.0f} event minutes) after the "
         f"spike began: {annotations['summary']} | {annotations['description']}"
     )
+
+
+def test_orders_of_a_broken_checkout_read_0_and_stalled_reaches_the_pager(run: Run) -> None:
+    """One store's orders stop while its sessions go on: its orders read 0 (the series never
+    vanishes), and OrdersStalled reaches the pager receiver within 20 event minutes."""
+    store = OUTAGE[2]
+    notification = _firing(run.delivered, STALLED, store_id=store)
+    seen = [(n["status"], n["groupLabels"]) for n in run.read_notifications()]
+    assert notification is not None and run.stalled_at is not None, f"no {STALLED}; got {seen}"
+    assert notification["receiver"] == "pager"
+    alert = next(a for a in notification["alerts"] if a["labels"]["alertname"] == STALLED)
+    assert alert["labels"] == {"alertname": STALLED, "severity": "critical", "store_id": store}
+    assert alert["annotations"]["summary"].startswith(f"No orders in store {store} where ")
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#ordersstalled"
+    broke = run.read(OUTAGE[0])  # when the worker read the outage's first minute
+    firing = run.range(
+        f'ALERTS{{alertname="{STALLED}", alertstate="firing", store_id="{store}"}}',
+        start=broke,
+        end=run.end,
+    )
+    assert firing, f"{STALLED} never fired in Prometheus after the worker read the outage"
+    first = min(float(t) for series in firing for t, _ in series["values"])
+    event_minutes = (first - broke) * SPEED / 60
+    print(f"\n{STALLED} firing {event_minutes:.0f} event minutes after the checkout broke")
+    assert event_minutes <= 20
+    # from the outage to the alert: the store's orders are a series at 0, sessions go on
+    window = {"start": broke, "end": first}
+    selector = f'window="5m", store_id="{store}", channel_group="all", device_type="all"'
+    (orders,) = run.range(f"shop_orders{{{selector}}}", **window)
+    times = [float(t) for t, _ in orders["values"]]
+    assert all(b - a <= 2 * STEP for a, b in itertools.pairwise(times)), "orders had a gap"
+    assert float(orders["values"][-1][1]) == 0
+    (sessions,) = run.range(f"shop_sessions{{{selector}}}", **window)
+    assert min(float(v) for _, v in sessions["values"]) > 0
+
+
+def test_stopping_the_exporter_and_the_worker_alerts(run: Run) -> None:
+    """Gone is not a healthy zero: both targets are down and the KPIs absent."""
+    assert run.stopped_at is not None, "the run did not get that far"
+    missing = [name for name, labels in SILENCE if not _firing(run.silenced, name, **labels)]
+    assert missing == [], [n["groupLabels"] for n in run.silenced]
+    absent = _firing(run.silenced, "ShopKpisAbsent")
+    assert absent is not None and absent["receiver"] == "pager"
+    down = _firing(run.silenced, "StreamprocTargetDown")
+    assert down is not None and down["receiver"] == "webhook"
 
 
 def test_no_spike_alert_before_the_spike_though_the_fallback_was_armed(run: Run) -> None:

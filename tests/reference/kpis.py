@@ -70,7 +70,11 @@ def reference_facts(events: list[Event], settings: ReferenceSettings) -> list[Fa
     for ticket in build_tickets(events):
         facts += ticket_facts(ticket)
     facts += opened_facts(events) + survey_facts(events)
-    facts += [Fact(EVENTS, event["event_time"], event["store_id"]) for event in events]
+    # which stores had an accepted event in which minutes (one fact per minute is enough)
+    active = {
+        (event["event_time"] - event["event_time"] % 60_000, event["store_id"]) for event in events
+    }
+    facts += [Fact(EVENTS, minute, store) for minute, store in sorted(active)]
     return facts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ EXACT_KPIS = frozenset(
 VISITOR_KPIS = frozenset({"unique_visitors", "revenue_per_visitor"})
 
 
+@functools.cache  # a report repeats each window's start and end in all of its rows
 def rfc3339(time_ms: int) -> str:
     """``2026-11-22T10:00:00Z``; milliseconds only when there are some (``...:05.250Z``)."""
     moment = EPOCH + time_ms * MILLISECOND
@@ -43,6 +45,7 @@ def rfc3339(time_ms: int) -> str:
     return text + "Z"
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_time_ms(text: Any) -> int | str | None:
     """Epoch ms of an RFC 3339 time (the text itself when it is not one)."""
     if not isinstance(text, str):

@@ -18,12 +18,14 @@ from streamproc.events import models as m
 from streamproc.simulate import (
     Anomalies,
     Funnel,
+    Outage,
     SimConfig,
     Support,
     TimeRange,
     Visits,
     simulate,
 )
+from streamproc.simulate.options import parse_outage
 
 START = datetime(2026, 11, 20, 6, tzinfo=UTC)
 START_MS = int(START.timestamp() * 1000)
@@ -259,3 +261,41 @@ def test_tickets_unfold_in_order(clean: list[dict[str, Any]]) -> None:
             assert agents and min(agents) < min(resolved)
         surveys = [ev for ev in evs if ev["event_type"] == "survey_response"]
         assert not surveys or (resolved and min(ev["_ms"] for ev in surveys) > min(resolved))
+
+
+def test_a_checkout_outage_stops_one_stores_orders_only() -> None:
+    outage = Outage(START + timedelta(hours=1), START + timedelta(hours=2), "store-02")
+    evs = list(events(config(Anomalies(checkout_outages=(outage,)), duration_seconds=3 * 3600)))
+    inside_ms = (START_MS + HOUR_MS + 5 * 60_000, START_MS + 2 * HOUR_MS)  # orders take minutes
+
+    def count(kind: str, store: str, span: tuple[int, int]) -> int:
+        return sum(
+            1
+            for ev in evs
+            if ev["event_type"] == kind
+            and ev["store_id"] == store
+            and span[0] <= ev["_ms"] < span[1]
+        )
+
+    assert count("order_placed", "store-02", inside_ms) == 0
+    assert count("checkout_started", "store-02", inside_ms) > 30  # sessions and carts go on
+    assert count("payment_failed", "store-02", inside_ms) > 0
+    assert count("order_placed", "store-01", inside_ms) > 30
+    after_ms = (START_MS + 2 * HOUR_MS + 5 * 60_000, START_MS + 3 * HOUR_MS)
+    assert count("order_placed", "store-02", after_ms) > 30  # checkout works again
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30m..45m", Outage(START + timedelta(minutes=30), START + timedelta(minutes=45), "")),
+        (
+            "1h..2h@store-02",
+            Outage(START + timedelta(hours=1), START + timedelta(hours=2), "store-02"),
+        ),
+    ],
+)
+def test_checkout_outage_option(text: str, expected: Outage) -> None:
+    assert parse_outage(text, start=START) == expected
+    with pytest.raises(ValueError, match="an outage has no factor"):
+        parse_outage("30m..45m*3", start=START)
