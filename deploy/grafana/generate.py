@@ -22,19 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grafana_foundation_sdk.builders import dashboard as gd
-from grafana_foundation_sdk.builders import stat, timeseries
+from grafana_foundation_sdk.builders import stat, table, timeseries
 from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, ReduceDataOptions
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import BigValueGraphMode, GraphThresholdsStyleMode
 from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DashboardLinkType,
     DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
     Threshold,
     ThresholdsMode,
     VariableOption,
     VariableRefresh,
     VariableSort,
 )
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 HERE = Path(__file__).resolve().parent
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -59,6 +64,7 @@ WORKERS = 'topic=~"$topic", instance=~"$instance"'
 class Target:
     expr: str
     legend: str
+    unit: str = ""  # a table column's unit, when it differs from the panel's
 
 
 @dataclass(frozen=True)
@@ -69,19 +75,22 @@ class Spec:
     description: str
     unit: str
     targets: tuple[Target, ...]
-    kind: str = "timeseries"  # or "stat"
+    kind: str = "timeseries"  # or "stat", or "table" (one column per target, a row per store)
     width: int = 12
     thresholds: tuple[float, ...] = ()
     min: float | None = None
     max: float | None = None
+    zero: bool = False  # a count: 0, not "No data", when its series is not there
 
 
 Rows = list[tuple[str, list[Spec]]]
 
 
-def kpi(metric: str, *selectors: str) -> str:
-    """A KPI gauge of the selected store (the exporter serves one series per label set)."""
-    return f"max by (store_id) ({metric}{{{', '.join(selectors)}}})"
+def kpi(metric: str, *selectors: str, offset: str = "") -> str:
+    """A KPI gauge of the selected store (the exporter serves one series per label set);
+    ``offset``: as it was that long ago (``1w``)."""
+    ago = f" offset {offset}" if offset else ""
+    return f"max by (store_id) ({metric}{{{', '.join(selectors)}}}{ago})"
 
 
 def by(label: str, metric: str, *selectors: str) -> str:
@@ -109,9 +118,31 @@ def _query(target: Target, ref: str) -> Dataquery:
     return Dataquery().expr(target.expr).legend_format(target.legend).ref_id(ref).range()
 
 
-def panel(spec: Spec, panel_id: int) -> timeseries.Panel | stat.Panel:
-    built: timeseries.Panel | stat.Panel
-    if spec.kind == "stat":
+def _table_query(target: Target, ref: str) -> Dataquery:
+    return Dataquery().expr(target.expr).ref_id(ref).instant().format(PromQueryFormat.TABLE)
+
+
+def _table(spec: Spec) -> table.Panel:
+    """One row per store: the targets' instant values merged on ``store_id``, each column
+    named after its target's legend."""
+    names = {f"Value #{ref}": t.legend for ref, t in zip("ABCDEFGH", spec.targets, strict=False)}
+    organize = {"excludeByName": {"Time": True}, "renameByName": names}
+    built = table.Panel().height(8)
+    built = built.with_transformation(DataTransformerConfig(id_val="merge", options={}))
+    built = built.with_transformation(DataTransformerConfig(id_val="organize", options=organize))
+    for ref, target in zip("ABCDEFGH", spec.targets, strict=False):
+        built = built.with_target(_table_query(target, ref))
+        if target.unit:
+            unit = DynamicConfigValue(id_val="unit", value=target.unit)
+            built = built.override_by_name(target.legend, [unit])
+    return built
+
+
+def panel(spec: Spec, panel_id: int) -> timeseries.Panel | stat.Panel | table.Panel:
+    built: timeseries.Panel | stat.Panel | table.Panel
+    if spec.kind == "table":
+        built = _table(spec)
+    elif spec.kind == "stat":
         last = ReduceDataOptions().calcs(["lastNotNull"])
         built = stat.Panel().graph_mode(BigValueGraphMode.AREA).reduce_options(last).height(4)
     else:
@@ -132,8 +163,11 @@ def panel(spec: Spec, panel_id: int) -> timeseries.Panel | stat.Panel:
         built = built.min(spec.min)
     if spec.max is not None:
         built = built.max(spec.max)
-    for ref, target in zip("ABCDEFGH", spec.targets, strict=False):
-        built = built.with_target(_query(target, ref))
+    if spec.zero:
+        built = built.no_value("0")
+    if spec.kind != "table":
+        for ref, target in zip("ABCDEFGH", spec.targets, strict=False):
+            built = built.with_target(_query(target, ref))
     return built
 
 
@@ -205,7 +239,16 @@ def build(
         .refresh("30s")
         .time("now-6h", "now")
         .timezone("utc")
+        .tooltip(DashboardCursorSync.CROSSHAIR)  # one crosshair across every panel
         .annotation(annotation)
+        .link(
+            gd.DashboardLink("streamproc")
+            .type(DashboardLinkType.DASHBOARDS)
+            .tags(["streamproc"])
+            .as_dropdown(False)
+            .include_vars(True)
+            .keep_time(True)
+        )
     )
     for variable in variables:
         dash = dash.with_variable(variable)
@@ -227,13 +270,14 @@ SHOP_NOW = [
     Spec("Cart abandonment", "Share of the window's carts not converted (yet).", "percentunit",
          one(kpi("shop_cart_abandonment_ratio", WINDOW, STORE), "abandonment"), "stat", 4),
     Spec("Revenue", "Order totals in the window, reporting currency.", f"currency{CURRENCY}",
-         one(kpi("shop_revenue", WINDOW, STORE, CH_DEV), "revenue"), "stat", 4),
+         one(kpi("shop_revenue", WINDOW, STORE, CH_DEV), "revenue"), "stat", 4, zero=True),
     Spec("Sessions", "Sessions started in the window.", "short",
-         one(kpi("shop_sessions", WINDOW, STORE, CH_DEV), "sessions"), "stat", 4),
+         one(kpi("shop_sessions", WINDOW, STORE, CH_DEV), "sessions"), "stat", 4, zero=True),
     Spec("Unique visitors", "Distinct visitors in the window (HyperLogLog, about 1 % error).",
-         "short", one(kpi("shop_unique_visitors", WINDOW, STORE, CH_DEV), "visitors"), "stat", 4),
+         "short", one(kpi("shop_unique_visitors", WINDOW, STORE, CH_DEV), "visitors"), "stat", 4,
+         zero=True),
     Spec("Orders", "Orders placed in the window.", "short",
-         one(kpi("shop_orders", WINDOW, STORE, CH_DEV), "orders"), "stat", 4),
+         one(kpi("shop_orders", WINDOW, STORE, CH_DEV), "orders"), "stat", 4, zero=True),
 ]  # fmt: skip
 
 ABANDONMENT_THRESHOLD = (
@@ -295,6 +339,44 @@ SHOP_SALES = [
 ]  # fmt: skip
 
 
+ALL_CH_DEV = 'channel_group="all", device_type="all"'
+LAST_ORDER = (
+    '(time() - max by (store_id) (max_over_time(timestamp(shop_orders{window="1m", '
+    f"{STORE}, {ALL_CH_DEV}}} > 0)[1d:1m]))) / 60"
+)
+
+
+def _store_column(metric: str, *selectors: str) -> str:
+    return f"max by (store_id) ({metric}{{{', '.join((WINDOW, *selectors))}}})"
+
+
+SHOP_WEEK = [
+    Spec("Orders against last week",
+         "Orders placed in the window, and the same window a week ago. Zero is a value: 0 "
+         "while the store has sessions but no order (the orders-stalled alert's case).",
+         "short", (Target(kpi("shop_orders", WINDOW, STORE, CH_DEV), "orders ($window)"),
+                   Target(kpi("shop_orders", WINDOW, STORE, CH_DEV, offset="1w"), "a week ago"))),
+    Spec("Revenue against last week",
+         "Order totals in the window, and the same window a week ago, reporting currency.",
+         f"currency{CURRENCY}",
+         (Target(kpi("shop_revenue", WINDOW, STORE, CH_DEV), "revenue ($window)"),
+          Target(kpi("shop_revenue", WINDOW, STORE, CH_DEV, offset="1w"), "a week ago"))),
+    Spec("Minutes since the last order",
+         "Minutes since the last whole minute with an order in the store (looked back over a "
+         "day, at one-minute resolution).", "m", one(LAST_ORDER, "minutes"), "stat", 6),
+    Spec("Stores side by side",
+         "Every store (and all) in the window: sessions, orders, revenue, conversion and cart "
+         "abandonment.", "short",
+         (Target(_store_column("shop_sessions", ALL_CH_DEV), "Sessions"),
+          Target(_store_column("shop_orders", ALL_CH_DEV), "Orders"),
+          Target(_store_column("shop_revenue", ALL_CH_DEV), "Revenue", f"currency{CURRENCY}"),
+          Target(_store_column("shop_conversion_ratio", ALL_CH_DEV), "Conversion", "percentunit"),
+          Target(_store_column("shop_cart_abandonment_ratio"), "Cart abandonment",
+                 "percentunit")),
+         "table", 18),
+]  # fmt: skip
+
+
 def shop_kpis() -> gd.Dashboard:
     return build(
         "streamproc-shop-kpis",
@@ -310,12 +392,15 @@ def shop_kpis() -> gd.Dashboard:
             label_variable("device", "Device", "label_values(shop_sessions, device_type)", "all"),
             label_variable("window", "Window", "label_values(shop_sessions, window)", "15m"),
         ],
-        annotation=firing_alerts("CartAbandonmentSpike|ConversionDrop", 'store_id="$store"'),
+        annotation=firing_alerts(
+            "CartAbandonmentSpike|ConversionDrop|OrdersStalled", 'store_id="$store"'
+        ),
         rows=[
             ("Now ($window)", SHOP_NOW),
             ("Carts", SHOP_CARTS),
             ("Conversion", SHOP_CONVERSION),
             ("Sales and traffic", SHOP_SALES),
+            ("Orders against last week", SHOP_WEEK),
         ],
     )
 
@@ -324,10 +409,11 @@ def shop_kpis() -> gd.Dashboard:
 
 SUPPORT_NOW = [
     Spec("Tickets opened", "Support tickets opened in the window.", "short",
-         one(kpi("shop_tickets_opened", WINDOW, STORE, 'channel="all"'), "tickets"), "stat", 5),
+         one(kpi("shop_tickets_opened", WINDOW, STORE, 'channel="all"'), "tickets"), "stat", 5,
+         zero=True),
     Spec("Open tickets", "Tickets open now (opened or reopened, not resolved).", "short",
          one(kpi("shop_open_tickets", STORE, 'channel="all"', 'priority="all"'), "open"),
-         "stat", 5),
+         "stat", 5, zero=True),
     Spec("First response p90", "90 % of the window's first responses came within this.", "s",
          one(kpi("shop_first_response_seconds", WINDOW, STORE, 'quantile="0.9"'), "p90"),
          "stat", 5, thresholds=(FIRST_RESPONSE_P90_SECONDS,)),

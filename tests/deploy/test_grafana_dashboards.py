@@ -219,3 +219,41 @@ def test_provisioning_matches_the_dashboards_and_compose() -> None:
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
     uids = [d["uid"] for d in dashboards().values()]
     assert len(set(uids)) == len(uids) == 3
+
+
+def test_shared_crosshair_links_and_counts_that_read_0(by_title: dict[str, dict[str, Any]]) -> None:
+    """One crosshair across a dashboard's panels, links between the three dashboards (by their
+    tag, keeping the time range and the variables), and count stats that show 0, not "No data",
+    when a store's series is not there."""
+    for dashboard in by_title.values():
+        assert dashboard["graphTooltip"] == 1  # shared crosshair
+        (link,) = dashboard["links"]
+        assert link["type"] == "dashboards" and link["tags"] == ["streamproc"]
+        assert link["keepTime"] and link["includeVars"]
+        assert "streamproc" in dashboard["tags"]
+    counts = {
+        "Shop KPIs": ["Revenue", "Sessions", "Unique visitors", "Orders"],
+        "Customer service": ["Tickets opened", "Open tickets"],
+    }
+    for title, panels in counts.items():
+        stats = {p["title"]: p for p in data_panels(by_title[title]) if p["type"] == "stat"}
+        for name in panels:
+            assert stats[name]["fieldConfig"]["defaults"]["noValue"] == "0", (title, name)
+
+
+def test_orders_and_revenue_against_last_week_and_stores_side_by_side(
+    by_title: dict[str, dict[str, Any]],
+) -> None:
+    shop = by_title["Shop KPIs"]
+    for title, metric in (("Orders against last week", "shop_orders"),
+                          ("Revenue against last week", "shop_revenue")):  # fmt: skip
+        now, week_ago = (t["expr"] for t in _panel(shop, title)["targets"])
+        assert metric in now and week_ago == now.replace("})", "} offset 1w)")
+    last = _panel(shop, "Minutes since the last order")
+    assert last["type"] == "stat" and last["fieldConfig"]["defaults"]["unit"] == "m"
+    assert "timestamp(shop_orders{" in last["targets"][0]["expr"]
+    stores = _panel(shop, "Stores side by side")
+    assert stores["type"] == "table"
+    assert [t["format"] for t in stores["targets"]] == ["table"] * 5
+    assert all(t["expr"].startswith("max by (store_id) (") for t in stores["targets"])
+    assert [x["id"] for x in stores["transformations"]] == ["merge", "organize"]
