@@ -366,11 +366,10 @@ def _wanted_windows(
 ) -> list[Window]:
     """The wanted windows, and the largest windows holding them (``windowing.rows``)."""
     found = group_windows(cells, sizes_ms)
-    wanted = [w for w in found if query.wants_window(w.size_ms, w.start_ms, w.store)]
-    outer = {(w.outer, w.store) for w in wanted}
+    wanted = [query.wants_window(w.size_ms, w.start_ms, w.store) for w in found]
+    outer = {(w.outer, w.store) for w, yes in zip(found, wanted, strict=True) if yes}
     return [
         w
-        for w in found
-        if query.wants_window(w.size_ms, w.start_ms, w.store)
-        or (w.largest and (w.outer, w.store) in outer)
+        for w, yes in zip(found, wanted, strict=True)
+        if yes or (w.largest and (w.outer, w.store) in outer)
     ]

@@ -172,6 +172,12 @@ def mark(record: SessionRecord | TicketRecord, t: int, store: str) -> None:
     record.marks[key] = record.marks.get(key, 0) + 1
 
 
+def mark_cell(key: str) -> tuple[int, str]:
+    """The (minute, store) of a key of ``marks`` (see ``mark``)."""
+    minute, store = key.split("|", 1)
+    return int(minute), store
+
+
 def _order(record: SessionRecord, order_id: str) -> Order:
     order = next((o for o in record.orders if o.order_id == order_id), None)
     if order is None:

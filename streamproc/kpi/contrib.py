@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from streamproc.kpi import counters as c
+from streamproc.kpi.absorb import mark_cell
 from streamproc.kpi.histogram import bucket_of
 from streamproc.kpi.records import (
     CHECKOUT,
@@ -155,8 +156,8 @@ def contribute_session(
 def _marks(out: Contribution, marks: dict[str, int]) -> None:
     """The record's accepted orders and tickets events, one mark each in their cells."""
     for key, count in marks.items():
-        minute, store = key.split("|", 1)
-        c.bump(c.cell(out.cells, int(minute), store), c.EVENT_MARKS, count)
+        minute, store = mark_cell(key)
+        c.bump(c.cell(out.cells, minute, store), c.EVENT_MARKS, count)
 
 
 def _order_key(order: Order) -> tuple[int, str]:

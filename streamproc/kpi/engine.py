@@ -134,7 +134,7 @@ def _latest_mark(marks: dict[str, int]) -> int:
     event a record absorbed may outlive it."""
     if not marks:
         return NONE
-    return max(int(key.split("|", 1)[0]) for key in marks) + MINUTE_MS - 1
+    return max(absorb.mark_cell(key)[0] for key in marks) + MINUTE_MS - 1
 
 
 def _decode(key: str, raw: bytes) -> Record:
