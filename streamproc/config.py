@@ -39,7 +39,8 @@ def _split_csv(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """All settings of streamproc. Field descriptions are the README's settings table."""
+    """All settings of streamproc. Field descriptions are the table of ``docs/settings.md``
+    (``streamproc settings --markdown`` writes it)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -190,7 +191,10 @@ class Settings(BaseSettings):
         default=2000,
         ge=1,
         le=100_000,
-        description="Most events a worker fetches at once.",
+        description="Most events a worker fetches at once. A worker judges what it fetched a "
+        "minute of event time of one topic partition at a time, the partition's topics in step "
+        "(`docs/semantics.md`), and absorbs a partition's consecutive fetched slices together "
+        "(`STREAMPROC_RUN_MAX_EVENTS`).",
     )
     # bench/throughput.py, 300 k events, 8 partitions: runs of one slice 11.1 k events/s, of up
     # to 20,000 records 16.4 k (x1.48; CPU per event x0.66; changelog messages per event 0.49 ->
@@ -200,9 +204,10 @@ class Settings(BaseSettings):
         ge=1,
         le=1_000_000,
         description="Most fetched events a worker absorbs and stores at once: a run of one "
-        "partition's consecutive slices (a minute of one topic each, judged one after the "
-        "other). A record several slices touch is re-evaluated, published and written once per "
-        "run; smaller runs publish sooner while a backlog is read, at a cost in throughput.",
+        "partition's consecutive slices, judged one after the other. A record several slices "
+        "touch is re-evaluated, published to Redis and written to the changelog once per run "
+        "(x1.5 events/s against runs of one slice, measured with `bench/throughput.py`); "
+        "smaller runs publish sooner while a backlog is read.",
     )
     batch_max_wait_ms: int = Field(
         default=200,
@@ -215,9 +220,9 @@ class Settings(BaseSettings):
         ge=100,
         le=10_000_000,
         description="A worker's Python garbage collector runs after this many new container "
-        "objects (at Python's default, 700, collecting took about a fifth of a worker's CPU: "
-        "its state is plain objects freed by reference counting). Higher trades a little "
-        "memory for CPU.",
+        "objects. At Python's default (700), collecting took about a fifth of a worker's CPU; "
+        "its state is plain objects freed by reference counting. Higher trades a little memory "
+        "for CPU.",
     )
     max_event_failures: int = Field(
         default=3,
@@ -386,3 +391,10 @@ def describe_settings() -> list[tuple[str, str, str]]:
             shown = str(default)
         rows.append((env_name(name), shown or "(empty)", info.description or ""))
     return rows
+
+
+def settings_markdown() -> str:
+    """The settings as the Markdown table of ``docs/settings.md``."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{name}` | `{default}` | {text} |" for name, default, text in describe_settings()]
+    return "\n".join(lines)

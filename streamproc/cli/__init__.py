@@ -12,7 +12,7 @@ from rich.table import Table
 from streamproc import __version__
 from streamproc.cli import backfill, demo, dev, exporter, pipeline, replay, simulate  # noqa: F401  (registers the sub-commands)
 from streamproc.cli.common import app, err, out
-from streamproc.config import describe_settings
+from streamproc.config import describe_settings, settings_markdown
 from streamproc.errors import StreamprocError
 
 
@@ -21,14 +21,11 @@ def settings_command(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
 ) -> None:
     """List every setting: environment variable, default and meaning."""
-    rows = describe_settings()
     if markdown:
-        lines = ["| variable | default | meaning |", "|---|---|---|"]
-        lines += [f"| `{name}` | `{default}` | {text} |" for name, default, text in rows]
-        out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+        out.print(settings_markdown(), markup=False, highlight=False, soft_wrap=True)
         return
     table = Table("variable", "default", "meaning")
-    for row in rows:
+    for row in describe_settings():
         table.add_row(*row)
     out.print(table)
 

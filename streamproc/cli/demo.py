@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import os
 import signal
 import time
+from collections import deque
+from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
 import typer
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -47,7 +51,9 @@ def _shown(value: float | None, kind: str, currency: str) -> str:
 def kpi_table(loaded: Settings, page: metrics.Scrape | None) -> Table:
     """Trailing-window KPIs for all stores, from the exporter's /metrics."""
     windows = [w for w in ("5m", "1h") if w in loaded.windows] or loaded.windows[:2]
-    table = Table("KPI (all stores)", *(f"last {w}" for w in windows), title="shop KPIs")
+    table = Table("KPI (all stores)", title="shop KPIs")
+    for w in windows:
+        table.add_column(f"last {w}", justify="right")
     for label, name, labels, kind in _KPIS:
         values = [
             page.overall(name, window=w, store_id="all", **labels) if page else None
@@ -58,11 +64,12 @@ def kpi_table(loaded: Settings, page: metrics.Scrape | None) -> Table:
 
 
 class _Counters:
-    """Worker counters between two scrapes, for totals and rates."""
+    """Worker counters over the last few scrapes, for totals and steady rates (a second between
+    two scrapes is shorter than a sparse topic's gaps: its rate would flicker to 0)."""
 
-    def __init__(self) -> None:
-        self.events: dict[str, float] = {}
-        self.at = time.monotonic()
+    def __init__(self, span_s: float = 10.0) -> None:
+        self.span_s = span_s
+        self.seen: deque[tuple[float, dict[str, float]]] = deque()  # (when, events per topic)
 
     def view(
         self,
@@ -72,17 +79,22 @@ class _Counters:
         kpis: metrics.Scrape | None,
     ) -> Group:
         now = time.monotonic()
-        table = Table("topic", "events/s", "events", "dead letters", title="pipeline")
+        table = Table("topic", title="pipeline")
+        for heading in (f"events/s (last {self.span_s:g} s)", "events", "dead letters"):
+            table.add_column(heading, justify="right")
         events = page.by("streamproc_events_total", "topic") if page else {}
         letters = page.by("streamproc_dead_letters_total", "topic") if page else {}
         reasons = page.by("streamproc_dead_letters_total", "reason") if page else {}
+        self.seen.append((now, events))
+        while now - self.seen[0][0] > self.span_s:
+            self.seen.popleft()
+        then, before = self.seen[0]
         for topic in loaded.input_topics:
             count = events.get(topic, 0.0)
-            per_second = demo.rate(self.events.get(topic, count), count, now - self.at)
+            per_second = demo.rate(before.get(topic, count), count, now - then)
             table.add_row(
                 topic, f"{per_second:,.1f}", f"{count:,.0f}", f"{letters.get(topic, 0.0):,.0f}"
             )
-        self.events, self.at = events, now
         shown = ", ".join(f"{r} {n:,.0f}" for r, n in sorted(reasons.items()) if n)
         state = "" if page else " (worker starting)"
         exporter = running.exporter_url
@@ -92,8 +104,26 @@ class _Counters:
             Text(f"dead letters by reason: {shown or 'none yet'}"),
             Text(f"KPI metrics: {exporter}/metrics   report: {exporter}/api/kpis"),
             Text(f"worker metrics: {running.worker_metrics_url}{state}"),
-            Text(f"logs: {running.dir / 'logs'}   (Ctrl-C stops everything)", style="dim"),
+            Text(
+                f"logs: {_shown_path(running.dir / 'logs')}   (Ctrl-C stops everything)",
+                style="dim",
+            ),
         )
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it (as the user typed it)."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def save_svg(view: Group, path: Path) -> None:
+    """The live view as a picture: an SVG of the terminal, as rich renders it."""
+    console = Console(record=True, width=96, file=io.StringIO(), force_terminal=True)
+    console.print(view)
+    path.write_text(console.export_svg(title="streamproc demo"))
 
 
 def _scrape(url: str) -> metrics.Scrape | None:
@@ -118,6 +148,10 @@ def demo_command(
     history: Annotated[
         str, typer.Option(help="Simulated traffic from this long ago, sent at once (0s: none).")
     ] = "45m",
+    svg: Annotated[
+        Path | None,
+        typer.Option(help="When the demo stops, save its last live view to this file as SVG."),
+    ] = None,
 ) -> None:
     """Run the whole pipeline locally: embedded broker and Redis, simulator, worker, exporter."""
     loaded = settings()
@@ -134,15 +168,20 @@ def demo_command(
     )
     with demo.running(loaded, options) as running:
         counters = _Counters()
+        view: Group | None = None
         try:
             with Live(console=out, refresh_per_second=2, transient=False) as live:
                 while stop_at is None or time.monotonic() < stop_at:
                     running.check()
                     page = _scrape(running.worker_metrics_url)
                     kpis = _scrape(f"{running.exporter_url}/metrics")
-                    live.update(counters.view(loaded, running, page, kpis))
+                    view = counters.view(loaded, running, page, kpis)
+                    live.update(view)
                     time.sleep(1.0)
         except KeyboardInterrupt:
             pass
+        if svg is not None and view is not None:
+            save_svg(view, svg)
+            err.print(f"saved the last view to {svg}")
         err.print("stopping ...")
     err.print("demo stopped; everything it started is down")

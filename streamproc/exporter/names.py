@@ -49,8 +49,8 @@ class MetricName:
         )
 
 
-# Counts and money read 0 rather than disappear (kpi/report.py; README "Zero is a value").
-ZERO = " 0 when none but the store had events (README: Zero is a value)."
+# Counts and money read 0 rather than disappear (kpi/report.py; docs/metrics.md, "Zero is a value").
+ZERO = " 0 when none but the store had events (docs/metrics.md: Zero is a value)."
 
 
 def _seconds(kpi: str, what: str) -> dict[str, MetricName]:

@@ -1,4 +1,4 @@
-"""docker-compose.yml, the Dockerfile and the README's instructions for them agree with each
+"""docker-compose.yml, the Dockerfile and docs/deploy.md's instructions for them agree with each
 other and with the rest of deploy/. No Docker engine runs here, so the file is checked as data;
 `docker compose config` runs too when the Compose plugin is installed."""
 
@@ -48,11 +48,8 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(compose["services"])
 
 
-def _readme_section() -> str:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## Production stack (docker-compose)")
-    end = readme.find("\n## ", start + 1)
-    return readme[start : end if end > 0 else None]
+def _deploy_page() -> str:
+    return (ROOT / "docs" / "deploy.md").read_text()
 
 
 def test_the_services(services: dict[str, dict[str, Any]]) -> None:
@@ -197,16 +194,16 @@ def test_the_dockerfile() -> None:
         assert needed not in ignored and needed in copied
 
 
-def test_the_readme_explains_the_stack(services: dict[str, dict[str, Any]]) -> None:
-    section = _readme_section()
+def test_the_docs_explain_the_stack(services: dict[str, dict[str, Any]]) -> None:
+    section = _deploy_page()
     assert "docker compose up -d --build" in section
     assert "docker compose --profile simulator up -d" in section
     for name in services:
-        assert f"`{name}`" in section, f"README does not mention the {name} service"
+        assert f"`{name}`" in section, f"docs/deploy.md does not mention the {name} service"
     for url in URLS:
         assert url in section
     assert "localhost:9094" in section  # Kafka for clients on the host
-    assert "### Alerts" in section
+    assert "](alerts.md)" in section and "](runbook.md)" in section
 
 
 @pytest.mark.skipif(

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+DEMO = (sys.executable, "-m", "streamproc", "demo")
 KPIS = (
     "shop_sessions",
     "shop_orders",
@@ -100,7 +102,7 @@ def test_demo_command_runs_and_shuts_down_on_ctrl_c(tmp_path: Path) -> None:
         "STREAMPROC_EXPORTER_PORT": "0",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamproc", "demo", "--rate", "600", "--history", "10m"],
+        [*DEMO, "--rate", "600", "--history", "10m", "--svg", str(tmp_path / "view.svg")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -126,3 +128,10 @@ def test_demo_command_runs_and_shuts_down_on_ctrl_c(tmp_path: Path) -> None:
     sessions = [int(n.replace(",", "")) for n in re.findall(r"│ sessions\s*│\s*([\d,]+)", output)]
     assert sessions and sessions[-1] > 0, output[-3000:]
     assert not (tmp_path / "demo" / "dev" / "stack.json").exists()
+    # --svg saved the last view: the same table, as text of an SVG picture.
+    picture = ET.parse(tmp_path / "view.svg").getroot()
+    text = "".join(t.text or "" for t in picture.iter("{http://www.w3.org/2000/svg}text"))
+    text = text.replace("\xa0", " ")
+    shown = re.findall(r"│\s*sessions\s*│\s*([\d,]+)", text)
+    assert shown and int(shown[0].replace(",", "")) > 0, text
+    assert "shop.clickstream" in text and "dead letters by reason" in text, text

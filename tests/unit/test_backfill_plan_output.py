@@ -394,7 +394,7 @@ def test_openmetrics_text() -> None:
     ]
     assert lines[:2] == [
         "# HELP shop_orders Orders placed in the window. 0 when none but the store had events"
-        " (README: Zero is a value).",
+        " (docs/metrics.md: Zero is a value).",
         "# TYPE shop_orders gauge",
     ]
     assert (

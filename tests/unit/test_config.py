@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from streamproc.config import describe_settings, load_settings, parse_duration_seconds
+from streamproc.config import load_settings, parse_duration_seconds
 from streamproc.errors import ConfigError
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(autouse=True)
@@ -85,13 +82,3 @@ def test_settings_are_frozen() -> None:
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration_seconds(text) == seconds
-
-
-def test_every_setting_is_documented_in_the_readme() -> None:
-    readme = README.read_text()
-    for name, default, _ in describe_settings():
-        row = re.search(rf"^\| `{name}` \| `([^`]*)` \|", readme, re.MULTILINE)
-        assert row is not None, f"{name} is not in the README settings table"
-        assert row.group(1) == default, (
-            f"{name}: README says {row.group(1)!r}, default is {default!r}"
-        )
