@@ -1,0 +1,44 @@
+"""Redis: dedup, store labels, the published partials and sketches. The only package that
+imports redis: ``client`` (the connection, which errors are transient), ``scripts`` (Lua),
+``contracts`` (what the worker and the exporter ask of it), ``publish`` (a publish's commands),
+``kpistore`` (``KpiStore``).
+
+Keys, all under ``{namespace}:``::
+
+    dedup:{event_id}              first occurrence "topic:partition:offset" (SET NX, horizon TTL)
+    stores                        the store ids that keep their own label (a capped set)
+    cells:{minute}                hash "{store}|{partition}" -> msgpack counters of that partition
+    changed                       sorted set: minute -> when it was last written (wall ms)
+    hll:{minute}:{store}:{dim}    HyperLogLog of visitors ("all" store and "" dim included)
+    vis:{minute}:{store}:{dim}    the same visitors as an exact set of 64-bit hashes while small;
+                                  {0} once it outgrew its cap (then only the HyperLogLog counts)
+    open                          hash partition -> msgpack open-ticket gauge
+    status                        hash partition -> msgpack {watermark, max_ts, evicted, at}
+    end                           hash "topic:partition" -> end offset (replay and backfill)
+    backfill                      a backfill's plan (JSON, ``backfill/plan.py``)
+
+Every write is an absolute value or an idempotent add, so a re-processed batch changes nothing.
+"""
+
+from streamproc.store.client import STORE_ERRORS, TRANSIENT
+from streamproc.store.contracts import (
+    ExactVisitors,
+    PartitionStatus,
+    PipelineStore,
+    ReportStore,
+    VisitorKey,
+)
+from streamproc.store.kpistore import KpiStore
+from streamproc.store.publish import visitor_hash
+
+__all__ = [
+    "STORE_ERRORS",
+    "TRANSIENT",
+    "ExactVisitors",
+    "KpiStore",
+    "PartitionStatus",
+    "PipelineStore",
+    "ReportStore",
+    "VisitorKey",
+    "visitor_hash",
+]

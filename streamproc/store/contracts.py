@@ -1,0 +1,60 @@
+"""What the worker and the exporter ask of Redis (``KpiStore``; unit tests pass in-memory
+stores), and the plain data that crosses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from streamproc.kpi import counters as c
+from streamproc.kpi.contrib import Presence
+
+
+@dataclass(frozen=True)
+class ExactVisitors:
+    """How far visitor counts are exact (settings ``visitors_exact_*``); beyond, HyperLogLog."""
+
+    per_minute: int = 512  # members of one minute's set before it gives way to the sketch
+    union: int = 20_000  # members of all sets of a window that are still counted exactly
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    partition: int
+    watermark: int
+    max_ts: list[int]
+    at_ms: int
+
+
+VisitorKey = tuple[tuple[int, ...], str, str | None]  # (minutes, store, dimension)
+
+
+class PipelineStore(Protocol):
+    """What a worker asks of Redis."""
+
+    async def input_ends(self) -> dict[tuple[str, int], int] | None: ...
+    async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]: ...
+    async def first_occurrences(
+        self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
+    ) -> list[bool]: ...
+    async def publish(
+        self,
+        partition: int,
+        *,
+        cells: Mapping[c.CellKey, c.Counters],
+        presence: Iterable[Presence],
+        open_tickets: Mapping[tuple[str, str, str], int] | None,
+        status: PartitionStatus | None,
+    ) -> None: ...
+
+
+class ReportStore(Protocol):
+    """What the exporter reads from Redis."""
+
+    async def statuses(self) -> dict[int, dict[str, Any]]: ...
+    async def minutes(self, since_ms: float = 0) -> list[int]: ...
+    async def cells(self, minutes: Iterable[int]) -> dict[c.CellKey, c.Counters]: ...
+    async def visitor_counts(self, keys: Iterable[VisitorKey]) -> dict[VisitorKey, int]: ...
+    async def open_tickets(self) -> dict[tuple[str, str, str], int]: ...
+    async def aclose(self) -> None: ...

@@ -1,0 +1,114 @@
+"""The Redis commands of a worker's publish: visitor sketches and exact sets, window cells, and
+key retention set no more often than needed."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from streamproc.kpi import counters as c
+from streamproc.kpi.contrib import Presence
+from streamproc.store.client import pack
+from streamproc.store.contracts import ExactVisitors
+
+# A key's retention is set again at most this often (seconds; or a quarter of it).
+EXPIRE_EVERY_S = 3600.0
+
+Sketches = dict[tuple[int, str, str], set[str]]  # (minute, store, dimension) -> visitors
+
+
+def sketch_keys(presence: Iterable[Presence]) -> Sketches:
+    """(minute, store, dimension) -> visitors; each also counts for the store ``all``."""
+    sketches: Sketches = defaultdict(set)
+    for minute, store, dimension, visitor in presence:
+        sketches[(minute, store, dimension)].add(visitor)
+        sketches[(minute, "all", dimension)].add(visitor)
+    return sketches
+
+
+@functools.lru_cache(maxsize=1 << 16)  # a visitor is in several sketches of one publish
+def visitor_hash(visitor: str) -> int:
+    """A signed 64-bit hash of a visitor id, never 0 (0 marks an outgrown set)."""
+    value = int.from_bytes(
+        hashlib.blake2b(visitor.encode(), digest_size=8).digest(), "big", signed=True
+    )
+    return value or 1
+
+
+class PublishCommands:
+    """Builds a publish's commands into a pipeline (again, when it is run again).
+
+    A key's retention (EXPIRE) is set at most once an hour (a quarter of the retention) per key:
+    a key written every batch needs no EXPIRE every batch (half of a batch's commands), and the
+    retention cannot run out between two writes that far apart. The keys given an EXPIRE are
+    remembered once their pipeline has run (``ran``).
+    """
+
+    def __init__(
+        self,
+        key: Callable[..., str],
+        *,
+        exact: ExactVisitors,
+        retention_s: int,
+        add_visitors_sha: str,
+    ) -> None:
+        self.key = key
+        self.exact = exact
+        self.retention_s = retention_s
+        self.add_visitors_sha = add_visitors_sha
+        self.expiring: list[str] = []
+        self._expired: dict[str, float] = {}  # key -> when this process last set its retention
+        self._every_s = min(EXPIRE_EVERY_S, retention_s / 4)
+
+    def begin(self) -> None:
+        """A pipeline is being built (again: one that failed is built anew)."""
+        self.expiring = []
+
+    def ran(self) -> None:
+        """The pipeline ran: its EXPIREs hold from now."""
+        now = time.monotonic()
+        self._expired.update(dict.fromkeys(self.expiring, now))
+        self.expiring = []
+
+    def sketches(self, pipe: Any, sketches: Sketches) -> None:
+        """Sketches go first, then cells, then the `changed` stamps: Redis runs a pipeline in
+        order, so a reader that sees a stamp or a new cell also sees the visitors with it."""
+        exact: list[str] = []
+        args: list[int] = [self.exact.per_minute, self.retention_s]
+        for where, visitors in sketches.items():
+            key = self.key("hll", *where)
+            pipe.pfadd(key, *visitors)
+            self._expire(pipe, key)
+            if self.exact.per_minute:
+                exact.append(self.key("vis", *where))
+                args.append(len(visitors))
+                args.extend(visitor_hash(v) for v in visitors)
+        if exact:
+            pipe.evalsha(self.add_visitors_sha, len(exact), *exact, *args)
+
+    def cells(self, pipe: Any, partition: int, cells: Mapping[c.CellKey, c.Counters]) -> None:
+        """One HSET (and HDEL) per minute's hash for all its changed cells."""
+        by_minute: dict[int, dict[str, bytes | None]] = defaultdict(dict)
+        for (minute, store), counters in cells.items():
+            by_minute[minute][f"{store}|{partition}"] = pack(counters) if counters else None
+        for minute, fields in by_minute.items():
+            key = self.key("cells", minute)
+            values = {field: value for field, value in fields.items() if value is not None}
+            if values:
+                pipe.hset(key, mapping=values)
+            if len(values) < len(fields):
+                pipe.hdel(key, *(field for field, value in fields.items() if value is None))
+            self._expire(pipe, key)
+
+    def _expire(self, pipe: Any, key: str) -> None:
+        now, every = time.monotonic(), self._every_s
+        if now - self._expired.get(key, -every) < every:
+            return
+        if len(self._expired) > 100_000:  # bounded: forget keys not refreshed within the hour
+            self._expired = {k: t for k, t in self._expired.items() if now - t < every}
+        pipe.expire(key, self.retention_s)
+        self.expiring.append(key)

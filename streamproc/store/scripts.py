@@ -1,0 +1,82 @@
+"""The Lua scripts KpiStore runs in Redis: each makes many keys' worth of work one round trip."""
+
+DEDUP = """
+local accepted = {}
+for i, key in ipairs(KEYS) do
+  local first = ARGV[i + 1]
+  if redis.call('SET', key, first, 'NX', 'EX', ARGV[1]) then
+    accepted[i] = 1
+  elseif redis.call('GET', key) == first then
+    accepted[i] = 1
+  else
+    accepted[i] = 0
+  end
+end
+return accepted
+"""
+
+STORES = """
+local labels = {}
+for i, store in ipairs(ARGV) do
+  if i > 1 then
+    if redis.call('SISMEMBER', KEYS[1], store) == 1 then
+      labels[i - 1] = store
+    elseif redis.call('SCARD', KEYS[1]) < tonumber(ARGV[1]) then
+      redis.call('SADD', KEYS[1], store)
+      labels[i - 1] = store
+    else
+      labels[i - 1] = 'other'
+    end
+  end
+end
+return labels
+"""
+
+
+# Exact visitor sets: members are signed 64-bit hashes (Redis keeps small integer sets as a
+# compact intset, 8 bytes per member); 0 is never a hash, it marks a set that outgrew its cap.
+VISITORS_ADD = """
+local cap, ttl, pos = tonumber(ARGV[1]), tonumber(ARGV[2]), 3
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[pos])
+  if redis.call('SISMEMBER', key, 0) == 0 then
+    for j = pos + 1, pos + n, 1000 do
+      redis.call('SADD', key, unpack(ARGV, j, math.min(j + 999, pos + n)))
+    end
+    if redis.call('SCARD', key) > cap then
+      redis.call('DEL', key)
+      redis.call('SADD', key, 0)
+    end
+    redis.call('EXPIRE', key, ttl)
+  end
+  pos = pos + n + 1
+end
+return 0
+"""
+
+# Distinct visitors of a union of minutes: exact while every set is whole and all of them hold
+# at most ARGV[1] members, else the HyperLogLog union. KEYS: n exact sets, then n sketches.
+VISITORS_COUNT = """
+local n, limit, total = #KEYS / 2, tonumber(ARGV[1]), 0
+for i = 1, n do
+  if redis.call('SISMEMBER', KEYS[i], 0) == 1 then total = -1 break end
+  total = total + redis.call('SCARD', KEYS[i])
+  if total > limit then total = -1 break end
+end
+if total < 0 then
+  return redis.call('PFCOUNT', unpack(KEYS, n + 1, 2 * n))
+end
+local seen, count = {}, 0
+for i = 1, n do
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    if not seen[member] then
+      seen[member] = true
+      count = count + 1
+    end
+  end
+end
+return count
+"""
+
+# Lua's unpack() is limited to a few thousand values: longer unions use the sketches alone.
+MAX_EXACT_MINUTES = 3000
