@@ -15,7 +15,6 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.tables import TableManager as FaustTableManager
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +99,6 @@ class StateTable(faust.Table[str, bytes]):
         if self.deliveries is not None:
             self.deliveries.add(future)
         return future
-
-
-class TableManager(FaustTableManager):
-    """Faust's table manager without the second it sleeps before it starts (time for tables
-    declared as the app starts to register): the worker declares its one table before it starts
-    the app. A worker (re)started processes a second sooner."""
-
-    async def on_start(self) -> None:
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
 
 
 class TableState:
