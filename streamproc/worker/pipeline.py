@@ -17,16 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
 
 from streamproc.config import Settings
-from streamproc.deadletter import DeadLetter
-from streamproc.errors import StreamprocError, TopicsChanged
 from streamproc.events.parse import Reason
-from streamproc.ingest import BatchDecoder, Decoded, Message
+from streamproc.ingest import BatchDecoder, Message
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import (
     FAMILY_INDEX,
@@ -34,56 +29,13 @@ from streamproc.kpi.engine import (
     Item,
     PartitionEngine,
     Plan,
-    Progress,
 )
-from streamproc.store import STORE_ERRORS, PartitionStatus, PipelineStore
+from streamproc.store import PartitionStatus, PipelineStore
+from streamproc.worker.contracts import DeadLetterSink, Highwater, Owned, ReadFrom, StateTable
+from streamproc.worker.positions import InputPositions
+from streamproc.worker.runs import BatchCounts, Done, Part, Piece, cut, event_error, make_letter
 
 logger = logging.getLogger(__name__)
-
-
-class StateTable(Protocol):
-    """The changelogged state (a Faust table): reads anywhere, writes with a partition's event."""
-
-    def get(self, key: str) -> bytes | None: ...
-    def scan(self) -> Iterable[str]: ...
-    async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
-        """Store the writes in order, to the changelog partition ``partition``."""
-        ...
-
-
-DeadLetterSink = Callable[[Message, DeadLetter], Awaitable[None]]
-Highwater = Callable[[str, int], int | None]  # (topic, partition) -> next offset, or None
-# (topic, partition) -> the offset the consumer was placed at when it was assigned the partition
-# (the group's committed offset; None: from the beginning). Everything before it was absorbed by
-# an earlier owner, whose state this worker recovered: it is read, though never delivered here.
-ReadFrom = Callable[[str, int], int | None]
-Owned = Callable[[], set[int]]  # the input partitions this worker is assigned
-
-
-@dataclass
-class BatchCounts:
-    """What one batch did, for the worker's metrics."""
-
-    topic: str
-    valid: dict[str, int] = field(default_factory=dict)  # event_type -> count
-    dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> count
-    duplicates: int = 0
-    late: int = 0  # accepted events that amended an already closed window
-    evicted: int = 0
-
-    def dead_letter(self, reason: str, n: int = 1) -> None:
-        self.dead_letters[reason] = self.dead_letters.get(reason, 0) + n
-
-    def add(self, other: BatchCounts) -> None:
-        """Add what one partition's part of the slice did."""
-        for reason, n in other.dead_letters.items():
-            self.dead_letter(reason, n)
-        self.duplicates += other.duplicates
-        self.late += other.late
-        self.evicted += other.evicted
-
-
-Letters = list[tuple[int, Message, DeadLetter]]  # (slice index, message, letter)
 
 
 def engine_settings(settings: Settings) -> EngineSettings:
@@ -119,23 +71,16 @@ class Pipeline:
         self.table = table
         self.decoders = decoders
         self.dead_letter = dead_letter
-        self.highwater = highwater
-        self.read_from = read_from
         self.owned = owned
         self.clock = clock
         self.engine_settings = engine_settings(settings)
         self.topics = [settings.topics_by_family[f] for f in FAMILY_INDEX]  # by topic index
         self.topic_index = {name: FAMILY_INDEX[f] for f, name in settings.topics_by_family.items()}
+        self.positions = InputPositions(
+            self.topics, highwater=highwater, read_from=read_from, owned=owned
+        )
         self.engines: dict[int, PartitionEngine] = {}
-        self.processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset
-        self.ends: dict[tuple[str, int], int] = {}
         self.finished: set[int] = set()
-        self.ends_loaded = False  # a replay's or backfill's known ends hold the watermark back
-        self.ends_expected = False  # a replay still producing: every partition has more to come
-        self.shrunk: dict[tuple[str, int], int] = {}  # partitions seen ending before what was read
-        # the offset after the last message read of each partition, kept when a partition moves
-        # (offsets never go back on a broker that keeps its data)
-        self.read_max: dict[tuple[str, int], int] = {}
         self.lock = asyncio.Lock()
 
     # --- partitions -------------------------------------------------------------------------
@@ -158,87 +103,20 @@ class Pipeline:
         for partition in gone:
             self.engines.pop(partition, None)
             self.finished.discard(partition)
-        for key in [k for k in self.processed if k[1] in gone]:
-            del self.processed[key]
+        self.positions.forget(gone)
 
     async def refresh_ends(self) -> None:
-        ends = await self.store.input_ends()
-        self.ends_expected = ends is None
-        self.ends = ends or {}
-        self.ends_loaded = not self.ends_expected  # else read again with every batch and tick
-
-    def progress(self, partition: int, wall_ms: int) -> Progress:
-        backlog, ended = set(), set()
-        for index, topic in enumerate(self.topics):
-            state = self._state(topic, partition)
-            if state == "ended":
-                ended.add(index)
-            elif state == "backlog":
-                backlog.add(index)
-        return Progress(frozenset(backlog), frozenset(ended), wall_ms)
+        self.positions.set_ends(await self.store.input_ends())
 
     def backlogged(self, topic: str, partition: int) -> bool:
         """Whether a topic partition has input the pipeline has not processed yet."""
-        return self._state(topic, partition) == "backlog"
+        return self.positions.state(topic, partition) == "backlog"
 
     def lag(self, topic: str, partition: int) -> int | None:
-        """Records of a topic partition not processed yet (as far as the last fetch saw it);
-        None before the first fetch response."""
-        high = self.highwater(topic, partition)
-        return None if high is None else max(0, high - self._done(topic, partition))
-
-    def _done(self, topic: str, partition: int) -> int:
-        """The next offset to process."""
-        return max(
-            self.processed.get((topic, partition), -1) + 1,
-            self.read_from(topic, partition) or 0,
-        )
-
-    def _state(self, topic: str, partition: int) -> str:
-        """``ended`` (read to its known end), ``backlog`` (unread input) or ``read``."""
-        if self.ends_expected:
-            return "backlog"
-        done = self._done(topic, partition)
-        end = self.ends.get((topic, partition))
-        if end is not None and done >= end:
-            return "ended"
-        high = self.highwater(topic, partition)
-        # No fetch response yet (None): the consumer may be slow to start; taking the partition
-        # for idle would move the watermark to the wall clock past its backlog.
-        if high is None or high > done or end is not None:
-            return "backlog"
-        return "read"
+        return self.positions.lag(topic, partition)
 
     def check_ends(self) -> None:
-        """Raise TopicsChanged when an owned partition ends before what was read of it, in
-        several checks in a row (one odd fetch response is not taken for it): the broker lost
-        its data (a memory-only broker restarted) or the topic was created again. Its new
-        offsets would be taken for ones already absorbed (records skip offsets at or below
-        their markers)."""
-        read = {partition for _, partition in self.read_max}
-        for partition in sorted(self.owned() | read):  # owned() is empty during a rebalance
-            for topic in self.topics:
-                done = max(
-                    self.read_max.get((topic, partition), 0),
-                    self.read_from(topic, partition) or 0,
-                )
-                self._check_end(topic, partition, self.highwater(topic, partition), done)
-
-    def _check_end(self, topic: str, partition: int, high: int | None, done: int) -> None:
-        key = (topic, partition)
-        if high is None or high >= done:
-            self.shrunk.pop(key, None)
-            return
-        self.shrunk[key] = seen = self.shrunk.get(key, 0) + 1
-        if seen >= 3:
-            raise TopicsChanged(
-                f"{topic}[{partition}] ends at offset {high}, but this worker has read it up to "
-                f"offset {done}: the broker lost the topic's data (a memory-only broker "
-                "restarted?) or the topic was deleted and created again. Stopping: this worker's "
-                "state no longer matches the topics. A restarted worker creates what is missing "
-                "and reads on from the group's committed offsets (from the beginning on a broker "
-                "that lost them); what the lost records counted stays in the KPIs."
-            )
+        self.positions.check_ends()
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -255,74 +133,50 @@ class Pipeline:
         after a Redis error (or processed again after a crash) send them again only if they were
         cut short after sending them.
         """
-        counts = [BatchCounts(topic) for topic, _ in slices]
-        letters: Letters = []
         wall_ms = int(self.clock() * 1000)
         async with self.lock:
-            if not self.ends_loaded:
+            if not self.positions.ends_loaded:
                 await self.refresh_ends()
-            # Events fetched before a rebalance took their partition away: its new owner reads
-            # them again from the committed offset. Writing them here would put state into a
-            # changelog partition that another worker owns.
-            owned = self.owned()
-            runs: dict[int, list[_Piece]] = defaultdict(list)
-            read: list[tuple[str, list[Message]]] = []
-            for index, (topic, messages) in enumerate(slices):
-                mine = [m for m in messages if m.partition in owned]
-                read.append((topic, mine))
-                batch = self.decoders[topic].decode(self._before_end(topic, mine), now_ms=wall_ms)
-                letters += [(index, message, letter) for message, letter in batch.dead_letters]
-                by_partition: dict[int, list[Decoded]] = defaultdict(list)
-                valid = counts[index].valid
-                for decoded in batch.events:
-                    by_partition[decoded.message.partition].append(decoded)
-                    valid[decoded.event.event_type] = valid.get(decoded.event.event_type, 0) + 1
-                for partition, group in by_partition.items():
-                    runs[partition].append(_Piece(index, topic, group))
+            positions, decoders = self.positions, self.decoders
+            run = cut(
+                slices,
+                owned=self.owned(),
+                decode=lambda topic, messages: decoders[topic].decode(
+                    positions.before_end(topic, messages), now_ms=wall_ms
+                ),
+            )
+            counts, letters, runs = run.counts, run.letters, run.pieces
             labels = await self.store.labels(
                 (d.event.store_id for pieces in runs.values() for p in pieces for d in p.events),
                 cap=self.settings.max_stores,
             )
             for partition, pieces in sorted(runs.items()):
-                part = _Part(partition, labels, wall_ms)
+                part = Part(partition, labels, wall_ms)
                 try:
                     done = await self._run(part, pieces)
                 except BaseException as exc:
                     self.forget([partition])  # memory may be ahead of the table: rebuild it
-                    if not _event_error(exc):
+                    if not event_error(exc):
                         raise
                     done = await self._one_by_one(part, pieces, exc)
                 for index, part_counts in done.counts.items():
                     counts[index].add(part_counts)
                 letters += done.letters
-            for topic, messages in read:  # also partitions whose messages were all bad
+            for topic, messages in run.read:  # also partitions whose messages were all bad
                 for message in messages:
-                    key = (topic, message.partition)
-                    self.processed[key] = max(self.processed.get(key, -1), message.offset)
-                    self.read_max[key] = max(self.read_max.get(key, 0), message.offset + 1)
+                    self.positions.read(topic, message)
             for index, message, letter in letters:
                 await self.dead_letter(message, letter)
                 counts[index].dead_letter(letter.reason)
         return counts
 
-    def _before_end(self, topic: str, messages: list[Message]) -> list[Message]:
-        """The messages before their partition's known end. A backfill's input is a live topic
-        that keeps growing past the end it was given: what lies beyond counts nowhere."""
-        if not self.ends:
-            return messages
-        return [
-            m
-            for m in messages
-            if (end := self.ends.get((topic, m.partition))) is None or m.offset < end
-        ]
-
-    async def _run(self, part: _Part, pieces: list[_Piece]) -> _Done:
+    async def _run(self, part: Part, pieces: list[Piece]) -> Done:
         """One partition's events of a run: judged (slice by slice), deduplicated, absorbed,
         published, stored. Its dead letters (too late) are returned, to be sent after the whole
         run."""
-        done = _Done()
+        done = Done()
         engine = self.engine(part.partition)
-        judged: list[tuple[_Piece, Item, Message]] = []
+        judged: list[tuple[Piece, Item, Message]] = []
         labels, limit = part.labels, self.settings.max_lateness_seconds
         for piece in pieces:
             index = self.topic_index[piece.topic]
@@ -333,21 +187,20 @@ class Pipeline:
             # While its events are being read, this topic has a backlog (them): only once they
             # are absorbed may it count as read to its end.
             verdicts = engine.read(
-                items, self.progress(part.partition, part.wall_ms), wall_ms=part.wall_ms
+                items, self.positions.progress(part.partition, part.wall_ms), wall_ms=part.wall_ms
             )
             done.of(piece).late += verdicts.late
-            key = (piece.topic, part.partition)
             last = piece.events[-1].message.offset
-            self.processed[key] = max(self.processed.get(key, -1), last)
+            self.positions.processed_up_to(piece.topic, part.partition, last)
             by_item = {id(item): d.message for item, d in zip(items, piece.events, strict=True)}
             for item in verdicts.too_late:
                 message = by_item[id(item)]
                 detail = f"event_time is more than {limit} s behind the watermark"
                 done.letters.append(
-                    (piece.index, message, _letter(message, Reason.TOO_LATE, detail))
+                    (piece.index, message, make_letter(message, Reason.TOO_LATE, detail))
                 )
             judged += [(piece, item, by_item[id(item)]) for item in verdicts.on_time]
-        progress = self.progress(part.partition, part.wall_ms)
+        progress = self.positions.progress(part.partition, part.wall_ms)
         first = await self.store.first_occurrences(
             [item.event.event_id for _, item, _ in judged],
             [f"{m.topic}:{m.partition}:{m.offset}" for _, _, m in judged],
@@ -364,7 +217,7 @@ class Pipeline:
         await self._settle(engine, plan, part.wall_ms)
         return done
 
-    async def _one_by_one(self, part: _Part, pieces: list[_Piece], error: BaseException) -> _Done:
+    async def _one_by_one(self, part: Part, pieces: list[Piece], error: BaseException) -> Done:
         """A partition's run raised (not a Redis outage): its events are processed one at a
         time, so the one that fails is found. It gets ``max_event_failures`` tries in all; then
         it becomes a ``processing_error`` dead letter and the partition moves on. A partition
@@ -376,15 +229,15 @@ class Pipeline:
             type(error).__name__,
             error,
         )
-        done = _Done()
+        done = Done()
         for piece in pieces:
             for decoded in piece.events:
                 for _ in range(self.settings.max_event_failures):
                     try:
-                        one = await self._run(part, [_Piece(piece.index, piece.topic, [decoded])])
+                        one = await self._run(part, [Piece(piece.index, piece.topic, [decoded])])
                     except BaseException as exc:
                         self.forget([part.partition])
-                        if not _event_error(exc):
+                        if not event_error(exc):
                             raise
                         error = exc
                     else:
@@ -406,15 +259,17 @@ class Pipeline:
                         exc_info=error,
                     )
                     detail = f"{type(error).__name__}: {error}"[:1024]
-                    letter = _letter(message, Reason.PROCESSING_ERROR, detail, field=None)
+                    letter = make_letter(message, Reason.PROCESSING_ERROR, detail, field=None)
                     done.letters.append((piece.index, message, letter))
         return done
 
-    async def _probe(self, part: _Part) -> None:
+    async def _probe(self, part: Part) -> None:
         """The partition's own work without any new event: raises when that fails too."""
         engine = self.engine(part.partition)
         try:
-            plan = engine.apply([], self.progress(part.partition, part.wall_ms), self.table)
+            plan = engine.apply(
+                [], self.positions.progress(part.partition, part.wall_ms), self.table
+            )
             await self._settle(engine, plan, part.wall_ms)
         except BaseException:
             self.forget([part.partition])
@@ -426,11 +281,11 @@ class Pipeline:
             return None  # a tick for a partition another worker owns
         wall_ms = int(self.clock() * 1000)
         async with self.lock:
-            if not self.ends_loaded:
+            if not self.positions.ends_loaded:
                 await self.refresh_ends()
             engine = self.engine(partition)
             try:
-                plan = engine.apply([], self.progress(partition, wall_ms), self.table)
+                plan = engine.apply([], self.positions.progress(partition, wall_ms), self.table)
                 await self._settle(engine, plan, wall_ms)
             except BaseException:
                 self.forget([partition])  # memory may be ahead of the table: rebuild it
@@ -450,59 +305,3 @@ class Pipeline:
             status=status,
         )
         await self.table.write(plan.writes, plan.partition)
-
-
-@dataclass(frozen=True)
-class _Part:
-    """Where one partition's part of a run goes."""
-
-    partition: int
-    labels: dict[str, str]
-    wall_ms: int
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """One slice's valid events of one partition."""
-
-    index: int  # of the slice in its run
-    topic: str
-    events: list[Decoded]
-
-
-@dataclass
-class _Done:
-    """What one partition's part of a run did (by slice), merged into the run's once it
-    succeeded."""
-
-    counts: dict[int, BatchCounts] = field(default_factory=dict)
-    letters: Letters = field(default_factory=list)
-
-    def of(self, piece: _Piece) -> BatchCounts:
-        return self.counts.setdefault(piece.index, BatchCounts(piece.topic))
-
-    def add(self, other: _Done) -> None:
-        for index, counts in other.counts.items():
-            self.counts.setdefault(index, BatchCounts(counts.topic)).add(counts)
-        self.letters += other.letters
-
-
-def _event_error(exc: BaseException) -> bool:
-    """Whether an error may be the event's doing: not a Redis error (an outage holds the batch,
-    any other Redis error stops the worker), not one of ours about the topics, not a
-    cancellation or exit."""
-    return isinstance(exc, Exception) and not isinstance(exc, (*STORE_ERRORS, StreamprocError))
-
-
-def _letter(
-    message: Message, reason: str, detail: str, *, field: str | None = "$.event_time"
-) -> DeadLetter:
-    return DeadLetter(
-        reason=reason,
-        detail=detail,
-        field=field,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=message.timestamp_ms,
-    )

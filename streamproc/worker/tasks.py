@@ -24,7 +24,8 @@ from streamproc.metrics import WorkerMetrics
 from streamproc.store import TRANSIENT
 from streamproc.worker.align import Aligner, Slice
 from streamproc.worker.consumer import Consumer
-from streamproc.worker.pipeline import BatchCounts, Pipeline
+from streamproc.worker.pipeline import Pipeline
+from streamproc.worker.runs import BatchCounts
 from streamproc.worker.state import Deliveries
 
 T = TypeVar("T")

@@ -15,7 +15,8 @@ from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import FAMILY_INDEX
-from streamproc.worker.pipeline import Highwater, Pipeline, ReadFrom
+from streamproc.worker.contracts import Highwater, ReadFrom
+from streamproc.worker.pipeline import Pipeline
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1)
 CLICKS = SETTINGS.topic_clickstream
@@ -99,8 +100,8 @@ async def test_messages_at_or_past_the_end_count_nowhere_but_the_partition_is_re
     assert store.seen == ["e0", "e1", "e2"]  # only these reached dedup and the engine
     assert counts.valid == {"page_view": 3}
     assert letters == [] and counts.dead_letters == {}  # the bad message lies beyond the end
-    assert pipe.processed[(CLICKS, 0)] == 5
-    progress = pipe.progress(0, T0_MS)
+    assert pipe.positions.processed[(CLICKS, 0)] == 5
+    progress = pipe.positions.progress(0, T0_MS)
     assert FAMILY_INDEX[Family.CLICKSTREAM] in progress.ended and not progress.backlog
     await pipe.on_tick(0)  # every topic read to its end: all values are final
     assert store.watermarks[-1] >= NEVER
@@ -186,7 +187,7 @@ async def test_events_of_a_partition_this_worker_no_longer_owns_change_nothing()
     pipe.owned = lambda: set()
     counts = await pipe.on_batch(CLICKS, messages(range(3), bad=1))
     assert store.seen == [] and letters == [] and counts.valid == {}
-    assert not pipe.engines and not pipe.processed and not pipe.table.scan()
+    assert not pipe.engines and not pipe.positions.processed and not pipe.table.scan()
 
 
 async def test_while_the_ends_are_expected_every_topic_has_more_to_come() -> None:
@@ -195,7 +196,7 @@ async def test_while_the_ends_are_expected_every_topic_has_more_to_come() -> Non
     store, letters = FakeStore(None), []
     pipe = pipeline(store, letters, highwater=lambda topic, partition: 2)
     await pipe.on_batch(CLICKS, messages(range(2)))  # all that has arrived
-    progress = pipe.progress(0, T0_MS + 3_600_000)  # an hour later: idle by the wall clock
+    progress = pipe.positions.progress(0, T0_MS + 3_600_000)  # an hour later: idle by the clock
     assert progress.backlog == frozenset(range(4)) and not progress.ended
     await pipe.on_tick(0)
     assert store.watermarks[-1] < T0_MS  # neither the wall clock nor the clickstream moved it

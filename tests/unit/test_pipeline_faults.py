@@ -19,7 +19,8 @@ from streamproc.deadletter import DeadLetter
 from streamproc.errors import TopicsChanged
 from streamproc.events.parse import EventDecoder, Reason
 from streamproc.ingest import BatchDecoder, Message
-from streamproc.worker.pipeline import Highwater, Pipeline
+from streamproc.worker.contracts import Highwater
+from streamproc.worker.pipeline import Pipeline
 
 SETTINGS = load_settings(env_file=None, namespace="unit", partitions=1, max_event_failures=3)
 CLICKS = SETTINGS.topic_clickstream
@@ -124,7 +125,7 @@ async def test_the_event_that_fails_becomes_a_dead_letter_and_the_rest_is_proces
     # the whole batch once, then the bad event alone max_event_failures times
     assert table.raised == 1 + SETTINGS.max_event_failures
     assert {"0|s:s1", "0|s:s2"} <= set(table)
-    assert pipe.processed[(CLICKS, 0)] == 3
+    assert pipe.positions.processed[(CLICKS, 0)] == 3
 
 
 async def test_an_error_without_any_event_is_not_put_on_an_event() -> None:
@@ -212,7 +213,7 @@ async def test_a_run_gives_what_its_slices_give_one_by_one_and_writes_each_recor
     assert counts[3].dead_letters == {"not_json": 1}
     assert by_run.published == 1 and by_slice.published == 6
     assert tables[1].written.count("0|s:s1") == 1 and tables[0].written.count("0|s:s1") == 6
-    assert run.processed == one.processed == {(CLICKS, 0): 5, (CART, 0): 5}
+    assert run.positions.processed == one.positions.processed == {(CLICKS, 0): 5, (CART, 0): 5}
 
 
 async def test_an_event_that_fails_in_a_run_becomes_a_dead_letter_of_its_own_slice() -> None:
