@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, FilePath, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamproc.errors import ConfigError
@@ -60,8 +60,19 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("STREAMPROC_REDIS_URL", "REDIS_URL"),
-        description="Redis URL (`REDIS_URL` is accepted too). Unset: the running `streamproc dev` "
-        "Redis, else `redis://127.0.0.1:6379/0`.",
+        description="Redis URL (`REDIS_URL` is accepted too): "
+        "`redis://[[user]:password@]host:port/db`, or `rediss://...` for TLS. Unset: the "
+        "running `streamproc dev` Redis, else `redis://127.0.0.1:6379/0`.",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Redis password (AUTH; with the URL's user for an ACL user), used when "
+        "the URL has none. A secret: never printed or logged.",
+    )
+    redis_ssl_cafile: FilePath | None = Field(
+        default=None,
+        description="CA certificate(s), PEM, that signed the Redis server's certificate, for "
+        "`rediss://` URLs. Unset: the system's CAs.",
     )
     namespace: str = Field(
         default="streamproc",

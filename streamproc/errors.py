@@ -2,6 +2,7 @@
 
     StreamprocError
     ├── ConfigError          a setting is missing or malformed
+    │   └── StoreRefused     Redis refused the credentials or its TLS certificate is not trusted
     ├── InvalidEvent         one message breaks the event contract (goes to the dead-letter topic)
     ├── TopicsChanged        the broker's topics no longer match what the worker read (a broker
     │                        that lost its data, a topic recreated with another partition count)
@@ -22,6 +23,11 @@ class StreamprocError(Exception):
 
 class ConfigError(StreamprocError):
     """A setting is missing or malformed."""
+
+
+class StoreRefused(ConfigError):
+    """Redis refused the password (or user), or its TLS certificate is not trusted: a setting to
+    fix, not an outage to wait out."""
 
 
 class InvalidEvent(StreamprocError):

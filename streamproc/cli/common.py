@@ -69,7 +69,9 @@ def endpoints(loaded: Settings) -> Endpoints:
     """Explicit settings first, then the running `streamproc dev` stack, then localhost."""
     stack = None
     if loaded.bootstrap_servers is None or loaded.redis_url is None:
-        stack = devstack.running_stack(loaded.state_dir)
+        stack = devstack.running_stack(
+            loaded.state_dir, redis_auth=devstack.RedisAuth.from_settings(loaded)
+        )
         if stack is not None:
             log.info("using the dev stack in %s", loaded.state_dir)
     return Endpoints(

@@ -19,7 +19,10 @@ app.add_typer(dev_app, name="dev")
 
 def _dev_stack(loaded: Settings) -> devstack.DevStack:
     return devstack.DevStack(
-        loaded.state_dir, broker_port=loaded.dev_broker_port, redis_url=loaded.redis_url
+        loaded.state_dir,
+        broker_port=loaded.dev_broker_port,
+        redis_url=loaded.redis_url,
+        redis_auth=devstack.RedisAuth.from_settings(loaded),
     )
 
 

@@ -75,7 +75,11 @@ class _broker:
             return where.bootstrap_servers, where.redis_url
         err.print("no broker configured and no dev stack running: starting a temporary one")
         state = Path(tempfile.mkdtemp(prefix="streamproc-replay-"))
-        self.temporary = devstack.DevStack(state, redis_url=self.loaded.redis_url)
+        self.temporary = devstack.DevStack(
+            state,
+            redis_url=self.loaded.redis_url,
+            redis_auth=devstack.RedisAuth.from_settings(self.loaded),
+        )
         info = self.temporary.up()
         return info.bootstrap_servers, info.redis_url
 

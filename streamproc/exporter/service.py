@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamproc.config import Settings
+from streamproc.errors import ConfigError
 from streamproc.events.parse import minor_unit_exponent
 from streamproc.exporter.names import Exposition, families
 from streamproc.exporter.query import ReportQuery, report_minutes
@@ -221,6 +222,8 @@ class Exporter:
                 try:
                     async with asyncio.timeout(timeout_s):
                         await self.refresh()
+                except ConfigError:
+                    raise  # Redis refused the password or its certificate: no retry helps
                 except Exception as exc:  # Redis down or frozen (TimeoutError) included
                     if _cancel_requested():
                         raise asyncio.CancelledError from exc  # an error our cancel caused

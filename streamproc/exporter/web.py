@@ -20,6 +20,7 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
+from streamproc.errors import ConfigError
 from streamproc.exporter.query import BadQuery, parse_query
 from streamproc.exporter.service import Exporter
 from streamproc.kpi.windows import window_label
@@ -114,12 +115,20 @@ async def serve(
         refresher = asyncio.create_task(exporter.run(metrics, interval_s=interval_s))
         if on_started is not None:
             on_started(f"http://{host}:{bound}")
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([refresher, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed = refresher.exception() if refresher.done() and not refresher.cancelled() else None
+        if isinstance(failed, ConfigError):  # a setting to fix (Redis refused the password)
+            raise failed
     finally:
         if refresher is not None:
             refresher.cancel()
             await asyncio.wait([refresher], timeout=10)
-            if refresher.done() and not refresher.cancelled() and refresher.exception():
-                logger.error("refresh loop failed", exc_info=refresher.exception())
+            failed = (
+                refresher.exception() if refresher.done() and not refresher.cancelled() else None
+            )
+            if failed is not None and not isinstance(failed, ConfigError):
+                logger.error("refresh loop failed", exc_info=failed)
         await runner.cleanup()
         await exporter.store.aclose()

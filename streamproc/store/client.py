@@ -3,12 +3,17 @@ a retry."""
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
+
+from streamproc.errors import StoreRefused
 
 # Redis errors worth retrying a batch for: the server is unreachable, restarting, loading, frozen
 # (timeouts), failing over (read-only replica, master down) or out of memory until someone acts.
@@ -58,14 +63,49 @@ class _HiredisPacking:
             raise redis.exceptions.DataError(str(exc)) from exc
 
 
-def connect(url: str, *, timeout_s: float) -> aioredis.Redis:
+class _Refusals:
+    """A connection that tells refused credentials and untrusted certificates apart from an
+    outage: both raise ``StoreRefused`` (a setting to fix) where redis-py raises a connection
+    error, which the worker and the exporter would wait out forever. A PING right after the
+    handshake finds a server that wants a password it was not given (NOAUTH comes with the first
+    command, not with the connect)."""
+
+    async def connect(self) -> None:
+        try:
+            await super().connect()  # type: ignore[misc]
+            await self.send_command("PING")  # type: ignore[attr-defined]
+            await self.read_response()  # type: ignore[attr-defined]
+        except redis.exceptions.AuthenticationError as exc:
+            await self.disconnect()  # type: ignore[attr-defined]
+            raise StoreRefused(
+                f"Redis refused the credentials ({exc}): check STREAMPROC_REDIS_PASSWORD, or the "
+                "user and password in STREAMPROC_REDIS_URL"
+            ) from exc
+        except redis.exceptions.ConnectionError as exc:
+            if isinstance(exc.__context__ or exc.__cause__, ssl.SSLCertVerificationError):
+                raise StoreRefused(
+                    f"Redis's TLS certificate is not trusted ({exc.__context__ or exc.__cause__})"
+                    ": set STREAMPROC_REDIS_SSL_CAFILE to the CA certificate that signed it"
+                ) from exc
+            raise
+
+
+def connect(
+    url: str, *, timeout_s: float, password: str | None = None, cafile: Path | None = None
+) -> aioredis.Redis:
     """A client of ``url`` whose commands hiredis packs. ``timeout_s`` bounds every connect and
     every reply: a frozen or unreachable Redis raises (a transient error) instead of hanging the
-    caller."""
+    caller. ``password`` is used when the URL has none; ``cafile`` verifies a ``rediss://``
+    server (else the system's CAs do)."""
+    options: dict[str, Any] = {}
+    if password is not None and urlsplit(url).password is None:
+        options["password"] = password
+    if cafile is not None and urlsplit(url).scheme == "rediss":
+        options["ssl_ca_certs"] = str(cafile)
     client = aioredis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **options
     )
     pool = client.connection_pool
     base = pool.connection_class  # a TCP, TLS or Unix socket connection, by the URL
-    pool.connection_class = type(base.__name__, (_HiredisPacking, base), {})
+    pool.connection_class = type(base.__name__, (_Refusals, _HiredisPacking, base), {})
     return client

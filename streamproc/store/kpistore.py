@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,22 +65,27 @@ class KpiStore:
         retention_s: int = 8 * 86400,
         exact_visitors: ExactVisitors | None = None,
         timeout_s: float = 5.0,
+        password: str | None = None,
+        cafile: Path | None = None,
     ) -> KpiStore:
         """A store over a new client (``client.connect``)."""
-        client = connect(url, timeout_s=timeout_s)
+        client = connect(url, timeout_s=timeout_s, password=password, cafile=cafile)
         return cls(client, namespace, retention_s=retention_s, exact_visitors=exact_visitors)
 
     @classmethod
     def for_settings(cls, settings: Settings, url: str) -> KpiStore:
-        """The store of ``settings.namespace`` with its retention, exact-visitor limits and
-        timeout."""
+        """The store of ``settings.namespace`` with its retention, exact-visitor limits,
+        timeout, password and CA."""
         exact = ExactVisitors(settings.visitors_exact_per_minute, settings.visitors_exact_union)
+        secret = settings.redis_password
         return cls.connect(
             url,
             settings.namespace,
             retention_s=settings.redis_retention_seconds,
             exact_visitors=exact,
             timeout_s=settings.redis_timeout_seconds,
+            password=secret.get_secret_value() if secret is not None else None,
+            cafile=settings.redis_ssl_cafile,
         )
 
     async def aclose(self) -> None:

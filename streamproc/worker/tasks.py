@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import faust
 
-from streamproc.errors import TopicsChanged
+from streamproc.errors import ConfigError, TopicsChanged
 from streamproc.ingest import Message
 from streamproc.metrics import WorkerMetrics
 from streamproc.store import TRANSIENT
@@ -80,6 +80,8 @@ class Holding:
                 continue
             except TopicsChanged as exc:
                 exit_now(TopicsChanged.EXIT_CODE, "%s", exc)
+            except ConfigError as exc:  # Redis refused the password or its certificate
+                exit_now(2, "%s", exc)
             except Exception:
                 logger.exception("%s: unexpected error; stopping so the work is done again", what)
                 exit_now(70, "stopped by an unexpected error")
