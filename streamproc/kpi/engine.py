@@ -371,13 +371,14 @@ class PartitionEngine:
         work: dict[str, tuple[Record, Contribution]] = {}
         for item in items:
             key = record_key(item)
-            if key not in work:
-                work[key] = self._open(store, key, previous, create=True)
-            record = work[key][0]
-            if record.off[item.topic] >= item.offset:
+            opened = work.get(key)
+            if opened is None:
+                opened = work[key] = self._open(store, key, previous, create=True)
+            off, topic = opened[0].off, item.topic
+            if off[topic] >= item.offset:
                 continue  # absorbed before a restart
-            record.off[item.topic] = item.offset
-            self._absorb(record, item)
+            off[topic] = item.offset
+            self._absorb(opened[0], item)
         watermark = self._advance(progress)
         while self.heap and self.heap[0][0] <= watermark:
             when, key = heapq.heappop(self.heap)
