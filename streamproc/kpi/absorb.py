@@ -3,6 +3,8 @@ record does not depend on the order events arrive in."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from streamproc.events import models as m
 from streamproc.kpi.records import (
     ADD,
@@ -97,6 +99,31 @@ def _merge(a: Segment, b: Segment) -> Segment:
     )
 
 
+class _Traits(NamedTuple):
+    """What an event type adds to its segment's counts (the ``isinstance`` tests of
+    ``_segment_of``, made once per type: they ran for every event)."""
+
+    view: bool  # a page_view
+    other: bool  # not a session_start, page_view or page_ping
+    add: bool  # an add_to_cart
+    start: bool  # a session_start
+
+
+_TRAITS: dict[type[m.WebEvent], _Traits] = {}
+
+
+def _traits(kind: type[m.WebEvent]) -> _Traits:
+    found = _TRAITS.get(kind)
+    if found is None:
+        found = _TRAITS[kind] = _Traits(
+            view=issubclass(kind, m.PageView),
+            other=not issubclass(kind, _NOT_OTHER),
+            add=issubclass(kind, m.AddToCart),
+            start=issubclass(kind, m.SessionStart),
+        )
+    return found
+
+
 def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
     """``_merge(segment, _segment_of(event, store))``, in place: the common case (the event
     falls into one session) builds no new segment and copies no cells."""
@@ -106,19 +133,21 @@ def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
     elif t > segment.end:
         segment.end = t
     first, device = segment.first, segment.device  # most events are not the earliest of either
-    if (t, eid) < (first.t, first.eid):
+    if t < first.t or (t == first.t and eid < first.eid):
         segment.first = Earliest(t, eid, store=store, text=event.visitor_id)
     if event.device_type and (device is None or (t, eid) < (device.t, device.eid)):
         segment.device = Earliest(t, eid, text=event.device_type)
-    start = _start_event(event)
-    if start is not None:
-        segment.start_event = earlier(segment.start_event, start)
-    is_view = isinstance(event, m.PageView)
-    segment.page_views += is_view
-    segment.others += not isinstance(event, _NOT_OTHER)
-    segment.adds += isinstance(event, m.AddToCart)
+    traits = _traits(type(event))
+    if traits.start:
+        segment.start_event = earlier(segment.start_event, _start_event(event))  # type: ignore[arg-type]
+    if traits.view:
+        segment.page_views += 1
+    if traits.other:
+        segment.others += 1
+    if traits.add:
+        segment.adds += 1
     key = cell_key(minute_of(t), store, event.visitor_id)
-    segment.cells[key] = segment.cells.get(key, 0) + is_view
+    segment.cells[key] = segment.cells.get(key, 0) + traits.view
 
 
 def add_session_event(

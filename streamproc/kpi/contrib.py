@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from streamproc.kpi import counters as c
 from streamproc.kpi.absorb import mark_cell
@@ -102,22 +103,16 @@ def contribute_session(
     """A session id's record (or, ``sessionless``, an order id's: orders without a session)."""
     out = Contribution()
     segments = record.segments
-    placed = sorted((o for o in record.orders if o.placed is not None), key=_order_key)
+    placed = _placed(record.orders)
     owners = [_owner(segments, o.placed.t, timeouts.session_ms) for o in placed]  # type: ignore[union-attr]
     with_orders = [0] * len(segments)
     for owner in owners:
         if owner is not None:
             with_orders[owner] += 1
-    dims = []
-    for index, segment in enumerate(segments):
-        close_at = segment.end + timeouts.session_ms
-        settle_at = close_at + timeouts.max_lateness_ms
-        closed = watermark >= close_at
-        for moment in (close_at, settle_at):
-            if watermark < moment:
-                out.next_change = min(out.next_change, moment)
-        dims.append(_dims(segment, watermark >= settle_at))
-        _segment_cells(out, segment, dims[-1], closed, with_orders[index])
+    dims = [
+        _session(out, segment, watermark, timeouts, with_orders[index])
+        for index, segment in enumerate(segments)
+    ]
     for order in placed:  # a repeated order_placed is not an order, but its visitor is seen
         for repeat in order.repeats:
             at = _owner(segments, repeat.t, timeouts.session_ms)
@@ -149,8 +144,31 @@ def contribute_session(
     for visit in record.visits:
         _present(out, visit.minute, visit.store, visit.visitor, ("other", visit.device, True))
     _marks(out, record.marks)
-    _cart_cells(out, record.carts, placed, watermark, timeouts.abandonment_ms)
+    if record.carts:
+        _cart_cells(out, record.carts, placed, watermark, timeouts.abandonment_ms)
     return out
+
+
+def _placed(orders: list[Order]) -> list[Order]:
+    """The placed orders, in time order (most session records have none)."""
+    if not orders:
+        return []
+    return sorted((o for o in orders if o.placed is not None), key=_order_key)
+
+
+def _session(
+    out: Contribution, segment: Segment, watermark: int, timeouts: Timeouts, orders: int
+) -> tuple[str, str, bool]:
+    """A segment's cells at ``watermark``; returns its dimensions (``_dims``)."""
+    close_at = segment.end + timeouts.session_ms
+    settle_at = close_at + timeouts.max_lateness_ms
+    if watermark < settle_at:
+        moment = close_at if watermark < close_at else settle_at
+        if moment < out.next_change:
+            out.next_change = moment
+    dims = _dims(segment, watermark >= settle_at)
+    _segment_cells(out, segment, dims, watermark >= close_at, orders)
+    return dims
 
 
 def _marks(out: Contribution, marks: dict[str, int]) -> None:
@@ -165,35 +183,101 @@ def _order_key(order: Order) -> tuple[int, str]:
     return order.placed.t, order.placed.eid
 
 
+class _Names(NamedTuple):
+    """The counter names and labels of one (channel_group, device_type) pair."""
+
+    channel: str  # "channel_group=<channel>"
+    device: str  # "device_type=<device>"
+    sessions_channel: str
+    sessions_device: str
+    views_channel: str
+    views_device: str
+
+
+_NAMES: dict[tuple[str, str], _Names] = {}  # bounded: both values are enums (events/models.py)
+
+
+def _names(channel: str, device: str) -> _Names:
+    found = _NAMES.get((channel, device))
+    if found is None:
+        labels = f"channel_group={channel}", f"device_type={device}"
+        bases = (c.SESSIONS, c.PAGE_VIEWS)
+        dimensioned = (c.dim(name, label) for name in bases for label in labels)
+        found = _NAMES[(channel, device)] = _Names(*labels, *dimensioned)
+    return found
+
+
 def _segment_cells(
     out: Contribution, segment: Segment, dims: tuple[str, str, bool], closed: bool, orders: int
 ) -> None:
-    channel, device, _ = dims
-    first = segment.first
-    cell = c.cell(out.cells, minute_of(segment.start), first.store)
-    c.add_dimensioned(cell, c.SESSIONS, 1, channel=channel, device=device)
-    c.bump(cell, c.SESSIONS_WITH_ORDER, int(orders > 0))
-    c.bump(cell, c.SESSIONS_WITH_CART, int(segment.adds > 0))
-    index = segment.start_event.number if segment.start_event is not None else NONE
-    c.bump(cell, c.SESSIONS_WITH_INDEX, int(index != NONE))
-    c.bump(cell, c.SESSIONS_NEW_VISITOR, int(index == 1))
+    """A session's outcomes at its start cell (``c.add_dimensioned`` and ``c.bump`` inlined,
+    in their order: this runs for every segment of every re-evaluated session)."""
+    names = _names(dims[0], dims[1])
+    key = (minute_of(segment.start), segment.first.store)
+    cell = out.cells.get(key)
+    if cell is None:
+        cell = out.cells[key] = {}
+    get = cell.get
+    for name in (c.SESSIONS, names.sessions_channel, names.sessions_device):
+        cell[name] = get(name, 0) + 1
+    start_event = segment.start_event
+    index = start_event.number if start_event is not None else NONE
+    flags = (
+        (c.SESSIONS_WITH_ORDER, orders > 0),
+        (c.SESSIONS_WITH_CART, segment.adds > 0),
+        (c.SESSIONS_WITH_INDEX, index != NONE),
+        (c.SESSIONS_NEW_VISITOR, index == 1),
+    )
+    for name, flag in flags:
+        if flag:
+            cell[name] = get(name, 0) + 1
     if closed:
-        c.bump(cell, c.SESSIONS_CLOSED)
-        c.bump(cell, c.SESSIONS_CLOSED_PAGE_VIEWS, segment.page_views)
-        c.bump(
-            cell, c.SESSIONS_BOUNCED, int(segment.page_views == 1 and segment.others + orders == 0)
-        )
-        c.bump(cell, c.SESSIONS_DURATION, segment.end - segment.start)
+        views = segment.page_views
+        bounced = views == 1 and segment.others + orders == 0
+        for name, amount in (
+            (c.SESSIONS_CLOSED, 1),
+            (c.SESSIONS_CLOSED_PAGE_VIEWS, views),
+            (c.SESSIONS_BOUNCED, int(bounced)),
+            (c.SESSIONS_DURATION, segment.end - segment.start),
+        ):
+            if amount:
+                cell[name] = get(name, 0) + amount
     else:
-        c.bump(cell, c.SESSIONS_OPEN)
-    labels = _labels(dims)
-    for key, views in segment.cells.items():
-        minute_text, store, visitor = key.split("|", 2)
-        minute = int(minute_text)
-        c.add_dimensioned(
-            c.cell(out.cells, minute, store), c.PAGE_VIEWS, views, channel=channel, device=device
-        )
-        _present(out, minute, store, visitor, dims, labels)
+        cell[c.SESSIONS_OPEN] = get(c.SESSIONS_OPEN, 0) + 1
+    _visitor_cells(out, segment.cells, names, known=dims[2])
+
+
+def _visitor_cells(out: Contribution, seen: dict[str, int], names: _Names, *, known: bool) -> None:
+    """A segment's "minute|store|visitor" cells: page views (ch/dev) and visitor presence.
+
+    ``c.add_dimensioned`` and ``_present`` inlined: this loop runs for every cell of every
+    re-evaluated session."""
+    cells, presence = out.cells, out.presence
+    channel, device = names.channel, names.device
+    views_name, marks_name = c.PAGE_VIEWS, c.VISITOR_MARKS
+    views_channel, views_device = names.views_channel, names.views_device
+    for key, views in seen.items():
+        minute, store, visitor = _cell_parts(key)
+        counters = cells.get((minute, store))
+        if counters is None:
+            counters = cells[(minute, store)] = {}
+        if views:
+            counters[views_name] = counters.get(views_name, 0) + views
+            counters[views_channel] = counters.get(views_channel, 0) + views
+            counters[views_device] = counters.get(views_device, 0) + views
+        if not visitor:
+            continue
+        counters[marks_name] = counters.get(marks_name, 0) + 1
+        presence.add((minute, store, "", visitor))
+        if known:
+            presence.add((minute, store, channel, visitor))
+            presence.add((minute, store, device, visitor))
+
+
+def _cell_parts(key: str) -> tuple[int, str, str]:
+    """``"minute|store|visitor"`` (absorb.cell_key) -> (minute, store, visitor)."""
+    minute, store, visitor = key.split("|", 2)
+    return int(minute), store, visitor
 
 
 def _order_cells(out: Contribution, order: Order, dims: tuple[str, str, bool]) -> None:

@@ -13,7 +13,7 @@ stores ``plan.writes`` in order.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,7 +44,7 @@ from streamproc.kpi.records import (
     encode,
     new_offsets,
 )
-from streamproc.kpi.windows import MINUTE_MS, minute_of
+from streamproc.kpi.windows import MINUTE_MS
 
 Record = SessionRecord | TicketRecord
 CLICKSTREAM, CART, ORDERS, TICKETS = range(TOPICS)
@@ -76,7 +76,9 @@ class EngineSettings:
         return Timeouts(self.session_timeout_ms, self.abandonment_timeout_ms, self.max_lateness_ms)
 
 
-class Item(msgspec.Struct, frozen=True):  # one per event: a frozen dataclass is ~10x slower
+# One per event: a frozen dataclass is ~10x slower. Not tracked by the garbage collector: it
+# holds no cycle, and a worker keeps many (records.py).
+class Item(msgspec.Struct, frozen=True, gc=False):
     """An accepted event with its coordinates, ready to apply."""
 
     event: m.Event
@@ -137,6 +139,11 @@ def _latest_mark(marks: dict[str, int]) -> int:
     return max(absorb.mark_cell(key)[0] for key in marks) + MINUTE_MS - 1
 
 
+# What a record not yet in the store contributes; shared, so never changed (a ``before`` is only
+# read). Most records of a batch are new: this saves four containers each, and their collection.
+_NOTHING = Contribution()
+
+
 def _decode(key: str, raw: bytes) -> Record:
     return decode_session(raw) if key[0] in "so" else decode_ticket(raw)
 
@@ -156,6 +163,7 @@ class PartitionEngine:
         be taken for silence (its events would all be too late)."""
         self.partition = partition
         self.settings = settings
+        self.timeouts = settings.timeouts  # made once: contribution() runs for every record
         self.prefix = f"{partition}|"
         self.meta = Meta([NONE] * TOPICS)
         self.sums: dict[c.CellKey, c.Counters] = {}
@@ -170,20 +178,25 @@ class PartitionEngine:
     def contribution(self, key: str, record: Record, watermark: int) -> Contribution:
         if isinstance(record, SessionRecord):
             sessionless = key.startswith("o:")
-            return contribute_session(
-                record, watermark, self.settings.timeouts, sessionless=sessionless
-            )
+            return contribute_session(record, watermark, self.timeouts, sessionless=sessionless)
         return contribute_ticket(record)
 
     def deadline(self, key: str, record: Record) -> int:
         """After this watermark no accepted event can change the record: it may be evicted."""
         s = self.settings
         if isinstance(record, SessionRecord):
-            times = [seg.end for seg in record.segments]
-            times += [e.t for cart in record.carts for e in cart.events]
-            times += [r.t for r in record.refunds]
-            times.append(_latest_mark(record.marks))
-            latest = max(times, default=NONE) + max(s.session_timeout_ms, s.abandonment_timeout_ms)
+            latest = _latest_mark(record.marks)
+            for segment in record.segments:  # (loops, not lists: this runs for every record)
+                if segment.end > latest:
+                    latest = segment.end
+            for cart in record.carts:
+                for event in cart.events:
+                    if event.t > latest:
+                        latest = event.t
+            for refund in record.refunds:
+                if refund.t > latest:
+                    latest = refund.t
+            latest += max(s.session_timeout_ms, s.abandonment_timeout_ms)
             for order in record.orders:
                 for moment in (order.placed, order.cancelled):
                     if moment is not None:
@@ -309,21 +322,50 @@ class PartitionEngine:
         progress and the watermark on, so the verdicts do not depend on batch sizes.
         """
         verdicts = Verdicts([], [])
+        on_time, too_late = verdicts.on_time, verdicts.too_late
         meta, max_lateness = self.meta, self.settings.max_lateness_ms
+        max_ts, move = meta.max_ts, self._mover(progress)
+        wm, late = meta.watermark, 0
         for item in items:
-            wm = meta.watermark
             t = item.event.event_time
             if wm != NONE and t < wm - max_lateness:
-                verdicts.too_late.append(item)
+                too_late.append(item)
             else:
-                verdicts.on_time.append(item)
-                if wm != NONE and minute_of(t) + MINUTE_MS <= wm:
-                    verdicts.late += 1  # its minute is closed: it amends it
-            if t > meta.max_ts[item.topic]:
-                meta.max_ts[item.topic] = int(t)
-                self._advance(progress, idle=False)
+                on_time.append(item)
+                if wm != NONE and t - t % MINUTE_MS + MINUTE_MS <= wm:
+                    late += 1  # its minute is closed: it amends it
+            if t > max_ts[item.topic]:
+                max_ts[item.topic] = int(t)
+                wm = move()
+        verdicts.late = late
+        if on_time or too_late:
             self.last_event_wall_ms = wall_ms
         return verdicts
+
+    def _mover(self, progress: Progress) -> Callable[[], int]:
+        """``_advance(progress, idle=False)`` for the events of one ``read``, with what depends
+        only on ``progress`` worked out once (it runs for most events); returns the watermark."""
+        meta, allowed = self.meta, self.settings.allowed_lateness_ms
+        max_ts, ended = meta.max_ts, progress.ended
+        if ended.issuperset(ALL_TOPICS):
+
+            def move_to_end() -> int:
+                meta.watermark = NEVER
+                return NEVER
+
+            return move_to_end
+        held = tuple(topic for topic in progress.backlog if topic not in ended)
+
+        def move() -> int:
+            frontier = max(max_ts)
+            for topic in held:  # a topic with unread messages holds the watermark back
+                if max_ts[topic] < frontier:
+                    frontier = max_ts[topic]
+            if frontier != NONE and frontier - allowed > meta.watermark:
+                meta.watermark = frontier - allowed
+            return meta.watermark
+
+        return move
 
     def apply(self, items: list[Item], progress: Progress, store: Store) -> Plan:
         """Absorb accepted events, advance the watermark, re-evaluate and evict; plan the writes."""
@@ -331,13 +373,14 @@ class PartitionEngine:
         work: dict[str, tuple[Record, Contribution]] = {}
         for item in items:
             key = record_key(item)
-            if key not in work:
-                work[key] = self._open(store, key, previous, create=True)
-            record = work[key][0]
-            if record.off[item.topic] >= item.offset:
+            opened = work.get(key)
+            if opened is None:
+                opened = work[key] = self._open(store, key, previous, create=True)
+            off, topic = opened[0].off, item.topic
+            if off[topic] >= item.offset:
                 continue  # absorbed before a restart
-            record.off[item.topic] = item.offset
-            self._absorb(record, item)
+            off[topic] = item.offset
+            self._absorb(opened[0], item)
         watermark = self._advance(progress)
         while self.heap and self.heap[0][0] <= watermark:
             when, key = heapq.heappop(self.heap)
@@ -355,7 +398,7 @@ class PartitionEngine:
     ) -> tuple[Record, Contribution]:
         raw = store.get(self.prefix + key)
         if raw is None:
-            return (_new(key) if create else None), Contribution()  # type: ignore[return-value]
+            return (_new(key) if create else None), _NOTHING  # type: ignore[return-value]
         record = _decode(key, raw)
         return record, self.contribution(key, record, watermark)
 
