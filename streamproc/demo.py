@@ -76,11 +76,9 @@ class Demo:
         self.settings = settings
         self.options = options
         self.dir = Path(settings.state_dir).absolute() / "demo"
+        self.redis_auth = devstack.RedisAuth.from_settings(settings)
         self.stack = devstack.DevStack(
-            self.dir,
-            redis_url=settings.redis_url,
-            redis_auth=devstack.RedisAuth.from_settings(settings),
-            keep_port=False,
+            self.dir, redis_url=settings.redis_url, redis_auth=self.redis_auth, keep_port=False
         )
         self.children: list[Child] = []
         self.info: devstack.StackInfo | None = None
@@ -106,6 +104,8 @@ class Demo:
             "STREAMPROC_WORKER_PORT": str(self.worker_port),
             "STREAMPROC_EXPORTER_PORT": str(self.exporter_port),
             "STREAMPROC_EXPORTER_REFRESH_SECONDS": "2",
+            # a Redis the stack started has no password, whatever the settings give another one
+            **({} if self.info.redis_source == "external" else {"STREAMPROC_REDIS_PASSWORD": ""}),
         }
 
     def start(self) -> None:
@@ -172,14 +172,16 @@ class Demo:
         self.children.clear()
         if self.info is not None:
             try:
-                asyncio.run(_drop(self.info.redis_url, self.namespace))
+                external = self.info.redis_source == "external"  # else a Redis of its own
+                auth = self.redis_auth if external else devstack.RedisAuth()
+                asyncio.run(_drop(self.info.redis_url, self.namespace, auth))
             except Exception as exc:  # the stack is stopped anyway; say what is left behind
                 logger.warning("could not delete Redis namespace %s: %s", self.namespace, exc)
         self.stack.down()
 
 
-async def _drop(redis_url: str, namespace: str) -> None:
-    store = KpiStore.connect(redis_url, namespace)
+async def _drop(redis_url: str, namespace: str, auth: devstack.RedisAuth) -> None:
+    store = KpiStore.connect(redis_url, namespace, password=auth.password, cafile=auth.cafile)
     try:
         await store.drop()
     finally:

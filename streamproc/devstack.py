@@ -167,7 +167,7 @@ class DevStack:
             problems["broker"] = f"no answer at {info.bootstrap_servers}"
         auth = self.redis_auth if info.redis_source == "external" else None
         if "redis" not in problems and not ping_redis(info.redis_url, auth=auth):
-            problems["redis"] = f"no answer at {_redact(info.redis_url)}"
+            problems["redis"] = f"no answer at {redact(info.redis_url)}"
         return StackStatus(info, problems)
 
     @contextlib.contextmanager
@@ -249,10 +249,10 @@ class DevStack:
         """Where Redis comes from, and the server binary to start (None: reuse ``redis_url``)."""
         if self.redis in ("auto", "external"):
             if ping_redis(self.redis_url, auth=self.redis_auth):
-                logger.info("reusing the Redis at %s", _redact(self.redis_url))
+                logger.info("reusing the Redis at %s", redact(self.redis_url))
                 return "external", None
             if self.redis == "external":
-                raise DevStackError(f"no Redis answers PING at {_redact(self.redis_url)}")
+                raise DevStackError(f"no Redis answers PING at {redact(self.redis_url)}")
         if self.redis in ("auto", "redis-server"):
             found = shutil.which("redis-server")
             if found is not None:
@@ -310,7 +310,7 @@ class RedisAuth:
     def from_settings(cls, settings: Settings) -> RedisAuth:
         secret = settings.redis_password
         password = secret.get_secret_value() if secret is not None else None
-        return cls(password=password, cafile=settings.redis_ssl_cafile)
+        return cls(password=password or None, cafile=settings.redis_ssl_cafile)
 
 
 def ping_redis(url: str, *, auth: RedisAuth | None = None, timeout: float = 1.0) -> bool:
@@ -571,7 +571,8 @@ def _resp(*args: str) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: for logs and output."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

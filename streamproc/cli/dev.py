@@ -39,7 +39,7 @@ def _print_stack(info: devstack.StackInfo, problems: Mapping[str, str] | None = 
     )
     table.add_row(
         f"redis ({info.redis_source})",
-        info.redis_url,
+        devstack.redact(info.redis_url),
         redis_process,
         problems.get("redis", "[green]up[/]"),
         str(info.logs.get("redis", "")),
@@ -56,7 +56,7 @@ def dev_up_command() -> None:
     out.print(
         f"streamproc commands run from here use this stack (state in {loaded.state_dir}/dev).\n"
         f"Other tools: export STREAMPROC_BOOTSTRAP_SERVERS={info.bootstrap_servers} "
-        f"STREAMPROC_REDIS_URL={info.redis_url}",
+        f"STREAMPROC_REDIS_URL={devstack.redact(info.redis_url)}",
         highlight=False,
     )
 

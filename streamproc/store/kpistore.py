@@ -84,7 +84,7 @@ class KpiStore:
             retention_s=settings.redis_retention_seconds,
             exact_visitors=exact,
             timeout_s=settings.redis_timeout_seconds,
-            password=secret.get_secret_value() if secret is not None else None,
+            password=(secret.get_secret_value() if secret is not None else None) or None,
             cafile=settings.redis_ssl_cafile,
         )
 

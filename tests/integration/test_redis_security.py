@@ -194,3 +194,34 @@ def test_a_replay_over_tls_with_a_password_matches_the_reference(
         lines, ReferenceSettings(fx_rates={"EUR": Decimal("1.08")}, window_sizes_s=(900, 3600))
     )
     assert not compare_reports(json.loads(out.read_text()), expected, visitors_rel_tol=0.02)
+
+
+def test_dev_stack_reuses_a_redis_with_a_password_and_never_shows_it(
+    redis: SecureRedis, tmp_path: Path
+) -> None:
+    """`dev up` pings the Redis of the URL with its password, reuses it, and prints (as do
+    `dev status` and `settings`) the URL with the password masked; DEBUG logging included."""
+    env = {
+        **os.environ,
+        "STREAMPROC_STATE_DIR": str(tmp_path),
+        "STREAMPROC_REDIS_URL": f"redis://:{PASSWORD}@{HOST}:{redis.port}/0",
+        "STREAMPROC_LOG_LEVEL": "debug",
+    }
+    outputs = []
+    try:
+        for args in (["dev", "up"], ["dev", "status"], ["settings"]):
+            done = subprocess.run(
+                [sys.executable, "-m", "streamproc", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            outputs.append(done.stdout + done.stderr)
+            assert done.returncode == 0, outputs[-1][-3000:]
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "streamproc", "dev", "down"], env=env, timeout=120, check=False
+        )
+    assert "redis (external)" in outputs[0] and ":***@" in outputs[0], outputs[0]
+    assert all(PASSWORD not in output for output in outputs), outputs
