@@ -44,7 +44,8 @@ async def ensure_topics(
     of each.
 
     Existing topics are kept as they are, but the ``co_partitioned`` topics must all have the
-    same partition count (events.md: all four input topics are co-partitioned).
+    same partition count (docs/events.md, "Topics and keys": the four input topics are
+    co-partitioned).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     configs = configs or {}

@@ -1,4 +1,4 @@
-"""The event contract (``events.md``) as typed structs, one tagged union per topic family.
+"""The event contract (``docs/events.md``) as typed structs, one tagged union per topic family.
 
 The structs are decoded straight from message bytes by msgspec (see ``parse.py``). After
 ``EventDecoder.decode`` returns, an event is normalised:

@@ -1,4 +1,4 @@
-"""Which topic and which Kafka key an event goes to (``events.md``, "Topics and keys").
+"""Which topic and which Kafka key an event goes to (``docs/events.md``, "Topics and keys").
 
 These rules work on the raw JSON object, so that tools can route events without validating them:
 a bad event still reaches the topic where the processor will dead-letter it.

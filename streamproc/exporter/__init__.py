@@ -1,5 +1,5 @@
 """The exporter: one per deployment, it reads what the workers published in Redis, sums the
-partitions and serves every KPI (design.md "Prometheus exposition rules").
+partitions and serves every KPI (``docs/metrics.md``).
 
 - ``windows``: the trailing-window rule and the running sums (pure)
 - ``names``: report rows -> metric families, the one table of metric names (pure)

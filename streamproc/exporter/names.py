@@ -1,12 +1,13 @@
 """KPI report rows -> Prometheus metric families: the one table of names, labels and types.
 
-Naming follows design.md and the Prometheus naming rules (``promtool check metrics``): prefix
-``shop_``, base units (``_seconds``), ``_ratio`` for shares, no ``_total`` (these are windowed
-gauges, not counters), money in the reporting currency with a ``currency`` label. Every metric has
-a constant label set; a breakdown label is ``"all"`` on the row that is not broken down, so
-``sum()`` over a breakdown must select ``!= "all"``. Percentiles are a summary with only
-``quantile`` samples: a ``quantile`` label is reserved for summaries, and a window's count and sum
-are not the counters a summary's ``_count`` and ``_sum`` promise. Exposition lines::
+Naming follows the Prometheus naming rules (``promtool check metrics``; ``docs/metrics.md`` lists
+the metrics): prefix ``shop_``, base units (``_seconds``), ``_ratio`` for shares, no ``_total``
+(these are windowed gauges, not counters), money in the reporting currency with a ``currency``
+label. Every metric has a constant label set; a breakdown label is ``"all"`` on the row that is not
+broken down, so ``sum()`` over a breakdown must select ``!= "all"``. Percentiles are a summary
+with only ``quantile`` samples: a ``quantile`` label is reserved for summaries, and a window's
+count and sum are not the counters a summary's ``_count`` and ``_sum`` promise. Exposition
+lines::
 
     shop_conversion_ratio{window="15m",store_id="all",channel_group="all",device_type="all"} 0.031
     shop_orders{window="1h",store_id="store-01",channel_group="email",device_type="all"} 31.0
@@ -65,7 +66,7 @@ def _seconds(kpi: str, what: str) -> dict[str, MetricName]:
     return {**quantiles, f"{kpi}_seconds_mean": mean}
 
 
-# KPI id (kpi/report.py KPIS, plus open_tickets) -> metric. Help texts follow kpis.md.
+# KPI id (kpi/report.py KPIS, plus open_tickets) -> metric. Help texts follow docs/semantics.md.
 METRICS: dict[str, MetricName] = {
     "sessions": MetricName("shop_sessions", "Sessions started in the window." + ZERO, CH_DEV),
     "unique_visitors": MetricName(

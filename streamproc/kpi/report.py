@@ -1,4 +1,5 @@
-"""KPI values from merged counters, as report rows (design.md "KPI report JSON").
+"""KPI values from merged counters, as report rows (what ``replay --report``, ``backfill --report``
+and ``/api/kpis`` give).
 
 Row conventions: counts have ``numerator`` = value and no denominator; money is in major units;
 ratios are ``numerator / denominator``; means carry sum and count; percentiles carry the count as

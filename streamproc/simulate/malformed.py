@@ -25,7 +25,7 @@ from streamproc.simulate.timeline import DAY_MS
 BAD_INPUT_REASONS: tuple[Reason, ...] = tuple(
     r for r in Reason if r not in {Reason.TOO_LATE, Reason.TOO_DEEP, Reason.PROCESSING_ERROR}
 )
-MAX_MESSAGE_BYTES = 65_536  # the contract's limit (events.md, "Encoding")
+MAX_MESSAGE_BYTES = 65_536  # the contract's limit (docs/events.md, "Events")
 UNKNOWN_CURRENCIES = ("XTS", "XXX")  # ISO codes for "testing" and "no currency": never given rates
 
 Event = dict[str, Any]

@@ -1,5 +1,5 @@
 """Prometheus and Alertmanager configuration: promtool and amtool accept it, the rule unit
-tests (deploy/prometheus/tests) pass and fail when a guard is removed, every alert of kpis.md
+tests (deploy/prometheus/tests) pass and fail when a guard is removed, every alert of docs/alerts.md
 exists with its annotations, and the end-to-end test's rendering changes durations only.
 
 Skipped when promtool or amtool is missing, except in CI (CI=true), where scripts/test installs
@@ -185,7 +185,7 @@ WEBHOOK = "http://alert-webhook:8080/alerts"
 
 
 def test_the_alerts_of_kpis_md() -> None:
-    """kpis.md "Alerting defaults": names, `for` and the thresholds in the expressions."""
+    """docs/alerts.md, the table: names, `for` and the thresholds in the expressions."""
     found = alerts()
     assert sorted(found) == [
         "CartAbandonmentSpike", "ConversionDrop", "DeadLetterRateHigh", "ExporterStale",

@@ -1,5 +1,5 @@
 """`streamproc produce` and `streamproc simulate` against the embedded broker: every message lands
-on its topic with the key events.md prescribes, checked by consuming everything back."""
+on its topic with the key docs/events.md prescribes, checked by consuming everything back."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ TOPIC_OF_TYPE = {
 
 
 def expected_message(line: bytes, ns: str) -> tuple[str, bytes | None, bytes, int | None]:
-    """(topic, key, value, timestamp) for one file line, by the rules of events.md."""
+    """(topic, key, value, timestamp) for one file line, by the rules of docs/events.md."""
     obj: dict[str, Any] = json.loads(line)
     if "__raw__" in obj or "__raw_b64__" in obj:
         value = (

@@ -110,7 +110,7 @@ def raw_message(obj: dict[str, Any]) -> Message | None:
 
 
 def kafka_key(obj: dict[str, Any], family: Family) -> str | None:
-    """The key the events contract prescribes (events.md, "Topics and keys")."""
+    """The key the events contract prescribes (docs/events.md, "Topics and keys")."""
     names: tuple[str, ...] = ("session_id",)
     if family is Family.TICKETS:
         names = ("ticket_id", "customer_id", "event_id")

@@ -1,4 +1,4 @@
-"""KPI report rows (design.md, "Interfaces others depend on") and comparing two reports."""
+"""KPI report rows (what `replay --report` writes) and comparing two reports."""
 
 from __future__ import annotations
 
