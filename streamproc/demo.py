@@ -104,8 +104,6 @@ class Demo:
             "STREAMPROC_WORKER_PORT": str(self.worker_port),
             "STREAMPROC_EXPORTER_PORT": str(self.exporter_port),
             "STREAMPROC_EXPORTER_REFRESH_SECONDS": "2",
-            # a Redis the stack started has no password, whatever the settings give another one
-            **({} if self.info.redis_source == "external" else {"STREAMPROC_REDIS_PASSWORD": ""}),
         }
 
     def start(self) -> None:
