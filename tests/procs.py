@@ -10,9 +10,11 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import redis
+
+from streamproc.devstack import StackInfo
 
 
 def drop_keys(redis_url: str, prefix: str) -> int:
@@ -56,6 +58,27 @@ def settings_env(
     }
     env.update({f"STREAMPROC_{key.upper()}": str(value) for key, value in extra.items()})
     return env
+
+
+class LiveEnv(NamedTuple):
+    env: dict[str, str]
+    worker_port: int
+    exporter_port: int
+
+
+def live_env(namespace: str, stack: StackInfo, **extra: object) -> LiveEnv:
+    """Environment for a live worker and exporter of one test (exporter refreshing every
+    second), with their two free ports."""
+    worker_port, exporter_port = free_port(), free_port()
+    env = settings_env(
+        namespace,
+        bootstrap=stack.bootstrap_servers,
+        redis_url=stack.redis_url,
+        worker_port=worker_port,
+        exporter_port=exporter_port,
+        **({"exporter_refresh_seconds": 1} | extra),
+    )
+    return LiveEnv(env, worker_port, exporter_port)
 
 
 class StreamprocProcess:

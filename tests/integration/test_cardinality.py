@@ -15,7 +15,7 @@ import psutil
 import pytest
 from aiokafka import AIOKafkaProducer
 from helpers import family, make_event
-from procs import StreamprocProcess, free_port, settings_env
+from procs import StreamprocProcess, live_env
 
 from streamproc import metrics
 from streamproc.devstack import StackInfo
@@ -92,16 +92,8 @@ def test_a_flood_of_labels_stays_within_the_caps(
     now = int(time.time() * 1000)
     start_ms = now - now % 60_000 - 10 * 60_000
     events = _flood(start_ms)
-    worker_port, exporter_port = free_port(), free_port()
-    env = settings_env(
-        namespace,
-        bootstrap=stack.bootstrap_servers,
-        redis_url=stack.redis_url,
-        worker_port=worker_port,
-        exporter_port=exporter_port,
-        exporter_refresh_seconds=1,
-        max_stores=MAX_STORES,
-        windows="1m,1h",
+    env, worker_port, exporter_port = live_env(
+        namespace, stack, max_stores=MAX_STORES, windows="1m,1h"
     )
     with (
         StreamprocProcess(["worker"], env, tmp_path / "worker.log") as worker,

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from helpers import dumps, family, make_event
-from procs import StreamprocProcess, free_port, settings_env
+from procs import StreamprocProcess, live_env
 
 from streamproc import metrics
 from streamproc.deadletter import DeadLetter
@@ -120,14 +120,9 @@ class Views:
 async def test_idle_close_label_caps_and_late_events_through_the_live_pipeline(
     stack: StackInfo, namespace: str, tmp_path: Path
 ) -> None:
-    worker_port, exporter_port = free_port(), free_port()
-    env = settings_env(
+    env, worker_port, exporter_port = live_env(
         namespace,
-        bootstrap=stack.bootstrap_servers,
-        redis_url=stack.redis_url,
-        worker_port=worker_port,
-        exporter_port=exporter_port,
-        exporter_refresh_seconds=1,
+        stack,
         idle_timeout_seconds=2,
         session_timeout_seconds=60,
         abandonment_timeout_seconds=60,

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import anomalous_traffic
-from procs import StreamprocProcess, free_port, settings_env
+from procs import StreamprocProcess, live_env
 
 from streamproc import metrics
 from streamproc.devstack import StackInfo
@@ -57,15 +57,7 @@ def test_servers_listen_on_loopback_and_ids_stay_out_of_labels_and_logs(
     assert sum(MARK.encode() in line for line in lines) > 100
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"".join(line + b"\n" for line in lines))
-    worker_port, exporter_port = free_port(), free_port()
-    env = settings_env(
-        namespace,
-        bootstrap=stack.bootstrap_servers,
-        redis_url=stack.redis_url,
-        worker_port=worker_port,
-        exporter_port=exporter_port,
-        exporter_refresh_seconds=1,
-    )
+    env, worker_port, exporter_port = live_env(namespace, stack)
     env.pop("STREAMPROC_BIND", None)  # the default
     produced = subprocess.run(
         [sys.executable, "-m", "streamproc", "produce", str(events)],
