@@ -387,6 +387,12 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
 
 
+def redis_password_of(settings: Settings) -> str | None:
+    """The Redis password in clear, for the connection that sends it (None: unset or empty)."""
+    secret = settings.redis_password
+    return (secret.get_secret_value() if secret is not None else None) or None
+
+
 def describe_settings() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting, in declaration order."""
     rows = []

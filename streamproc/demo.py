@@ -170,9 +170,7 @@ class Demo:
         self.children.clear()
         if self.info is not None:
             try:
-                external = self.info.redis_source == "external"  # else a Redis of its own
-                auth = self.redis_auth if external else devstack.RedisAuth()
-                asyncio.run(_drop(self.info.redis_url, self.namespace, auth))
+                asyncio.run(_drop(self.info.redis_url, self.namespace, self.redis_auth))
             except Exception as exc:  # the stack is stopped anyway; say what is left behind
                 logger.warning("could not delete Redis namespace %s: %s", self.namespace, exc)
         self.stack.down()

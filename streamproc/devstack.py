@@ -28,13 +28,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
+from streamproc.config import Settings, redis_password_of
 from streamproc.errors import DevStackError, DevStackTimeout
-
-if TYPE_CHECKING:
-    from streamproc.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -308,9 +306,7 @@ class RedisAuth:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisAuth:
-        secret = settings.redis_password
-        password = secret.get_secret_value() if secret is not None else None
-        return cls(password=password or None, cafile=settings.redis_ssl_cafile)
+        return cls(password=redis_password_of(settings), cafile=settings.redis_ssl_cafile)
 
 
 def ping_redis(url: str, *, auth: RedisAuth | None = None, timeout: float = 1.0) -> bool:

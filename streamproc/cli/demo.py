@@ -113,10 +113,7 @@ class _Counters:
 
 def _shown_path(path: Path) -> str:
     """``path`` relative to the working directory when it lies under it (as the user typed it)."""
-    try:
-        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
-    except ValueError:
-        return str(path)
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def save_svg(view: Group, path: Path) -> None:

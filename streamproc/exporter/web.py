@@ -118,17 +118,20 @@ async def serve(
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([refresher, stopped], return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        failed = refresher.exception() if refresher.done() and not refresher.cancelled() else None
+        failed = _failure(refresher)
         if isinstance(failed, ConfigError):  # a setting to fix (Redis refused the password)
             raise failed
     finally:
         if refresher is not None:
             refresher.cancel()
             await asyncio.wait([refresher], timeout=10)
-            failed = (
-                refresher.exception() if refresher.done() and not refresher.cancelled() else None
-            )
+            failed = _failure(refresher)
             if failed is not None and not isinstance(failed, ConfigError):
                 logger.error("refresh loop failed", exc_info=failed)
         await runner.cleanup()
         await exporter.store.aclose()
+
+
+def _failure(task: asyncio.Task[None]) -> BaseException | None:
+    """The error a finished task ended with; None while it runs, once cancelled, or done well."""
+    return task.exception() if task.done() and not task.cancelled() else None

@@ -98,9 +98,10 @@ def connect(
     caller. ``password`` is used when the URL has none; ``cafile`` verifies a ``rediss://``
     server (else the system's CAs do)."""
     options: dict[str, Any] = {}
-    if password is not None and urlsplit(url).password is None:
+    parts = urlsplit(url)
+    if password is not None and parts.password is None:
         options["password"] = password
-    if cafile is not None and urlsplit(url).scheme == "rediss":
+    if cafile is not None and parts.scheme == "rediss":
         options["ssl_ca_certs"] = str(cafile)
     client = aioredis.Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **options

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from streamproc.config import Settings
+from streamproc.config import Settings, redis_password_of
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import Presence
 from streamproc.store import scripts
@@ -77,14 +77,13 @@ class KpiStore:
         """The store of ``settings.namespace`` with its retention, exact-visitor limits,
         timeout, password and CA."""
         exact = ExactVisitors(settings.visitors_exact_per_minute, settings.visitors_exact_union)
-        secret = settings.redis_password
         return cls.connect(
             url,
             settings.namespace,
             retention_s=settings.redis_retention_seconds,
             exact_visitors=exact,
             timeout_s=settings.redis_timeout_seconds,
-            password=(secret.get_secret_value() if secret is not None else None) or None,
+            password=redis_password_of(settings),
             cafile=settings.redis_ssl_cafile,
         )
 
