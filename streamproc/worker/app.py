@@ -37,6 +37,11 @@ from streamproc.worker.tasks import Holding, watch_topics, wire_batches, wire_ti
 
 STATE_TABLE = "state"
 QUEUED_BATCHES = 16  # fetched batches waiting for the processor; then fetching waits
+# aiokafka keeps one open batch per partition and makes a send wait while that batch is full and
+# in flight: with its 16 KiB default, dead letters (up to dead_letter_max_bytes each) and state
+# records went out a round trip per 16 KiB. A batch stays below the request (and the broker's
+# message) limit of 1 MiB.
+PRODUCER_BATCH_BYTES = 512 * 1024
 _RAW: dict[str, Any] = {
     "key_type": bytes,
     "value_type": bytes,
@@ -154,6 +159,7 @@ def _faust_app(settings: Settings, *, bootstrap_servers: str, partitions: int) -
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         broker_max_poll_records=settings.batch_max_events,
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         broker_session_timeout=settings.group_session_timeout_seconds,
         broker_heartbeat_interval=settings.group_heartbeat_interval_seconds,
         broker_rebalance_timeout=settings.group_rebalance_timeout_seconds,

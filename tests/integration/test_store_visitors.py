@@ -100,7 +100,7 @@ async def test_every_published_key_keeps_its_retention(store: KpiStore) -> None:
             open_tickets=None,
             status=None,
         )
-    keys = [key async for key in store.client.scan_iter(match=store.key("*"))]
+    keys = [key async for key in store.client.scan_iter(match=store.key("*"), count=10_000)]
     published = [key for key in keys if b":cells:" in key or b":hll:" in key or b":vis:" in key]
     assert len(published) >= 4
     for key in published:
