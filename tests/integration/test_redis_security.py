@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from certs import make_certs
 from faults import HOST, _Server, _wait_until, redis_binary, stable_port
 from helpers import anomalous_traffic
 from procs import settings_env
@@ -34,24 +35,6 @@ pytestmark = pytest.mark.integration
 
 PASSWORD = "s3cret-sentinel-7f2a"  # must never appear in any output
 WRONG = "wrong-sentinel-91c4"
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certs(where: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate for 127.0.0.1 it signed: (ca, cert, key)."""
-    where.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.crt", "-days", "2", "-subj", "/CN=streamproc test CA", cwd=where)  # fmt: skip
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-             "server.csr", "-subj", "/CN=127.0.0.1", cwd=where)  # fmt: skip
-    (where / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
-             cwd=where)  # fmt: skip
-    return where / "ca.crt", where / "server.crt", where / "server.key"
 
 
 class SecureRedis:
