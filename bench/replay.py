@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, path: Pa
         started = time.monotonic()
         with path.open("rb") as lines:
             sent, _, ends = await replay.produce(
-                lines, run_settings, bootstrap=bootstrap, on_sent=lambda n: None
+                lines, run_settings, kafka=bootstrap, on_sent=lambda n: None
             )
         produced_s = time.monotonic() - started
         print(f"produced {sent:,} messages in {produced_s:.1f} s ({sent / produced_s:,.0f}/s)")

@@ -113,7 +113,7 @@ async def produce(run_input: Settings, path: Path, bootstrap: str) -> tuple[int,
     started = time.monotonic()
     with path.open("rb") as lines:
         sent, unroutable, ends = await replay.produce(
-            lines, run_input, bootstrap=bootstrap, on_sent=lambda n: None
+            lines, run_input, kafka=bootstrap, on_sent=lambda n: None
         )
     if unroutable:
         print(f"  {len(unroutable):,} unroutable lines skipped")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,8 +17,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from streamproc import connection
+from streamproc.connection import KafkaConnection
 from streamproc.deadletter import DeadLetter
-from streamproc.errors import ConfigError, StreamprocError
+from streamproc.errors import BrokerError, ConfigError
 from streamproc.events.models import Family
 
 logger = logging.getLogger(__name__)
@@ -26,14 +28,28 @@ logger = logging.getLogger(__name__)
 _TOPIC_ALREADY_EXISTS = 36
 
 
-class BrokerError(StreamprocError):
-    """The broker refused a request or could not be reached."""
+async def started(
+    client: Any, kafka: KafkaConnection | str, stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Start an aiokafka client; on failure ``stop`` it and raise ``BrokerRefused`` when the
+    broker refuses the security settings (``connection.check``: aiokafka reports that as any
+    connection error, a SCRAM user the broker does not know even as a KeyError), else
+    ``BrokerError``."""
+    try:
+        await client.start()
+    except (KafkaError, KeyError) as exc:
+        if stop is not None:
+            await stop()
+        await connection.check(kafka)
+        raise BrokerError(f"cannot connect to Kafka {kafka}: {exc!r}") from exc
 
-    retriable = True
+
+def _admin(kafka: KafkaConnection | str) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**KafkaConnection.of(kafka).client_options())
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     topics: Mapping[str, int],
     *,
     replication_factor: int = 1,
@@ -47,10 +63,10 @@ async def ensure_topics(
     same partition count (docs/events.md, "Topics and keys": the four input topics are
     co-partitioned).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = _admin(kafka)
     configs = configs or {}
     try:
-        await admin.start()
+        await started(admin, kafka)  # closed below
         # Create before describing: some brokers auto-create a described topic with defaults.
         response = await admin.create_topics(
             [
@@ -65,7 +81,7 @@ async def ensure_topics(
                 logger.info("created topic %s with %d partitions", name, topics[name])
         described = await admin.describe_topics(list(topics))
     except KafkaError as exc:
-        raise BrokerError(f"broker {bootstrap_servers}: {exc}") from exc
+        raise BrokerError(f"broker {kafka}: {exc}") from exc
     finally:
         await admin.close()
     counts = {item["topic"]: len(item["partitions"]) for item in described}
@@ -79,7 +95,7 @@ async def ensure_topics(
 
 
 async def ensure_state_topics(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     topics: Mapping[str, Mapping[str, str]],
     *,
     partitions: int,
@@ -95,7 +111,7 @@ async def ensure_state_topics(
     """
     wanted = dict.fromkeys(topics, partitions)
     counts = await ensure_topics(
-        bootstrap_servers, wanted, replication_factor=replication_factor, configs=topics
+        kafka, wanted, replication_factor=replication_factor, configs=topics
     )
     wrong = {name: count for name, count in counts.items() if count != partitions}
     if not wrong:
@@ -109,12 +125,12 @@ async def ensure_state_topics(
             "streamproc worker --recreate-state-topics"
         )
     logger.warning("deleting %s to create them again with %d partitions", listing, partitions)
-    await delete_topics(bootstrap_servers, wrong)
+    await delete_topics(kafka, wrong)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30.0
     while True:  # a deleted topic may take a moment to go
         counts = await ensure_topics(
-            bootstrap_servers, wanted, replication_factor=replication_factor, configs=topics
+            kafka, wanted, replication_factor=replication_factor, configs=topics
         )
         if all(counts[name] == partitions for name in wrong):
             return
@@ -192,9 +208,10 @@ class Producer:
     raises the first delivery error.
     """
 
-    def __init__(self, bootstrap_servers: str, *, max_in_flight: int = 20_000) -> None:
+    def __init__(self, kafka: KafkaConnection | str, *, max_in_flight: int = 20_000) -> None:
+        self.kafka = KafkaConnection.of(kafka)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
+            **self.kafka.client_options(),
             acks="all",
             linger_ms=5,
             max_batch_size=256 * 1024,
@@ -207,11 +224,7 @@ class Producer:
         self.last_offsets: dict[tuple[str, int], int] = {}  # acknowledged, per partition
 
     async def __aenter__(self) -> Producer:
-        try:
-            await self._producer.start()
-        except KafkaError as exc:
-            await self._producer.stop()
-            raise BrokerError(f"cannot connect to Kafka: {exc}") from exc
+        await started(self._producer, self.kafka, self._producer.stop)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -257,33 +270,33 @@ class Producer:
 TopicPart = tuple[str, int]
 
 
-async def partition_counts(bootstrap_servers: str, topics: Iterable[str]) -> dict[str, int]:
+async def partition_counts(kafka: KafkaConnection | str, topics: Iterable[str]) -> dict[str, int]:
     """Partition count of each topic that exists (missing topics are left out, not created)."""
     wanted = list(topics)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = _admin(kafka)
     try:
-        await admin.start()
+        await started(admin, kafka)  # closed below
         existing = set(await admin.list_topics())
         present = [name for name in wanted if name in existing]
         described = await admin.describe_topics(present) if present else []
     except KafkaError as exc:
-        raise BrokerError(f"broker {bootstrap_servers}: {exc}") from exc
+        raise BrokerError(f"broker {kafka}: {exc}") from exc
     finally:
         await admin.close()
     return {item["topic"]: len(item["partitions"]) for item in described}
 
 
-async def delete_topics(bootstrap_servers: str, names: Iterable[str]) -> list[str]:
+async def delete_topics(kafka: KafkaConnection | str, names: Iterable[str]) -> list[str]:
     """Delete the given topics that exist; returns the deleted names."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = _admin(kafka)
     try:
-        await admin.start()
+        await started(admin, kafka)  # closed below
         existing = set(await admin.list_topics())
         doomed = [name for name in names if name in existing]
         if doomed:
             await admin.delete_topics(doomed)
     except KafkaError as exc:
-        raise BrokerError(f"broker {bootstrap_servers}: {exc}") from exc
+        raise BrokerError(f"broker {kafka}: {exc}") from exc
     finally:
         await admin.close()
     return doomed
@@ -298,13 +311,13 @@ class OffsetReader:
     """
 
     def __init__(
-        self, bootstrap_servers: str, *, group: str | None = None, stall_s: float = 30.0
+        self, kafka: KafkaConnection | str, *, group: str | None = None, stall_s: float = 30.0
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = KafkaConnection.of(kafka)
         self.stall_s = stall_s
         self._skipped: set[TopicPart] = set()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
+            **self.kafka.client_options(),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -313,11 +326,7 @@ class OffsetReader:
         )
 
     async def __aenter__(self) -> OffsetReader:
-        try:
-            await self._consumer.start()
-        except KafkaError as exc:
-            await self._consumer.stop()
-            raise BrokerError(f"cannot connect to Kafka {self.bootstrap_servers}: {exc}") from exc
+        await started(self._consumer, self.kafka, self._consumer.stop)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -352,7 +361,7 @@ class OffsetReader:
         deadline = loop.time() + self.stall_s
         while any(consumer.highwater(tp) is None for tp in tps):
             if loop.time() > deadline:
-                raise BrokerError(f"no fetch response from {self.bootstrap_servers}")
+                raise BrokerError(f"no fetch response from {self.kafka}")
             await consumer.getmany(timeout_ms=200, max_records=1)
         return {(tp.topic, tp.partition): int(consumer.highwater(tp)) for tp in tps}
 
@@ -401,7 +410,7 @@ class OffsetReader:
             if got:
                 last_data = loop.time()
             elif loop.time() - last_data > self.stall_s:
-                raise BrokerError(f"no records from {self.bootstrap_servers} in {self.stall_s} s")
+                raise BrokerError(f"no records from {self.kafka} in {self.stall_s} s")
             for tp, records in got.items():
                 key = (tp.topic, tp.partition)
                 stop = todo[key][1]
@@ -433,7 +442,7 @@ class OffsetReader:
 
     async def dead_letters(self, topic: str) -> list[DeadLetter]:
         """Every dead letter in a dead-letter topic (none when the topic does not exist)."""
-        counts = await partition_counts(self.bootstrap_servers, [topic])
+        counts = await partition_counts(self.kafka, [topic])
         parts = [(topic, p) for p in range(counts.get(topic, 0))]
         if not parts:
             return []
@@ -445,7 +454,7 @@ class OffsetReader:
         return found
 
 
-async def seal(bootstrap_servers: str, topic: str, *, key: bytes) -> int:
+async def seal(kafka: KafkaConnection | str, topic: str, *, key: bytes) -> int:
     """Append a tombstone for ``key`` to every partition of ``topic``, each in a batch of its own;
     returns the partitions sealed (0 when the topic does not exist).
 
@@ -453,10 +462,12 @@ async def seal(bootstrap_servers: str, topic: str, *, key: bytes) -> int:
     the true end of each partition, so a reader that trusts LATEST (Faust's table recovery)
     reads everything before the tombstone.
     """
-    counts = await partition_counts(bootstrap_servers, [topic])
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=0)
+    counts = await partition_counts(kafka, [topic])
+    producer = AIOKafkaProducer(
+        **KafkaConnection.of(kafka).client_options(), acks="all", linger_ms=0
+    )
+    await started(producer, kafka, producer.stop)
     try:
-        await producer.start()
         for partition in range(counts.get(topic, 0)):
             await producer.send_and_wait(topic, None, key=key, partition=partition)
     except KafkaError as exc:

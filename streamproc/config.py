@@ -1,18 +1,28 @@
 """One typed, frozen settings object, read once from the environment (and an optional ``.env``).
 
 Every variable is ``STREAMPROC_<FIELD>`` (``STREAMPROC_PARTITIONS=12``). ``REDIS_URL`` is accepted
-as an alias of ``STREAMPROC_REDIS_URL``. Only ``cli.py`` calls :func:`load_settings`; everything
-else receives a :class:`Settings`.
+as an alias of ``STREAMPROC_REDIS_URL``. A file named after a variable in the secrets directory
+(``secrets_dir``) sets it too, for passwords mounted as Docker secrets. Only ``cli.py`` calls
+:func:`load_settings`; everything else receives a :class:`Settings`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, FilePath, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamproc.errors import ConfigError
@@ -56,6 +66,38 @@ class Settings(BaseSettings):
         default=None,
         description="Kafka bootstrap servers (`host:port,...`). Unset: the running "
         "`streamproc dev` broker, else `127.0.0.1:9092`.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How to talk to Kafka: `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or "
+        "`SASL_SSL` (user and password over TLS: managed Kafka). Used by every command.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None,
+        description="SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`); required with "
+        "`SASL_PLAINTEXT` and `SASL_SSL`.",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user name; required with `SASL_*` protocols."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password; required with `SASL_*` protocols. A secret: never printed "
+        "or logged.",
+    )
+    kafka_ssl_cafile: FilePath | None = Field(
+        default=None,
+        description="CA certificate(s), PEM, that signed the brokers' certificates (`SSL`, "
+        "`SASL_SSL`). Unset: the system's CAs.",
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        default=None,
+        description="Client certificate, PEM, for brokers that authenticate clients by TLS "
+        "(mutual TLS); may hold the key too.",
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        default=None,
+        description="Private key, PEM, of the client certificate, when not in its file.",
     )
     redis_url: str | None = Field(
         default=None,
@@ -351,6 +393,37 @@ class Settings(BaseSettings):
                 raise ValueError(f"rate for {code} must be a positive number, got {rate}")
         return value
 
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        protocol = f"STREAMPROC_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+        sasl = {
+            "kafka_sasl_mechanism": self.kafka_sasl_mechanism,
+            "kafka_sasl_username": self.kafka_sasl_username,
+            "kafka_sasl_password": self.kafka_sasl_password,
+        }
+        tls = {
+            "kafka_ssl_cafile": self.kafka_ssl_cafile,
+            "kafka_ssl_certfile": self.kafka_ssl_certfile,
+            "kafka_ssl_keyfile": self.kafka_ssl_keyfile,
+        }
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [env_name(name) for name, value in sasl.items() if not value]
+            if missing:
+                raise ValueError(f"{protocol} needs {', '.join(missing)}")
+        elif unused := [env_name(name) for name, value in sasl.items() if value]:
+            raise ValueError(f"{', '.join(unused)} set, but {protocol} does not use SASL")
+        unused = [env_name(name) for name, value in tls.items() if value]
+        if unused and not self.kafka_security_protocol.endswith("SSL"):
+            raise ValueError(f"{', '.join(unused)} set, but {protocol} does not use TLS")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("STREAMPROC_KAFKA_SSL_KEYFILE needs STREAMPROC_KAFKA_SSL_CERTFILE")
+        return self
+
     @property
     def input_topics(self) -> tuple[str, str, str, str]:
         return (self.topic_clickstream, self.topic_cart, self.topic_orders, self.topic_tickets)
@@ -374,17 +447,44 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+SECRETS_DIR = Path("/run/secrets")  # where Docker and Compose mount secrets
+
+
+def secrets_dir() -> Path | None:
+    """Where settings may come from files named after their variables (docs/settings.md,
+    "Secrets in files"): ``STREAMPROC_SECRETS_DIR``, else ``/run/secrets`` when it exists."""
+    named = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    if named:
+        if not Path(named).is_dir():
+            raise ConfigError(f"{ENV_PREFIX}SECRETS_DIR: {named} is not a directory")
+        return Path(named)
+    return SECRETS_DIR if SECRETS_DIR.is_dir() else None
+
+
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
-    """Read the environment and ``env_file``; on error raise ConfigError naming the variable."""
+    """Read the environment, ``env_file`` and the secrets directory (``secrets_dir``); on error
+    raise ConfigError naming the variable. The environment wins over the file, the file over
+    the secrets directory."""
     try:
-        return Settings(_env_file=env_file, **overrides)
+        return Settings(_env_file=env_file, _secrets_dir=secrets_dir(), **overrides)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            if not error["loc"]:  # a check across settings: its message names them
+                problems.append(error["msg"].removeprefix("Value error, "))
+                continue
+            field = ".".join(str(part) for part in error["loc"])
             name = env_name(field.split(".")[0])
-            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+            problems.append(f"{name}: {error['msg']} (got {_shown(field, error.get('input'))})")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+
+
+def _shown(field: str, value: Any) -> str:
+    """A rejected value as an error message may show it: never a secret's."""
+    secret = Settings.model_fields.get(field.split(".")[0])
+    if secret is not None and secret.annotation in (SecretStr, SecretStr | None):
+        return "a value (hidden)"
+    return repr(value)
 
 
 def redis_password_of(settings: Settings) -> str | None:

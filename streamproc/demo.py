@@ -69,6 +69,12 @@ def _free_port(preferred: int, bind: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def _inherited() -> dict[str, str]:
+    """This process's environment without the Kafka security settings, which are for the
+    user's Kafka: the demo's children talk to the demo's broker, in plaintext."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("STREAMPROC_KAFKA_")}
+
+
 class Demo:
     """Start the stack and the processes; ``stop()`` ends them all (idempotent)."""
 
@@ -98,6 +104,7 @@ class Demo:
         assert self.info is not None
         return {
             "STREAMPROC_BOOTSTRAP_SERVERS": self.info.bootstrap_servers,
+            "STREAMPROC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",  # the demo's own broker
             "STREAMPROC_REDIS_URL": self.info.redis_url,
             "STREAMPROC_STATE_DIR": str(self.dir),
             "STREAMPROC_NAMESPACE": self.namespace,
@@ -136,7 +143,7 @@ class Demo:
         log_file = log_path.open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamproc", *args],
-            env={**os.environ, **self.env(), "PYTHONUNBUFFERED": "1"},
+            env={**_inherited(), **self.env(), "PYTHONUNBUFFERED": "1"},
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,

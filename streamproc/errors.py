@@ -2,7 +2,10 @@
 
     StreamprocError
     ├── ConfigError          a setting is missing or malformed
-    │   └── StoreRefused     Redis refused the credentials or its TLS certificate is not trusted
+    │   ├── StoreRefused     Redis refused the credentials or its TLS certificate is not trusted
+    │   └── BrokerRefused    Kafka refused the credentials or the mechanism, or its TLS
+    │                        certificate is not trusted
+    ├── BrokerError          the broker refused a request or could not be reached (retriable)
     ├── InvalidEvent         one message breaks the event contract (goes to the dead-letter topic)
     ├── TopicsChanged        the broker's topics no longer match what the worker read (a broker
     │                        that lost its data, a topic recreated with another partition count)
@@ -28,6 +31,17 @@ class ConfigError(StreamprocError):
 class StoreRefused(ConfigError):
     """Redis refused the password (or user), or its TLS certificate is not trusted: a setting to
     fix, not an outage to wait out."""
+
+
+class BrokerRefused(ConfigError):
+    """Kafka refused the SASL credentials or mechanism, or its TLS certificate is not trusted:
+    a setting to fix, not an outage to wait out."""
+
+
+class BrokerError(StreamprocError):
+    """The broker refused a request or could not be reached."""
+
+    retriable = True
 
 
 class InvalidEvent(StreamprocError):

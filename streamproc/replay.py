@@ -26,6 +26,7 @@ from typing import IO
 
 from streamproc import broker
 from streamproc.config import Settings
+from streamproc.connection import KafkaConnection
 from streamproc.errors import StreamprocError
 from streamproc.eventfile import Unroutable, routable
 from streamproc.events.models import Family
@@ -83,10 +84,10 @@ def planned_ends(
     return ends
 
 
-async def create_topics(settings: Settings, *, bootstrap: str) -> dict[str, int]:
+async def create_topics(settings: Settings, *, kafka: KafkaConnection | str) -> dict[str, int]:
     """The input and dead-letter topics (kept when they exist); their partition counts."""
     return await broker.ensure_topics(
-        bootstrap,
+        kafka,
         {name: settings.partitions for name in (*settings.input_topics, settings.topic_dlq)},
         replication_factor=settings.replication_factor,
         co_partitioned=settings.input_topics,
@@ -94,15 +95,19 @@ async def create_topics(settings: Settings, *, bootstrap: str) -> dict[str, int]
 
 
 async def produce(
-    lines: Iterable[bytes], settings: Settings, *, bootstrap: str, on_sent: Callable[[int], None]
+    lines: Iterable[bytes],
+    settings: Settings,
+    *,
+    kafka: KafkaConnection | str,
+    on_sent: Callable[[int], None],
 ) -> tuple[int, list[Unroutable], dict[tuple[str, int], int]]:
     """Send the file (each line to the partition ``Routing`` gives it); return (messages,
     unroutable lines, end offset of every partition)."""
-    counts = await create_topics(settings, bootstrap=bootstrap)
+    counts = await create_topics(settings, kafka=kafka)
     ends = {(t, p): 0 for t in settings.input_topics for p in range(counts[t])}
     unroutable: list[Unroutable] = []
 
-    async with broker.Producer(bootstrap) as producer:
+    async with broker.Producer(kafka) as producer:
         sent = 0
 
         def count(_: object) -> None:

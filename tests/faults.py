@@ -506,7 +506,7 @@ class FaultRun:
     async def produce(self, lines: Iterable[bytes]) -> int:
         """Send lines with ``replay.produce``; returns how many messages were sent."""
         sent, _, ends = await replay.produce(
-            lines, self.settings, bootstrap=self.broker.bootstrap, on_sent=lambda _: None
+            lines, self.settings, kafka=self.broker.bootstrap, on_sent=lambda _: None
         )
         for key, end in ends.items():
             self.ends[key] = max(self.ends.get(key, 0), end)

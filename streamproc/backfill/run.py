@@ -44,6 +44,7 @@ from streamproc.backfill.plan import (
     worker_env,
 )
 from streamproc.config import Settings
+from streamproc.connection import KafkaConnection
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
 from streamproc.reporting import aligned_report
@@ -100,9 +101,9 @@ class Summary:
 class Backfill:
     """One backfill against one broker and Redis."""
 
-    def __init__(self, settings: Settings, *, bootstrap: str, redis_url: str) -> None:
+    def __init__(self, settings: Settings, *, kafka: KafkaConnection | str, redis_url: str) -> None:
         self.settings = settings
-        self.bootstrap = bootstrap
+        self.kafka = KafkaConnection.of(kafka)
         self.redis_url = redis_url
 
     def store(self, name: str) -> KpiStore:
@@ -129,7 +130,7 @@ class Backfill:
             await self._check_unused(name, store)
             plan = await self._new_plan(name, request)
             await store.set_backfill_plan(plan.to_json())
-            async with broker.OffsetReader(self.bootstrap, group=consumer_group(name)) as reader:
+            async with broker.OffsetReader(self.kafka, group=consumer_group(name)) as reader:
                 await reader.commit(plan.starts)
             await store.set_end_offsets(stored_ends(plan, plan.starts))
             return plan
@@ -150,7 +151,7 @@ class Backfill:
         # Faust's table recovery reads the changelog up to ListOffsets LATEST; on a broker that
         # answers it with the last batch's base offset + 1 (Tansu) the rest of that batch, the
         # state written last before the interruption, would be lost.
-        await broker.seal(self.bootstrap, changelog_topic(name), key=SEAL_KEY)
+        await broker.seal(self.kafka, changelog_topic(name), key=SEAL_KEY)
         return plan
 
     def _name(self, request: Request) -> str:
@@ -175,7 +176,7 @@ class Backfill:
             )
         group = consumer_group(name)
         leftovers = [changelog_topic(name), f"{group}-ticks", dead_letter_topic(name)]
-        found = await broker.partition_counts(self.bootstrap, leftovers)
+        found = await broker.partition_counts(self.kafka, leftovers)
         if found:
             raise BackfillError(
                 f"Kafka still holds topics of an earlier run named {name} ({', '.join(found)}); "
@@ -191,14 +192,14 @@ class Backfill:
             )
         topics = self.settings.input_topics
         read = tuple(t for t in topics if request.read is None or t in request.read)
-        counts = await broker.partition_counts(self.bootstrap, topics)
+        counts = await broker.partition_counts(self.kafka, topics)
         missing = [t for t in topics if t not in counts]
         if missing:
-            raise BackfillError(f"input topics not found on {self.bootstrap}: {', '.join(missing)}")
+            raise BackfillError(f"input topics not found on {self.kafka}: {', '.join(missing)}")
         if len(set(counts.values())) != 1:
             raise BackfillError(f"input topics must have the same partition count: {counts}")
         partitions = counts[topics[0]]
-        async with broker.OffsetReader(self.bootstrap) as reader:
+        async with broker.OffsetReader(self.kafka) as reader:
             reading = [(t, p) for t in read for p in range(partitions)]
             ranges = await find_ranges(
                 reader, reading, since_ms=since_ms, until_ms=until_ms, use_broker=request.use_broker
@@ -223,7 +224,7 @@ class Backfill:
         """Before workers restart: start offsets committed where none is (a run killed before its
         first commit), and the ends as far as the committed offsets show."""
         group = consumer_group(plan.name)
-        async with broker.OffsetReader(self.bootstrap, group=group) as reader:
+        async with broker.OffsetReader(self.kafka, group=group) as reader:
             committed = await reader.committed(plan.starts)
             never = {tp: plan.starts[tp] for tp, offset in committed.items() if offset is None}
             if never:
@@ -247,7 +248,7 @@ class Backfill:
         try:
             if not _all_finished(await store.statuses(), plan.partitions):
                 env = worker_env(
-                    self.settings, plan.name, bootstrap=self.bootstrap, redis_url=self.redis_url
+                    self.settings, plan.name, bootstrap=self.kafka.servers, redis_url=self.redis_url
                 )
                 die = _die_with_parent if sys.platform == "linux" else None
                 with replay.Workers(env, workers, log_dir, preexec_fn=die) as procs:
@@ -271,7 +272,7 @@ class Backfill:
     ) -> None:
         deadline = time.monotonic() + timeout_s
         stored = await store.end_offsets()
-        async with broker.OffsetReader(self.bootstrap, group=consumer_group(plan.name)) as reader:
+        async with broker.OffsetReader(self.kafka, group=consumer_group(plan.name)) as reader:
             while True:
                 committed = await reader.committed(plan.starts)
                 ends = stored_ends(plan, committed)
@@ -312,7 +313,7 @@ class Backfill:
     async def summary(self, plan: Plan) -> Summary:
         """Events, dead letters by reason and duplicates of the whole range, from what lasts
         across restarts: the dead-letter topic (each source message once) and the dedup keys."""
-        async with broker.OffsetReader(self.bootstrap) as reader:
+        async with broker.OffsetReader(self.kafka) as reader:
             letters = await reader.dead_letters(dead_letter_topic(plan.name))
             stamps = await audit_stamps(
                 reader,

@@ -40,5 +40,5 @@ def main() -> None:
     try:
         app()
     except StreamprocError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)

@@ -81,7 +81,7 @@ def backfill_command(
     )
     where = endpoints(loaded)
     job = _Job(
-        backfill=Backfill(loaded, bootstrap=where.bootstrap_servers, redis_url=where.redis_url),
+        backfill=Backfill(loaded, kafka=where.kafka, redis_url=where.redis_url),
         request=request,
         workers=workers,
         sizes_ms=[parse_duration_seconds(w) * 1000 for w in (window or loaded.windows)],

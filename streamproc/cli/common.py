@@ -21,6 +21,8 @@ from rich.table import Table
 
 from streamproc import devstack, logs
 from streamproc.config import Settings, load_settings
+from streamproc.connection import KafkaConnection
+from streamproc.errors import ConfigError
 
 app = typer.Typer(
     name="streamproc",
@@ -61,12 +63,21 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
 class Endpoints(NamedTuple):
-    bootstrap_servers: str
+    kafka: KafkaConnection
     redis_url: str
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka.servers
 
 
 def endpoints(loaded: Settings) -> Endpoints:
     """Explicit settings first, then the running `streamproc dev` stack, then localhost."""
+    if loaded.bootstrap_servers is None and loaded.kafka_security_protocol != "PLAINTEXT":
+        raise ConfigError(
+            f"STREAMPROC_KAFKA_SECURITY_PROTOCOL={loaded.kafka_security_protocol} needs "
+            "STREAMPROC_BOOTSTRAP_SERVERS (the dev stack's broker is plaintext)"
+        )
     stack = None
     if loaded.bootstrap_servers is None or loaded.redis_url is None:
         stack = devstack.running_stack(
@@ -74,14 +85,16 @@ def endpoints(loaded: Settings) -> Endpoints:
         )
         if stack is not None:
             log.info("using the dev stack in %s", loaded.state_dir)
+    servers = loaded.bootstrap_servers or (stack.bootstrap_servers if stack else DEFAULT_BOOTSTRAP)
     return Endpoints(
-        loaded.bootstrap_servers or (stack.bootstrap_servers if stack else DEFAULT_BOOTSTRAP),
+        KafkaConnection.from_settings(loaded, servers),
         loaded.redis_url or (stack.redis_url if stack else devstack.DEFAULT_REDIS_URL),
     )
 
 
-def bootstrap_servers(loaded: Settings) -> str:
-    return endpoints(loaded).bootstrap_servers
+def kafka_of(loaded: Settings) -> KafkaConnection:
+    """The Kafka of the settings, else the dev stack's."""
+    return endpoints(loaded).kafka
 
 
 def input_topics(loaded: Settings) -> dict[str, int]:
@@ -90,12 +103,12 @@ def input_topics(loaded: Settings) -> dict[str, int]:
     return topics
 
 
-async def ensure_topics(loaded: Settings, servers: str) -> int:
+async def ensure_topics(loaded: Settings, kafka: KafkaConnection) -> int:
     """Create missing topics; returns the (shared) partition count of the input topics."""
     from streamproc import broker
 
     counts = await broker.ensure_topics(
-        servers,
+        kafka,
         input_topics(loaded),
         replication_factor=loaded.replication_factor,
         co_partitioned=loaded.input_topics,

@@ -15,10 +15,10 @@ import typer
 from streamproc import logs
 from streamproc.cli.common import (
     app,
-    bootstrap_servers,
     endpoints,
     ensure_topics,
     first_few,
+    kafka_of,
     log,
     progress,
     settings,
@@ -50,12 +50,12 @@ def worker_command(
 
     loaded = settings()
     where = endpoints(loaded)
-    servers = where.bootstrap_servers
+    kafka = where.kafka
     worker_app.never_auto_create_topics()
     tune_gc(loaded.gc_gen0_threshold)
-    partitions = asyncio.run(ensure_topics(loaded, servers))
+    partitions = asyncio.run(ensure_topics(loaded, kafka))
     state = broker.ensure_state_topics(
-        servers,
+        kafka,
         worker_app.state_topics(loaded),
         partitions=partitions,
         replication_factor=loaded.replication_factor,
@@ -71,7 +71,7 @@ def worker_command(
     log.info("worker metrics on http://%s:%d/metrics", loaded.bind, server.port)
     faust_app = worker_app.create_app(
         loaded,
-        bootstrap_servers=servers,
+        kafka=kafka,
         partitions=partitions,
         decoder=decoder_from_settings(loaded),
         store=store,
@@ -129,15 +129,15 @@ def produce_command(
     from streamproc.eventfile import Unroutable, in_time_order, routable
 
     loaded = settings()
-    servers = bootstrap_servers(loaded)
+    kafka = kafka_of(loaded)
     unroutable: list[Unroutable] = []
     stamped: list[int] = []  # lines whose event_time does not parse
     size = path.stat().st_size
 
     async def run(lines: Iterable[bytes], on_line: Callable[[int], None]) -> broker.ProduceStats:
-        await ensure_topics(loaded, servers)
+        await ensure_topics(loaded, kafka)
 
-        async with broker.Producer(servers) as producer:
+        async with broker.Producer(kafka) as producer:
             await broker.publish(
                 in_time_order(routable(lines, unroutable), stamped),
                 producer,

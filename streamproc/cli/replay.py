@@ -17,6 +17,7 @@ from rich.progress import Progress, TaskID
 from streamproc import devstack, replay
 from streamproc.cli.common import DEFAULT_BOOTSTRAP, app, endpoints, err, out, progress, settings
 from streamproc.config import Settings, parse_duration_seconds
+from streamproc.connection import KafkaConnection
 from streamproc.replay import ReplayError
 from streamproc.store import KpiStore
 
@@ -37,16 +38,16 @@ def replay_command(
     """Run an events file through the pipeline (fresh topics, own namespace) to a final report."""
     loaded = settings()
     sizes = [parse_duration_seconds(w) * 1000 for w in (window or loaded.windows)]
-    with _broker(loaded) as (bootstrap, redis_url):
+    with _broker(loaded) as (kafka, redis_url):
         _, env = replay.replay_settings(loaded)
         run = loaded.model_copy(update={_field(k): v for k, v in env.items()})
-        env |= {"STREAMPROC_BOOTSTRAP_SERVERS": bootstrap, "STREAMPROC_REDIS_URL": redis_url}
+        env |= {"STREAMPROC_BOOTSTRAP_SERVERS": kafka.servers, "STREAMPROC_REDIS_URL": redis_url}
         job = _Job(
             path=path,
             size=path.stat().st_size,
             settings=run,
             env=env,
-            bootstrap=bootstrap,
+            kafka=kafka,
             redis_url=redis_url,
             workers=workers,
             sizes_ms=sizes,
@@ -69,10 +70,10 @@ class _broker:
         self.loaded = loaded
         self.temporary: devstack.DevStack | None = None
 
-    def __enter__(self) -> tuple[str, str]:
+    def __enter__(self) -> tuple[KafkaConnection, str]:
         where = endpoints(self.loaded)
         if self.loaded.bootstrap_servers or where.bootstrap_servers != DEFAULT_BOOTSTRAP:
-            return where.bootstrap_servers, where.redis_url
+            return where.kafka, where.redis_url
         err.print("no broker configured and no dev stack running: starting a temporary one")
         state = Path(tempfile.mkdtemp(prefix="streamproc-replay-"))
         self.temporary = devstack.DevStack(
@@ -81,7 +82,7 @@ class _broker:
             redis_auth=devstack.RedisAuth.from_settings(self.loaded),
         )
         info = self.temporary.up()
-        return info.bootstrap_servers, info.redis_url
+        return KafkaConnection(info.bootstrap_servers), info.redis_url
 
     def __exit__(self, *exc_info: object) -> None:
         if self.temporary is not None:
@@ -94,7 +95,7 @@ class _Job:
     size: int
     settings: Settings
     env: dict[str, str]
-    bootstrap: str
+    kafka: KafkaConnection
     redis_url: str
     workers: int
     sizes_ms: list[int]
@@ -118,7 +119,7 @@ async def _replay(job: _Job) -> tuple[list[dict[str, object]], str]:
     try:
         # The workers start (join the group, set up their state) while the file is read for
         # the ends of its partitions and then sent: they process what has arrived meanwhile.
-        partitions_of = await replay.create_topics(run, bootstrap=job.bootstrap)
+        partitions_of = await replay.create_topics(run, kafka=job.kafka)
         await store.expect_end_offsets()
         log_dir = Path(tempfile.mkdtemp(prefix=f"{run.namespace}-logs-"))
         with replay.Workers(job.env, job.workers, log_dir) as procs:
@@ -135,7 +136,7 @@ async def _replay(job: _Job) -> tuple[list[dict[str, object]], str]:
                     procs.check()
 
                 produced, unroutable, ends = await replay.produce(
-                    lines, run, bootstrap=job.bootstrap, on_sent=sent
+                    lines, run, kafka=job.kafka, on_sent=sent
                 )
                 bar.update(task, completed=job.size, events=produced)
             if ends != planned:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import Progress
 
-from streamproc.cli.common import app, bootstrap_servers, ensure_topics, out, progress, settings
+from streamproc.cli.common import app, ensure_topics, kafka_of, out, progress, settings
 from streamproc.config import parse_duration_seconds
 from streamproc.errors import ConfigError
 from streamproc.simulate import Anomalies, SimConfig, SimRecord, SimStats, simulate, write_jsonl
@@ -96,11 +96,11 @@ async def _to_kafka(config: SimConfig, *, live: bool, display: _Display, stats: 
     from streamproc.pacing import paced
 
     loaded = settings()
-    servers = bootstrap_servers(loaded)
-    await ensure_topics(loaded, servers)
+    kafka = kafka_of(loaded)
+    await ensure_topics(loaded, kafka)
     counted = _counted(_shown(simulate(config), display), stats)
     records: Iterable[SimRecord] | AsyncIterator[SimRecord] = paced(counted) if live else counted
-    async with broker.Producer(servers) as producer:
+    async with broker.Producer(kafka) as producer:
         await broker.publish(records, producer, loaded.topics_by_family)
 
 

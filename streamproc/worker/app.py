@@ -25,6 +25,7 @@ import faust
 from faust.types import TP
 
 from streamproc.config import Settings
+from streamproc.connection import KafkaConnection
 from streamproc.deadletter import DeadLetter
 from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
@@ -54,6 +55,22 @@ def faust_broker_url(bootstrap_servers: str) -> str:
     """``a:9092,b:9092`` -> ``kafka://a:9092;kafka://b:9092``."""
     hosts = [host.strip() for host in bootstrap_servers.split(",") if host.strip()]
     return ";".join(f"kafka://{host}" for host in hosts)
+
+
+def faust_credentials(kafka: KafkaConnection) -> faust.types.auth.CredentialsT | None:
+    """The security settings as Faust's ``broker_credentials`` (its consumer, producer and
+    admin client all take them): None for PLAINTEXT."""
+    context = kafka.ssl_context()
+    if kafka.sasl:
+        return faust.SASLCredentials(
+            username=kafka.username,
+            password=kafka.password,
+            ssl_context=context,  # SASL_SSL with a context, else SASL_PLAINTEXT
+            mechanism=kafka.mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def never_auto_create_topics() -> None:
@@ -93,7 +110,7 @@ def _app_id(settings: Settings) -> str:
 def create_app(
     settings: Settings,
     *,
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     partitions: int,
     decoder: EventDecoder,
     store: KpiStore,
@@ -101,12 +118,14 @@ def create_app(
     clock: Callable[[], float] = time.time,
 ) -> faust.App:
     """Build the worker app: topics, the state table, the batch processor, ticks and timers."""
-    app = _faust_app(settings, bootstrap_servers=bootstrap_servers, partitions=partitions)
+    connection = KafkaConnection.of(kafka)
+    app = _faust_app(settings, kafka=connection, partitions=partitions)
     batches = app.FlowControlQueue(maxsize=QUEUED_BATCHES, clear_on_resume=True)
     consumer = type(
         "AppConsumer",
         (Consumer,),
         {
+            "kafka": connection,
             "batched": frozenset(settings.input_topics),
             "batches": batches,
             "fetch_max_wait_ms": settings.batch_max_wait_ms,
@@ -148,10 +167,11 @@ def create_app(
     return app
 
 
-def _faust_app(settings: Settings, *, bootstrap_servers: str, partitions: int) -> faust.App:
+def _faust_app(settings: Settings, *, kafka: KafkaConnection, partitions: int) -> faust.App:
     return faust.App(
         _app_id(settings),
-        broker=faust_broker_url(bootstrap_servers),
+        broker=faust_broker_url(kafka.servers),
+        broker_credentials=faust_credentials(kafka),
         store="memory://",
         autodiscover=False,
         processing_guarantee="at_least_once",

@@ -28,6 +28,7 @@ from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
 from streamproc.broker import OffsetReader
+from streamproc.connection import KafkaConnection
 
 # How long a stopping worker waits for the batch in hand (it may be held by a Redis outage: its
 # offsets then stay uncommitted and it is processed again after the restart).
@@ -47,7 +48,8 @@ class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with batch hand-off, true end offsets and a safe seek.
 
     ``batched``: the topics handed over in batches (the input topics); ``batches``: the queue
-    they go to (an ``app.FlowControlQueue``); both set by ``app.create_app``. ``busy`` is True
+    they go to (an ``app.FlowControlQueue``); ``kafka``: the connection of the worker's own
+    offset reads; all set by ``app.create_app``. ``busy`` is True
     while the worker processes a batch, and ``acking`` holds the processed batches whose messages
     are not delivered yet: a rebalance waits for both (``wait_empty``), as Faust waits for the
     messages its streams hold, so no state write of this worker reaches a changelog partition
@@ -59,6 +61,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     batched: frozenset[str] = frozenset()
     batches: Any = None
+    kafka: KafkaConnection = KafkaConnection("127.0.0.1:9092")
     fetch_max_wait_ms = 1500  # Faust's fixed value
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -253,8 +256,7 @@ class Consumer(faust_aiokafka.Consumer):
         call this."""
         if not partitions:
             return {}
-        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.transport.url)
-        async with OffsetReader(bootstrap) as reader:
+        async with OffsetReader(self.kafka) as reader:
             ends = await reader.highwaters((tp.topic, tp.partition) for tp in partitions)
         return {tp: ends[(tp.topic, tp.partition)] for tp in partitions}
 

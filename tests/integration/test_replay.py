@@ -134,7 +134,7 @@ async def test_workers_killed_at_random_and_restarted(
     try:
         with path.open("rb") as file:
             _, _, ends = await replay.produce(
-                file, run, bootstrap=stack.bootstrap_servers, on_sent=lambda _: None
+                file, run, kafka=stack.bootstrap_servers, on_sent=lambda _: None
             )
         await store.set_end_offsets(ends)
         with replay.Workers(env, workers, tmp_path / "logs") as running:

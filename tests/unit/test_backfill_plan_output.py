@@ -467,7 +467,7 @@ def test_the_names_a_backfill_derives_are_the_ones_its_workers_use() -> None:
     )
     app = worker_app.create_app(
         settings,
-        bootstrap_servers="127.0.0.1:1",
+        kafka="127.0.0.1:1",
         partitions=2,
         decoder=EventDecoder(),
         store=None,  # type: ignore[arg-type]  # not used to build the app
