@@ -27,14 +27,10 @@ from typing import IO
 
 from streamproc import devstack
 from streamproc.config import Settings
-from streamproc.errors import StreamprocError
+from streamproc.errors import DemoError
 from streamproc.store import KpiStore
 
 logger = logging.getLogger(__name__)
-
-
-class DemoError(StreamprocError):
-    """A demo process could not start or died."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,10 @@
     │   └── BrokerRefused    Kafka refused the credentials or the mechanism, or its TLS
     │                        certificate is not trusted
     ├── BrokerError          the broker refused a request or could not be reached (retriable)
+    ├── ReplayError          a replay could not finish
+    ├── BackfillError        a backfill cannot start, resume or finish
+    ├── DemoError            a demo process could not start or died
+    ├── BadQuery             a query parameter the exporter's API cannot serve (HTTP 400)
     ├── InvalidEvent         one message breaks the event contract (goes to the dead-letter topic)
     ├── TopicsChanged        the broker's topics no longer match what the worker read (a broker
     │                        that lost its data, a topic recreated with another partition count)
@@ -42,6 +46,22 @@ class BrokerError(StreamprocError):
     """The broker refused a request or could not be reached."""
 
     retriable = True
+
+
+class ReplayError(StreamprocError):
+    """A replay could not finish."""
+
+
+class BackfillError(StreamprocError):
+    """A backfill cannot start, resume or finish."""
+
+
+class DemoError(StreamprocError):
+    """A demo process could not start or died."""
+
+
+class BadQuery(StreamprocError):
+    """A query parameter the API cannot serve; the message says which and why."""
 
 
 class InvalidEvent(StreamprocError):

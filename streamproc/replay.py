@@ -27,7 +27,7 @@ from typing import IO
 from streamproc import broker
 from streamproc.config import Settings
 from streamproc.connection import KafkaConnection
-from streamproc.errors import StreamprocError
+from streamproc.errors import ReplayError
 from streamproc.eventfile import Unroutable, routable
 from streamproc.events.models import Family
 from streamproc.kpi.contrib import NEVER
@@ -37,10 +37,6 @@ from streamproc.reporting import aligned_report
 from streamproc.store import TRANSIENT, KpiStore
 
 logger = logging.getLogger(__name__)
-
-
-class ReplayError(StreamprocError):
-    """A replay could not finish."""
 
 
 def replay_settings(settings: Settings, namespace: str | None = None) -> tuple[str, dict[str, str]]:

@@ -8,8 +8,9 @@ decide all windows, sessions and carts (``run``). The aligned windows become a K
 OpenMetrics samples for ``promtool`` (``openmetrics``, ``promtool``).
 """
 
-from streamproc.backfill.plan import BackfillError, Plan, parse_time
+from streamproc.backfill.plan import Plan, parse_time
 from streamproc.backfill.run import Backfill, PartitionProgress, Request, Summary
+from streamproc.errors import BackfillError
 
 __all__ = [
     "Backfill",

@@ -16,14 +16,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from streamproc.config import Settings
-from streamproc.errors import StreamprocError
+from streamproc.errors import BackfillError
 from streamproc.simulate.options import parse_start
 
 TopicPart = tuple[str, int]
-
-
-class BackfillError(StreamprocError):
-    """A backfill cannot start, resume or finish."""
 
 
 def parse_time(text: str, *, now: datetime) -> datetime:

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamproc.backfill.plan import BackfillError
+from streamproc.errors import BackfillError
 
 HEAD_BLOCK_S = 3 * 3600  # Prometheus' head block: "not safe to backfill data from the last 3 hours"
 DEFAULT_RETENTION_DAYS = 15

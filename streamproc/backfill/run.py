@@ -32,7 +32,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from streamproc import broker, replay
 from streamproc.backfill.offsets import Stamps, audit_stamps, find_ranges
 from streamproc.backfill.plan import (
-    BackfillError,
     Plan,
     TopicPart,
     changelog_topic,
@@ -45,6 +44,7 @@ from streamproc.backfill.plan import (
 )
 from streamproc.config import Settings
 from streamproc.connection import KafkaConnection
+from streamproc.errors import BackfillError
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
 from streamproc.reporting import aligned_report

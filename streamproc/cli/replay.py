@@ -18,7 +18,7 @@ from streamproc import devstack, replay
 from streamproc.cli.common import DEFAULT_BOOTSTRAP, app, endpoints, err, out, progress, settings
 from streamproc.config import Settings, parse_duration_seconds
 from streamproc.connection import KafkaConnection
-from streamproc.replay import ReplayError
+from streamproc.errors import ReplayError
 from streamproc.store import KpiStore
 
 

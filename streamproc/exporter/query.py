@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from streamproc.config import parse_duration_seconds
+from streamproc.errors import BadQuery
 from streamproc.kpi.report import CH_DEV, KPIS, PRIORITIES, TICKET_CHANNELS, Row
 from streamproc.kpi.windows import aligned_start, window_label
 
@@ -25,10 +26,6 @@ DIMENSIONS = (
 )
 REPEATABLE = ("kpi", "window", "store_id", "dimension")
 SINGLE = ("from", "to")
-
-
-class BadQuery(ValueError):
-    """A query parameter the API cannot serve; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
-from streamproc.errors import ConfigError
-from streamproc.exporter.query import BadQuery, parse_query
+from streamproc.errors import BadQuery, ConfigError
+from streamproc.exporter.query import parse_query
 from streamproc.exporter.service import Exporter
 from streamproc.kpi.windows import window_label
 from streamproc.metrics import ExporterMetrics

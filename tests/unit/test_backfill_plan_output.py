@@ -23,7 +23,6 @@ from streamproc.backfill.offsets import (
 )
 from streamproc.backfill.openmetrics import exposition
 from streamproc.backfill.plan import (
-    BackfillError,
     Plan,
     TopicPart,
     changelog_topic,
@@ -35,6 +34,7 @@ from streamproc.backfill.plan import (
 from streamproc.backfill.promtool import Blocks, next_steps
 from streamproc.backfill.run import SEAL_KEY, batch_url
 from streamproc.config import Settings, load_settings
+from streamproc.errors import BackfillError
 
 NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 
