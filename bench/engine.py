@@ -34,7 +34,7 @@ from streamproc.eventfile import FileRecord, read_records
 from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
-from streamproc.kpi.offline import MemoryStore, partition_of
+from streamproc.offline import MemoryStore, partition_of
 from streamproc.worker.align import Aligner
 
 Slice = tuple[int, list[Item], Progress]  # topic, items, progress

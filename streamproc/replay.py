@@ -31,8 +31,8 @@ from streamproc.errors import ReplayError
 from streamproc.eventfile import Unroutable, routable
 from streamproc.events.models import Family
 from streamproc.kpi.contrib import NEVER
-from streamproc.kpi.offline import partition_of
 from streamproc.kpi.report import Row
+from streamproc.offline import partition_of
 from streamproc.reporting import aligned_report
 from streamproc.store import TRANSIENT, KpiStore
 

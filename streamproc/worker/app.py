@@ -163,7 +163,6 @@ def create_app(
 
     app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]
-    app.pipeline = pipeline  # type: ignore[attr-defined]  # for tests and tools
     return app
 
 

@@ -25,7 +25,7 @@ from streamproc.events import models as m
 from streamproc.events.parse import MAX_DEPTH, MAX_EPOCH_MS, MIN_EPOCH_MS, EventDecoder, Reason
 from streamproc.kpi import records
 from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
-from streamproc.kpi.offline import MemoryStore
+from streamproc.offline import MemoryStore
 
 # A failing example can hold a 60 KB string: hypothesis warns that its repr is large.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
+from streamproc import offline
 from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi import counters as c
-from streamproc.kpi import offline
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
-from streamproc.kpi.offline import MemoryStore, OfflinePipeline
 from streamproc.kpi.records import encode
+from streamproc.offline import MemoryStore, OfflinePipeline
 from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)

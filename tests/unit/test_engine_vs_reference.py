@@ -11,7 +11,7 @@ from reference.kpis import reference_report
 from reference.report import compare_reports
 from test_engine import DECODER, SETTINGS, sim_lines
 
-from streamproc.kpi.offline import OfflinePipeline
+from streamproc.offline import OfflinePipeline
 
 REES46 = Path(__file__).resolve().parents[3] / "shared" / "data" / "rees46-2019-10-01-head.jsonl"
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000

@@ -13,9 +13,9 @@ from reference.report import compare_reports, rfc3339
 from test_engine import DECODER, SETTINGS
 
 from streamproc.kpi import counters as c
-from streamproc.kpi.offline import OfflinePipeline
 from streamproc.kpi.report import KPIS, Row, window_rows
 from streamproc.kpi.windowing import group_windows, rows
+from streamproc.offline import OfflinePipeline
 
 M, H = 60_000, 3_600_000
 T = 1_790_000_000_000 - 1_790_000_000_000 % 86_400_000  # midnight UTC
