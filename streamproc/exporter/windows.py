@@ -80,15 +80,6 @@ def lowest_watermark(positions: Iterable[Position]) -> int | None:
     return min(marks) if marks and min(marks) >= 0 else None
 
 
-def _add(into: c.Counters, counters: Mapping[str, int], sign: int) -> None:
-    for name, value in counters.items():
-        total = into.get(name, 0) + sign * value
-        if total:
-            into[name] = total
-        else:
-            into.pop(name, None)
-
-
 class Trailing:
     """Per-minute cells of the recent past and the running sums of each trailing window.
 
@@ -196,6 +187,6 @@ class Trailing:
         for store, counters in cells.items():
             for scope in (store, "all"):
                 into = sums.setdefault(scope, {})
-                _add(into, counters, sign)
+                c.add_counters(into, counters, sign)
                 if not into:
                     del sums[scope]

@@ -106,6 +106,16 @@ def cell(cells: Cells, minute: int, store: str) -> Counters:
     return found
 
 
+def add_counters(into: Counters, counters: Mapping[str, int], sign: int = 1) -> None:
+    """``into += sign * counters``; counters that become zero are dropped."""
+    for name, value in counters.items():
+        total = into.get(name, 0) + sign * value
+        if total:
+            into[name] = total
+        else:
+            into.pop(name, None)
+
+
 def add_cells(target: Cells, source: Mapping[CellKey, Counters], sign: int = 1) -> set[CellKey]:
     """``target += sign * source``; returns the cells that changed. Zero entries are dropped."""
     changed: set[CellKey] = set()
@@ -115,12 +125,7 @@ def add_cells(target: Cells, source: Mapping[CellKey, Counters], sign: int = 1) 
         into = target.get(key)
         if into is None:
             into = target[key] = {}
-        for name, value in counters.items():
-            total = into.get(name, 0) + sign * value
-            if total:
-                into[name] = total
-            else:
-                into.pop(name, None)
+        add_counters(into, counters, sign)
         changed.add(key)
     return changed
 
