@@ -28,7 +28,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamproc import broker, devstack, metrics, replay
-from streamproc.config import Settings
+from streamproc.config import TOPIC_FIELDS, Settings
 from streamproc.simulate import SimConfig, simulate
 from streamproc.simulate.config import Anomalies
 from streamproc.simulate.output import write_jsonl
@@ -79,27 +79,17 @@ def private_stack(state_dir: Path) -> Iterator[devstack.StackInfo]:
 def run_settings(base: Settings, namespace: str, input_from: Settings | None = None) -> Settings:
     """``base`` with a fresh namespace (group, Redis keys, dead-letter topic) and the input topics
     of ``input_from`` (default: topics named after the namespace, as a replay makes them)."""
-    _, env = replay.replay_settings(base, namespace)
-    update = {k.removeprefix("STREAMPROC_").lower(): v for k, v in env.items()}
-    if input_from is not None:
-        for name in ("topic_clickstream", "topic_cart", "topic_orders", "topic_tickets"):
-            update[name] = getattr(input_from, name)
-    return base.model_copy(update=update)
+    run = replay.replay_settings(base, namespace)
+    if input_from is None:
+        return run
+    inputs = ("topic_clickstream", "topic_cart", "topic_orders", "topic_tickets")
+    return run.model_copy(update={name: getattr(input_from, name) for name in inputs})
 
 
 def worker_env(settings: Settings, info: devstack.StackInfo) -> dict[str, str]:
-    env = {
-        "STREAMPROC_NAMESPACE": settings.namespace,
-        "STREAMPROC_TOPIC_CLICKSTREAM": settings.topic_clickstream,
-        "STREAMPROC_TOPIC_CART": settings.topic_cart,
-        "STREAMPROC_TOPIC_ORDERS": settings.topic_orders,
-        "STREAMPROC_TOPIC_TICKETS": settings.topic_tickets,
-        "STREAMPROC_TOPIC_DLQ": settings.topic_dlq,
-        "STREAMPROC_BOOTSTRAP_SERVERS": info.bootstrap_servers,
-        "STREAMPROC_REDIS_URL": info.redis_url,
-        "STREAMPROC_PARTITIONS": str(settings.partitions),
-        "STREAMPROC_LOG_LEVEL": os.environ.get("BENCH_WORKER_LOG_LEVEL", "info"),
-    }
+    where = {"bootstrap_servers": info.bootstrap_servers, "redis_url": info.redis_url}
+    env = settings.model_copy(update=where).env(*TOPIC_FIELDS, *where, "partitions")
+    env["STREAMPROC_LOG_LEVEL"] = os.environ.get("BENCH_WORKER_LOG_LEVEL", "info")
     return env
 
 

@@ -25,7 +25,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer
 
 from streamproc import devstack, replay
-from streamproc.config import load_settings
+from streamproc.config import TOPIC_FIELDS, load_settings
 from streamproc.store import KpiStore
 
 
@@ -46,11 +46,8 @@ async def consume_all(bootstrap: str, topics: list[str], total: int) -> float:
 
 async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, path: Path) -> None:
     settings = load_settings(env_file=None, partitions=args.partitions)
-    _, env = replay.replay_settings(settings)
-    run_settings = settings.model_copy(
-        update={k.removeprefix("STREAMPROC_").lower(): v for k, v in env.items()}
-    )
-    env |= {
+    run_settings = replay.replay_settings(settings)
+    env = run_settings.env(*TOPIC_FIELDS) | {
         "STREAMPROC_BOOTSTRAP_SERVERS": bootstrap,
         "STREAMPROC_REDIS_URL": redis_url,
         "STREAMPROC_PARTITIONS": str(args.partitions),

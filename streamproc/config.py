@@ -424,6 +424,23 @@ class Settings(BaseSettings):
             raise ValueError("STREAMPROC_KAFKA_SSL_KEYFILE needs STREAMPROC_KAFKA_SSL_CERTFILE")
         return self
 
+    def env(self, *fields: str) -> dict[str, str]:
+        """These settings as the environment variables that give a child process (a worker of a
+        replay, a backfill or the demo) the same values; unset ones are left out."""
+        return {
+            env_name(name): _env_value(value)
+            for name in fields
+            if (value := getattr(self, name)) is not None
+        }
+
+    def with_namespace(self, namespace: str, *, topics: bool) -> Settings:
+        """A copy under its own namespace and dead-letter topic (``namespace.dlq``), and with
+        ``topics`` input topics named after it too (``namespace.clickstream``, ...)."""
+        update = {"namespace": namespace, "topic_dlq": f"{namespace}.dlq"}
+        if topics:
+            update |= {f"topic_{family.value}": f"{namespace}.{family.value}" for family in Family}
+        return self.model_copy(update=update)
+
     @property
     def input_topics(self) -> tuple[str, str, str, str]:
         return (self.topic_clickstream, self.topic_cart, self.topic_orders, self.topic_tickets)
@@ -440,6 +457,28 @@ class Settings(BaseSettings):
     @property
     def window_seconds(self) -> tuple[int, ...]:
         return tuple(parse_duration_seconds(text) for text in self.windows)
+
+
+# The settings that say which topics and keys a pipeline uses: what a replay or a backfill gives
+# its workers of its own.
+TOPIC_FIELDS = (
+    "namespace",
+    "topic_clickstream",
+    "topic_cart",
+    "topic_orders",
+    "topic_tickets",
+    "topic_dlq",
+)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list | tuple):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items())
+    return str(value)
 
 
 def env_name(field: str) -> str:

@@ -98,16 +98,17 @@ class Demo:
 
     def env(self) -> dict[str, str]:
         assert self.info is not None
-        return {
-            "STREAMPROC_BOOTSTRAP_SERVERS": self.info.bootstrap_servers,
-            "STREAMPROC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",  # the demo's own broker
-            "STREAMPROC_REDIS_URL": self.info.redis_url,
-            "STREAMPROC_STATE_DIR": str(self.dir),
-            "STREAMPROC_NAMESPACE": self.namespace,
-            "STREAMPROC_WORKER_PORT": str(self.worker_port),
-            "STREAMPROC_EXPORTER_PORT": str(self.exporter_port),
-            "STREAMPROC_EXPORTER_REFRESH_SECONDS": "2",
+        update = {
+            "bootstrap_servers": self.info.bootstrap_servers,
+            "kafka_security_protocol": "PLAINTEXT",  # the demo's own broker
+            "redis_url": self.info.redis_url,
+            "state_dir": self.dir,
+            "namespace": self.namespace,
+            "worker_port": self.worker_port,
+            "exporter_port": self.exporter_port,
+            "exporter_refresh_seconds": 2,
         }
+        return self.settings.model_copy(update=update).env(*update)
 
     def start(self) -> None:
         self.info = self.stack.up()

@@ -39,18 +39,10 @@ from streamproc.store import TRANSIENT, KpiStore
 logger = logging.getLogger(__name__)
 
 
-def replay_settings(settings: Settings, namespace: str | None = None) -> tuple[str, dict[str, str]]:
-    """A fresh namespace and topics for one replay, as environment for its workers."""
-    ns = namespace or f"replay-{uuid.uuid4().hex[:10]}"
-    env = {
-        "STREAMPROC_NAMESPACE": ns,
-        "STREAMPROC_TOPIC_CLICKSTREAM": f"{ns}.clickstream",
-        "STREAMPROC_TOPIC_CART": f"{ns}.cart",
-        "STREAMPROC_TOPIC_ORDERS": f"{ns}.orders",
-        "STREAMPROC_TOPIC_TICKETS": f"{ns}.tickets",
-        "STREAMPROC_TOPIC_DLQ": f"{ns}.dlq",
-    }
-    return ns, env
+def replay_settings(settings: Settings, namespace: str | None = None) -> Settings:
+    """``settings`` with a fresh namespace and topics of their own, for one replay; its workers
+    get them as ``.env(*TOPIC_FIELDS)``."""
+    return settings.with_namespace(namespace or f"replay-{uuid.uuid4().hex[:10]}", topics=True)
 
 
 class Routing:

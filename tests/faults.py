@@ -51,7 +51,7 @@ from reference.kpis import reference_report
 from reference.report import compare_reports
 
 from streamproc import broker, replay
-from streamproc.config import Settings, load_settings
+from streamproc.config import TOPIC_FIELDS, Settings, load_settings
 from streamproc.devstack import find_broker_binary, ping_broker, ping_redis
 from streamproc.eventfile import FileRecord, parse_line, read_records
 from streamproc.events.parse import EventDecoder
@@ -459,12 +459,10 @@ class FaultRun:
 
     def __post_init__(self) -> None:
         base = load_settings(env_file=None, partitions=self.partitions, fx_rates=FX_RATES)
-        self.namespace, topics = replay.replay_settings(base)
-        self.settings = base.model_copy(
-            update={k.removeprefix("STREAMPROC_").lower(): v for k, v in topics.items()}
-        )
+        self.settings = replay.replay_settings(base)
+        self.namespace = self.settings.namespace
         self.env = {
-            **topics,
+            **self.settings.env(*TOPIC_FIELDS),
             "STREAMPROC_BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "STREAMPROC_REDIS_URL": self.redis.url,
             "STREAMPROC_PARTITIONS": str(self.partitions),

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from streamproc.config import Settings
+from streamproc.config import TOPIC_FIELDS, Settings
 from streamproc.errors import BackfillError
 from streamproc.simulate.options import parse_start
 
@@ -147,18 +147,12 @@ class Plan:
 
 
 def worker_env(settings: Settings, name: str, *, bootstrap: str, redis_url: str) -> dict[str, str]:
-    """Environment of the backfill's worker processes: its own namespace and dead-letter topic,
-    the same input topics and every other setting as this process."""
-    return {
-        "STREAMPROC_NAMESPACE": name,
-        "STREAMPROC_TOPIC_CLICKSTREAM": settings.topic_clickstream,
-        "STREAMPROC_TOPIC_CART": settings.topic_cart,
-        "STREAMPROC_TOPIC_ORDERS": settings.topic_orders,
-        "STREAMPROC_TOPIC_TICKETS": settings.topic_tickets,
-        "STREAMPROC_TOPIC_DLQ": dead_letter_topic(name),
-        "STREAMPROC_BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMPROC_REDIS_URL": redis_url,
-    }
+    """Environment of the backfill's worker processes: its own namespace and dead-letter topic
+    (``dead_letter_topic``), the same input topics and every other setting as this process."""
+    named = settings.with_namespace(name, topics=False).model_copy(
+        update={"bootstrap_servers": bootstrap, "redis_url": redis_url}
+    )
+    return named.env(*TOPIC_FIELDS, "bootstrap_servers", "redis_url")
 
 
 def stored_ends(plan: Plan, committed: Mapping[TopicPart, int | None]) -> dict[TopicPart, int]:

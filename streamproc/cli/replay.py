@@ -16,7 +16,7 @@ from rich.progress import Progress, TaskID
 
 from streamproc import devstack, replay
 from streamproc.cli.common import DEFAULT_BOOTSTRAP, app, endpoints, err, out, progress, settings
-from streamproc.config import Settings, parse_duration_seconds
+from streamproc.config import TOPIC_FIELDS, Settings, parse_duration_seconds
 from streamproc.connection import KafkaConnection
 from streamproc.errors import ReplayError
 from streamproc.store import KpiStore
@@ -39,9 +39,10 @@ def replay_command(
     loaded = settings()
     sizes = [parse_duration_seconds(w) * 1000 for w in (window or loaded.windows)]
     with _broker(loaded) as (kafka, redis_url):
-        _, env = replay.replay_settings(loaded)
-        run = loaded.model_copy(update={_field(k): v for k, v in env.items()})
-        env |= {"STREAMPROC_BOOTSTRAP_SERVERS": kafka.servers, "STREAMPROC_REDIS_URL": redis_url}
+        run = replay.replay_settings(loaded).model_copy(
+            update={"bootstrap_servers": kafka.servers, "redis_url": redis_url}
+        )
+        env = run.env(*TOPIC_FIELDS, "bootstrap_servers", "redis_url")
         job = _Job(
             path=path,
             size=path.stat().st_size,
@@ -57,10 +58,6 @@ def replay_command(
         rows, summary = asyncio.run(_replay(job))
     report.write_text(json.dumps(rows, indent=1) + "\n")
     out.print(f"{summary}; {len(rows):,} report rows in {report}", highlight=False)
-
-
-def _field(env_name: str) -> str:
-    return env_name.removeprefix("STREAMPROC_").lower()
 
 
 class _broker:

@@ -22,7 +22,7 @@ from reference.kpis import reference_report
 from reference.report import compare_reports
 
 from streamproc import replay
-from streamproc.config import load_settings
+from streamproc.config import TOPIC_FIELDS, load_settings
 from streamproc.store import KpiStore
 
 pytestmark = pytest.mark.integration
@@ -122,10 +122,8 @@ async def test_workers_killed_at_random_and_restarted(
     (``STREAMPROC_GROUP_INSTANCE_ID``) it takes the killed one's place in the group at once."""
     path, lines = simulated
     settings = load_settings(env_file=None, partitions=4, fx_rates={"EUR": Decimal("1.08")})
-    namespace, env = replay.replay_settings(settings)
-    run = settings.model_copy(
-        update={k.removeprefix("STREAMPROC_").lower(): v for k, v in env.items()}
-    )
+    run = replay.replay_settings(settings)
+    namespace, env = run.namespace, run.env(*TOPIC_FIELDS)
     env.update(env_for(stack), **env)
     if static:
         env["STREAMPROC_GROUP_INSTANCE_ID"] = "worker-0"

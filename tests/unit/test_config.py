@@ -82,3 +82,32 @@ def test_settings_are_frozen() -> None:
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration_seconds(text) == seconds
+
+
+def test_settings_as_a_child_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``env`` writes, a child reading its environment reads back: the same values."""
+    settings = load_settings(
+        env_file=None,
+        windows=["5m", "1h"],
+        fx_rates={"EUR": Decimal("1.08")},
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="u",
+        kafka_sasl_password="p",
+    ).with_namespace("bf-x", topics=False)
+    fields = ("namespace", "topic_dlq", "topic_cart", "windows", "fx_rates", "state_dir")
+    fields += ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username")
+    fields += ("kafka_sasl_password", "partitions")
+    env = settings.env(*fields, "bootstrap_servers")  # unset: left out
+    assert env["STREAMPROC_NAMESPACE"] == "bf-x" and env["STREAMPROC_TOPIC_DLQ"] == "bf-x.dlq"
+    assert env["STREAMPROC_TOPIC_CART"] == "shop.cart"  # topics=False: the input stays
+    assert "STREAMPROC_BOOTSTRAP_SERVERS" not in env
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    child = load_settings(env_file=None)
+    for name in fields:
+        assert getattr(child, name) == getattr(settings, name), name
+    replayed = settings.with_namespace("replay-1", topics=True)
+    assert replayed.input_topics == tuple(
+        f"replay-1.{family}" for family in ("clickstream", "cart", "orders", "tickets")
+    )
