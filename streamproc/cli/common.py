@@ -71,9 +71,10 @@ class Endpoints(NamedTuple):
         return self.kafka.servers
 
 
-def endpoints(loaded: Settings) -> Endpoints:
-    """Explicit settings first, then the running `streamproc dev` stack, then localhost."""
-    if loaded.bootstrap_servers is None and loaded.kafka_security_protocol != "PLAINTEXT":
+def endpoints(loaded: Settings, *, kafka: bool = True) -> Endpoints:
+    """Explicit settings first, then the running `streamproc dev` stack, then localhost.
+    ``kafka=False``: for a command that does not talk to Kafka (the exporter)."""
+    if kafka and loaded.bootstrap_servers is None and loaded.kafka_security_protocol != "PLAINTEXT":
         raise ConfigError(
             f"STREAMPROC_KAFKA_SECURITY_PROTOCOL={loaded.kafka_security_protocol} needs "
             "STREAMPROC_BOOTSTRAP_SERVERS (the dev stack's broker is plaintext)"

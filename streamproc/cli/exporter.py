@@ -25,7 +25,7 @@ def exporter_command() -> None:
             loaded.exporter_stale_seconds,
             loaded.exporter_refresh_seconds,
         )
-    where = endpoints(loaded)
+    where = endpoints(loaded, kafka=False)  # Redis only
     store = KpiStore.for_settings(loaded, where.redis_url)
     service = exporter.Exporter(store, exporter.ExporterConfig.from_settings(loaded))
     exporter_metrics = metrics.ExporterMetrics.create(

@@ -130,3 +130,18 @@ def test_secrets_come_from_files_named_after_their_variables(
     monkeypatch.setenv("STREAMPROC_SECRETS_DIR", str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="STREAMPROC_SECRETS_DIR"):
         load_settings(env_file=None)
+
+
+def test_a_security_protocol_needs_explicit_servers_but_not_for_the_exporter(
+    tmp_path: Path,
+) -> None:
+    """The dev stack's broker is plaintext: with a security protocol the servers must be given;
+    the exporter (Redis only) starts without them."""
+    from streamproc.cli.common import endpoints
+
+    settings = load_settings(env_file=None, state_dir=tmp_path, **_sasl_ssl())
+    with pytest.raises(ConfigError, match="STREAMPROC_BOOTSTRAP_SERVERS"):
+        endpoints(settings)
+    assert endpoints(settings, kafka=False).redis_url.startswith("redis://")
+    explicit = settings.model_copy(update={"bootstrap_servers": "b:9096"})
+    assert endpoints(explicit).kafka.protocol == "SASL_SSL"
