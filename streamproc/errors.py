@@ -5,6 +5,9 @@
     │   ├── StoreRefused     Redis refused the credentials or its TLS certificate is not trusted
     │   └── BrokerRefused    Kafka refused the credentials or the mechanism, or its TLS
     │                        certificate is not trusted
+    ├── StoreError           Redis failed a command: an error reply, bad data
+    │   └── StoreUnavailable Redis cannot answer now: unreachable, timed out, loading, read-only,
+    │                        failing over or out of memory (retriable)
     ├── BrokerError          the broker refused a request or could not be reached (retriable)
     ├── ReplayError          a replay could not finish
     ├── BackfillError        a backfill cannot start, resume or finish
@@ -40,6 +43,27 @@ class StoreRefused(ConfigError):
 class BrokerRefused(ConfigError):
     """Kafka refused the SASL credentials or mechanism, or its TLS certificate is not trusted:
     a setting to fix, not an outage to wait out."""
+
+
+class StoreError(StreamprocError):
+    """Redis failed a command. The store (``streamproc.store``) raises it, and only it, for every
+    error redis-py raises, which is its ``__cause__``.
+
+    Attributes:
+        kind: the name of redis-py's error (``ResponseError``, ``ConnectionError``, ...), which
+            logs, metric labels and the exporter's status show, as they did before the mapping.
+    """
+
+    def __init__(self, detail: str, *, kind: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class StoreUnavailable(StoreError):
+    """Redis cannot answer now (unreachable, timed out, loading, read-only, failing over, out of
+    memory): worth waiting for, as the worker, the exporter and the replay do."""
+
+    retriable = True
 
 
 class BrokerError(StreamprocError):

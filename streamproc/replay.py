@@ -27,14 +27,14 @@ from typing import IO
 from streamproc import broker
 from streamproc.config import Settings
 from streamproc.connection import KafkaConnection
-from streamproc.errors import ReplayError
+from streamproc.errors import ReplayError, StoreUnavailable
 from streamproc.eventfile import Unroutable, routable
 from streamproc.events.models import Family
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
 from streamproc.offline import partition_of
 from streamproc.reporting import aligned_report
-from streamproc.store import TRANSIENT, KpiStore
+from streamproc.store import KpiStore
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ async def wait_until_done(
     while True:
         try:
             statuses = await store.statuses()
-        except TRANSIENT as exc:
+        except StoreUnavailable as exc:
             if not unavailable:
                 logger.warning("Redis is unavailable (%s); waiting for it", exc)
             unavailable = True

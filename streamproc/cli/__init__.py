@@ -13,7 +13,7 @@ from streamproc import __version__
 from streamproc.cli import backfill, demo, dev, exporter, pipeline, replay, simulate  # noqa: F401  (registers the sub-commands)
 from streamproc.cli.common import app, err, out
 from streamproc.config import describe_settings, settings_markdown
-from streamproc.errors import StreamprocError
+from streamproc.errors import StoreError, StreamprocError
 
 
 @app.command("settings")
@@ -39,6 +39,8 @@ def version_command() -> None:
 def main() -> None:
     try:
         app()
+    except StoreError:
+        raise  # Redis failed, no setting to fix: its traceback and exit status 1
     except StreamprocError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)  # one line
         sys.exit(2)

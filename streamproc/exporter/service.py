@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamproc.config import Settings
-from streamproc.errors import ConfigError
+from streamproc.errors import ConfigError, StoreError, StreamprocError
 from streamproc.events.parse import minor_unit_exponent
 from streamproc.exporter.names import Exposition, families
 from streamproc.exporter.query import ReportQuery, report_minutes
@@ -36,7 +36,7 @@ from streamproc.kpi.report import CH_DEV, Row
 from streamproc.kpi.windowing import VisitorKey, Window, group_windows, rows, ticket_rows
 from streamproc.kpi.windows import rfc3339, window_label
 from streamproc.metrics import ExporterMetrics
-from streamproc.store import TRANSIENT, ReportStore
+from streamproc.store import ReportStore
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,11 @@ class Exporter:
                 except Exception as exc:  # Redis down or frozen (TimeoutError) included
                     if _cancel_requested():
                         raise asyncio.CancelledError from exc  # an error our cancel caused
-                    kind = type(exc).__name__
+                    # redis-py's name for a store's error (ConnectionError, ...), as before
+                    kind = exc.kind if isinstance(exc, StoreError) else type(exc).__name__
+                    outage = isinstance(exc, TimeoutError) or (
+                        isinstance(exc, StreamprocError) and exc.retriable
+                    )
                     metrics.refresh_errors.labels(kind).inc()
                     self.errors += 1
                     self.last_error = f"{kind}: {exc}" if str(exc) else kind
@@ -241,7 +245,7 @@ class Exporter:
                             "refresh failed (%s); serving the last snapshot, retrying every %g s",
                             self.last_error,
                             interval_s,
-                            exc_info=not isinstance(exc, (*TRANSIENT, TimeoutError)),
+                            exc_info=not outage,  # a traceback only for the unexpected
                         )
                 else:
                     if logged:

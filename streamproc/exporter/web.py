@@ -20,12 +20,11 @@ from collections.abc import Callable
 import msgspec
 from aiohttp import web
 
-from streamproc.errors import BadQuery, ConfigError
+from streamproc.errors import BadQuery, ConfigError, StoreUnavailable
 from streamproc.exporter.query import parse_query
 from streamproc.exporter.service import Exporter
 from streamproc.kpi.windows import window_label
 from streamproc.metrics import ExporterMetrics
-from streamproc.store import TRANSIENT
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +47,8 @@ async def _kpis(request: web.Request) -> web.Response:
         return _json({"error": str(exc)}, status=400)
     try:
         found = await exporter.report(query)
-    except TRANSIENT as exc:
-        return _json({"error": f"Redis unavailable: {type(exc).__name__}: {exc}"}, status=503)
+    except StoreUnavailable as exc:
+        return _json({"error": f"Redis unavailable: {exc.kind}: {exc}"}, status=503)
     return _json(found)
 
 

@@ -1,5 +1,5 @@
 """Redis: dedup, store labels, the published partials and sketches. The only package that
-imports redis: ``client`` (the connection, which errors are transient), ``scripts`` (Lua),
+imports redis: ``client`` (the connection, redis-py's errors mapped to ours), ``scripts`` (Lua),
 ``contracts`` (what the worker and the exporter ask of it), ``publish`` (a publish's commands),
 ``kpistore`` (``KpiStore``).
 
@@ -18,9 +18,10 @@ Keys, all under ``{namespace}:``::
     backfill                      a backfill's plan (JSON, ``backfill/plan.py``)
 
 Every write is an absolute value or an idempotent add, so a re-processed batch changes nothing.
+The store raises ``streamproc.errors.StoreError`` (``StoreUnavailable`` for an outage) and
+``StoreRefused``, never redis-py's errors.
 """
 
-from streamproc.store.client import STORE_ERRORS, TRANSIENT
 from streamproc.store.contracts import (
     ExactVisitors,
     PartitionStatus,
@@ -32,8 +33,6 @@ from streamproc.store.kpistore import KpiStore
 from streamproc.store.publish import visitor_hash
 
 __all__ = [
-    "STORE_ERRORS",
-    "TRANSIENT",
     "ExactVisitors",
     "KpiStore",
     "PartitionStatus",

@@ -1,11 +1,14 @@
-"""The Redis connection: commands packed by hiredis, replies decoded, and which errors are worth
-a retry."""
+"""The Redis connection: commands packed by hiredis, replies decoded, and redis-py's errors
+mapped to ours (``redis_errors``), the only ones the store's methods raise."""
 
 from __future__ import annotations
 
+import functools
 import ssl
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import hiredis
@@ -13,11 +16,14 @@ import msgspec
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from streamproc.errors import StoreRefused
+from streamproc.errors import StoreError, StoreRefused, StoreUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # Redis errors worth retrying a batch for: the server is unreachable, restarting, loading, frozen
 # (timeouts), failing over (read-only replica, master down) or out of memory until someone acts.
-TRANSIENT: tuple[type[Exception], ...] = (
+TRANSIENT: tuple[type[redis.exceptions.RedisError], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
@@ -26,8 +32,30 @@ TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.TryAgainError,
     redis.exceptions.OutOfMemoryError,
 )
-# Every error that comes from Redis (transient or not): never the fault of one event.
-STORE_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Raise redis-py's errors as ours, the cause kept: ``StoreUnavailable`` for a transient one
+    (``TRANSIENT``), ``StoreError`` for any other. Anything else passes as it is: ``StoreRefused``
+    (raised by the connection), a cancellation, an error of the caller's own timeout."""
+    try:
+        yield
+    except TRANSIENT as exc:
+        raise StoreUnavailable(str(exc), kind=type(exc).__name__) from exc
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(str(exc), kind=type(exc).__name__) from exc
+
+
+def mapped(method: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """An async method that raises redis-py's errors as ours (``redis_errors``)."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        with redis_errors():
+            return await method(*args, **kwargs)
+
+    return call
 
 
 def _enc_hook(value: object) -> object:

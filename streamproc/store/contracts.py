@@ -1,5 +1,7 @@
 """What the worker and the exporter ask of Redis (``KpiStore``; unit tests pass in-memory
-stores), and the plain data that crosses."""
+stores), and the plain data that crosses. A store fails with ``streamproc.errors.StoreError``:
+``StoreUnavailable`` while Redis cannot answer (the worker holds its batch, the exporter serves its
+last snapshot), ``StoreRefused`` for a password or certificate it refused."""
 
 from __future__ import annotations
 

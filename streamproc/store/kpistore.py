@@ -1,5 +1,6 @@
 """KpiStore: the worker's and the exporter's Redis, for one namespace (the keys are listed in
-``store/__init__.py``)."""
+``store/__init__.py``). Its methods raise ``StoreError`` (``StoreUnavailable`` when Redis cannot
+answer now) or ``StoreRefused``, never redis-py's errors."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from streamproc.config import Settings, redis_password_of
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import Presence
 from streamproc.store import scripts
-from streamproc.store.client import connect, pack, text, unpack
+from streamproc.store.client import connect, mapped, pack, text, unpack
 from streamproc.store.contracts import ExactVisitors, PartitionStatus, VisitorKey
 from streamproc.store.publish import PublishCommands, sketch_keys
 
@@ -87,6 +88,7 @@ class KpiStore:
             cafile=settings.redis_ssl_cafile,
         )
 
+    @mapped
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -95,6 +97,7 @@ class KpiStore:
 
     # --- worker -----------------------------------------------------------------------------
 
+    @mapped
     async def first_occurrences(
         self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
     ) -> list[bool]:
@@ -105,6 +108,7 @@ class KpiStore:
         result = await self._dedup(keys=keys, args=[horizon_s, *coordinates])
         return [bool(flag) for flag in result]
 
+    @mapped
     async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:
         """The label of each store id: its own while the cap allows, else ``other``."""
         unknown = sorted({s for s in stores if s not in self._labels})
@@ -119,6 +123,7 @@ class KpiStore:
                     self._labels[store] = text(label)
         return self._labels
 
+    @mapped
     async def publish(
         self,
         partition: int,
@@ -174,10 +179,12 @@ class KpiStore:
                     await self.client.script_load(script.script)
         raise AssertionError("unreachable")
 
+    @mapped
     async def end_offsets(self) -> dict[tuple[str, int], int]:
         """Known ends of the input topics (set by replay and backfill), else empty."""
         return _ends(await self.client.hgetall(self.key("end")))
 
+    @mapped
     async def input_ends(self) -> dict[tuple[str, int], int] | None:
         """Known ends of the input topics, empty when there are none, or None while they are
         expected (``expect_end_offsets``): read together, so never half of a ``set``."""
@@ -187,12 +194,14 @@ class KpiStore:
         expected, raw = await pipe.execute()
         return None if expected else _ends(raw)
 
+    @mapped
     async def expect_end_offsets(self) -> None:
         """The input's ends will be set (a replay still producing it): until they are, workers
         take every input partition for one with more to read, so that the watermark waits for it
         instead of following the wall clock."""
         await self.client.set(self.key("end-expected"), 1, ex=self.retention_s)
 
+    @mapped
     async def set_end_offsets(self, ends: Mapping[tuple[str, int], int]) -> None:
         pipe = self.client.pipeline(transaction=True)
         if ends:
@@ -203,6 +212,7 @@ class KpiStore:
 
     # --- exporter and replay ----------------------------------------------------------------
 
+    @mapped
     async def cells(self, minutes: Iterable[int]) -> dict[c.CellKey, c.Counters]:
         """Cells of the given minutes, summed over partitions."""
         minutes = list(minutes)
@@ -216,16 +226,19 @@ class KpiStore:
                 c.add_cells(total, {(minute, store): unpack(value)})
         return total
 
+    @mapped
     async def minutes(self, since_ms: float = 0) -> list[int]:
         """Minutes with published cells, changed at or after ``since_ms`` (wall clock)."""
         found = await self.client.zrangebyscore(self.key("changed"), since_ms, "+inf")
         return sorted(int(text(m)) for m in found if isinstance(m, bytes | str))
 
+    @mapped
     async def visitors(self, minutes: Sequence[int], store: str, dimension: str | None) -> int:
         """Distinct visitors over the minutes (exact while small, else HyperLogLog)."""
         key = (tuple(minutes), store, dimension)
         return (await self.visitor_counts([key]))[key]
 
+    @mapped
     async def visitor_counts(self, keys: Iterable[VisitorKey]) -> dict[VisitorKey, int]:
         """Distinct visitors of many (minutes, store, dimension) unions, in one round trip."""
         ordered = list(keys)
@@ -245,6 +258,7 @@ class KpiStore:
         results = await self._run(commands) if ordered else []
         return {key: int(value) for key, value in zip(ordered, results, strict=True)}
 
+    @mapped
     async def open_tickets(self) -> dict[tuple[str, str, str], int]:
         gauge: dict[tuple[str, str, str], int] = {}
         for value in (await self.client.hgetall(self.key("open"))).values():
@@ -253,6 +267,7 @@ class KpiStore:
                 gauge[key] = gauge.get(key, 0) + count
         return gauge
 
+    @mapped
     async def drop(self) -> int:
         """Delete every key of this namespace (a finished replay); returns how many."""
         deleted, batch = 0, []
@@ -265,20 +280,24 @@ class KpiStore:
             deleted += int(await self.client.unlink(*batch))
         return deleted
 
+    @mapped
     async def statuses(self) -> dict[int, dict[str, Any]]:
         raw = await self.client.hgetall(self.key("status"))
         return {int(p): unpack(v) for p, v in raw.items()}
 
     # --- backfill ---------------------------------------------------------------------------
 
+    @mapped
     async def backfill_plan(self) -> bytes | None:
         """The plan of the backfill this namespace belongs to, if it is one."""
         value = await self.client.get(self.key("backfill"))
         return value.encode() if isinstance(value, str) else value
 
+    @mapped
     async def set_backfill_plan(self, plan: bytes) -> None:
         await self.client.set(self.key("backfill"), plan)
 
+    @mapped
     async def count_keys(self, kind: str) -> int:
         """How many keys of one kind the namespace holds (``dedup``: distinct accepted ids)."""
         count = 0

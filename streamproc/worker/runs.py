@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from streamproc.deadletter import DeadLetter
 from streamproc.errors import StreamprocError
 from streamproc.ingest import Decoded, DecodedBatch, Message
-from streamproc.store import STORE_ERRORS
 
 
 @dataclass
@@ -75,10 +74,10 @@ class Done:
 
 
 def event_error(exc: BaseException) -> bool:
-    """Whether an error may be the event's doing: not a Redis error (an outage holds the batch,
-    any other Redis error stops the worker), not one of ours about the topics, not a
+    """Whether an error may be the event's doing: not one of ours (a Redis error, ``StoreError``:
+    an outage holds the batch, any other stops the worker; one about the topics), not a
     cancellation or exit."""
-    return isinstance(exc, Exception) and not isinstance(exc, (*STORE_ERRORS, StreamprocError))
+    return isinstance(exc, Exception) and not isinstance(exc, StreamprocError)
 
 
 def make_letter(

@@ -18,10 +18,9 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import faust
 
-from streamproc.errors import ConfigError, TopicsChanged
+from streamproc.errors import ConfigError, StoreUnavailable, TopicsChanged
 from streamproc.ingest import Message
 from streamproc.metrics import WorkerMetrics
-from streamproc.store import TRANSIENT
 from streamproc.worker.align import Aligner, Slice
 from streamproc.worker.consumer import Consumer
 from streamproc.worker.pipeline import Pipeline
@@ -64,14 +63,14 @@ class Holding:
         while True:
             try:
                 result = await work()
-            except TRANSIENT as exc:
+            except StoreUnavailable as exc:
                 self.metrics.redis_retries.inc()
                 if self.since is None:
                     self.since = time.monotonic()
                     logger.warning(
                         "Redis is unavailable (%s: %s): %s is held, nothing is committed, "
                         "retrying until it answers",
-                        type(exc).__name__,
+                        exc.kind,
                         exc,
                         what,
                     )

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-import redis.exceptions
 from prometheus_client import CollectorRegistry
 
+from streamproc.errors import StoreUnavailable
 from streamproc.exporter import Exporter, ExporterConfig
 from streamproc.exporter.service import CLOCK_MARGIN_MS
 from streamproc.kpi import counters as c
@@ -204,15 +204,18 @@ async def until(check: Callable[[], bool], *, timeout_s: float = 5.0) -> None:
 
 
 @pytest.mark.parametrize(
-    "failure",
+    ("failure", "kind"),
     [
-        redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379."),
-        redis.exceptions.TimeoutError("Timeout reading from socket"),  # socket_timeout
-        TimeoutError(),  # the refresh's overall asyncio.timeout
+        (
+            StoreUnavailable("Error 111 connecting to 127.0.0.1:6379.", kind="ConnectionError"),
+            "ConnectionError",  # redis-py's name, as KpiStore maps it
+        ),
+        (StoreUnavailable("Timeout reading from socket", kind="TimeoutError"), "TimeoutError"),
+        (TimeoutError(), "TimeoutError"),  # the refresh's overall asyncio.timeout
     ],
     ids=["refused", "socket-timeout", "refresh-timeout"],
 )
-async def test_last_error_clears_once_a_refresh_succeeds(failure: Exception) -> None:
+async def test_last_error_clears_once_a_refresh_succeeds(failure: Exception, kind: str) -> None:
     clock = [T / 1000 + 600]
     store = Breaks(clock)
     store.reached(0, T + M + 5)
@@ -224,16 +227,15 @@ async def test_last_error_clears_once_a_refresh_succeeds(failure: Exception) -> 
         store.failure = failure
         clock[0] += 11
         await until(lambda: service.errors >= 2)
-        error = type(failure).__name__ + (f": {failure}" if str(failure) else "")
+        error = kind + (f": {failure}" if str(failure) else "")
         ready, body = service.readiness()
         assert not ready and body["status"] == "stale" and body["last_error"] == error
         assert (
             body["reason"]
             == f"last successful refresh 11.0 s ago, more than 10 s; last error: {error}"
         )
-        kind = {"kind": type(failure).__name__}
         assert metrics.registry.get_sample_value(
-            "streamproc_exporter_refresh_errors_total", kind
+            "streamproc_exporter_refresh_errors_total", {"kind": kind}
         ) == pytest.approx(service.errors, abs=1)  # the loop may be one failure ahead
 
         store.failure = None
@@ -259,7 +261,7 @@ async def test_after_a_failed_refresh_everything_is_read_again() -> None:
     task = asyncio.create_task(service.run(metrics, interval_s=0.001))
     try:
         await until(lambda: service.snapshot.refreshed_ms is not None)
-        store.failure = redis.exceptions.ConnectionError("Connection closed by server.")
+        store.failure = StoreUnavailable("Connection closed by server.", kind="ConnectionError")
         await until(lambda: service.errors > 0)
         store.cells_.clear()  # the restarted Redis lost minute T ...
         store.changed.clear()

@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import redis.exceptions
 from helpers import T0_MS, dumps, make_event
 
 from streamproc.config import load_settings
 from streamproc.deadletter import DeadLetter
-from streamproc.errors import TopicsChanged
+from streamproc.errors import StoreUnavailable, TopicsChanged
 from streamproc.events.parse import EventDecoder, Reason
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.worker.contracts import Highwater
@@ -141,8 +140,8 @@ async def test_a_redis_outage_leaves_the_batch_whole_and_its_dead_letters_unsent
     store, table, letters = Store(), Table(), []
     pipe = make_pipeline(store, table, letters)
     messages = batch(["s1", "s2", "s3"], bad_offset=1)
-    store.fail = [redis.exceptions.ConnectionError("Redis went away")]
-    with pytest.raises(redis.exceptions.ConnectionError):
+    store.fail = [StoreUnavailable("Redis went away", kind="ConnectionError")]
+    with pytest.raises(StoreUnavailable):
         await pipe.on_batch(CLICKS, messages)
     assert letters == []  # sent only once the batch is processed
     counts = await pipe.on_batch(CLICKS, messages)  # the retry
