@@ -27,19 +27,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamproc.errors import ConfigError
 from streamproc.events.models import Family
+from streamproc.times import parse_duration_seconds as parse_duration_seconds  # its old home
 
 ENV_PREFIX = "STREAMPROC_"
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration_seconds(text: str) -> int:
-    """``"15m"`` -> 900. Accepts whole numbers with one unit of s, m, h, d or w."""
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"not a duration like 30s, 15m, 1h, 1d: {text!r}")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _split_csv(value: Any) -> Any:

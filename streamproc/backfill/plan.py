@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from streamproc import times
 from streamproc.config import TOPIC_FIELDS, Settings
 from streamproc.errors import BackfillError
-from streamproc.simulate.options import parse_start
 
 TopicPart = tuple[str, int]
 
@@ -25,13 +24,9 @@ TopicPart = tuple[str, int]
 def parse_time(text: str, *, now: datetime) -> datetime:
     """``2026-11-20T06:00:00Z`` (RFC 3339, with an offset), ``2026-11-20`` (midnight UTC),
     ``now``, or a duration before now: ``7d``, ``36h``, ``-90m``."""
-    value = text.strip()
-    if re.fullmatch(r"\d+\s*[smhdw]", value):
-        value = f"-{value}"  # "7d" means 7 days ago, as "-7d" does for simulate --start
-    elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        value = f"{value}T00:00:00Z"
     try:
-        return parse_start(value, now=now)
+        # "7d" means 7 days ago, as "-7d" does here and for simulate --start
+        return times.parse_time(text, now=now, dates=True, unsigned_ago=True)
     except ValueError as exc:
         raise BackfillError(
             f"{exc}; use RFC 3339 like 2026-11-20T06:00:00Z, a date, or a duration ago like 7d"

@@ -14,7 +14,6 @@ import enum
 import operator
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from itertools import accumulate, count
@@ -24,12 +23,12 @@ import msgspec
 
 from streamproc.errors import InvalidEvent
 from streamproc.events import models as m
+from streamproc.times import rfc3339_ms
 
 # 2000-01-01T00:00:00Z: integer times below this are almost surely seconds, not milliseconds.
 MIN_EPOCH_MS: Final = 946_684_800_000
 # 9999-12-31T23:59:59.999Z, the last millisecond an RFC 3339 time can name.
 MAX_EPOCH_MS: Final = 253_402_300_799_999
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The deepest nesting of objects and arrays accepted. The contract itself nests three levels
 # (event, items, item); the rest is room for unknown fields. msgspec recurses once per level, on
@@ -109,7 +108,17 @@ def build_converters(
 
 
 def parse_event_time(value: Any) -> m.EpochMs:
-    """RFC 3339 string with an offset, or integer epoch milliseconds -> EpochMs."""
+    """RFC 3339 string (``streamproc.times``), or integer epoch milliseconds -> EpochMs."""
+    if type(value) is str:  # first: nearly every event's time is a string
+        try:
+            ms = rfc3339_ms(value)
+        except ValueError as exc:  # its message: "not an RFC 3339 time" or "without a UTC offset"
+            raise ValueError(f"{Reason.INVALID_TIME}: {exc}") from None
+        if ms < MIN_EPOCH_MS:
+            raise ValueError(f"{Reason.INVALID_TIME}: {value!r} is before 2000-01-01")
+        if ms > MAX_EPOCH_MS:  # 9999-12-31 with a negative offset
+            raise ValueError(f"{Reason.INVALID_TIME}: {value!r} is after 9999-12-31 in UTC")
+        return m.EpochMs(ms)
     if type(value) is int:
         if value < MIN_EPOCH_MS:
             hint = " (seconds? expected milliseconds)" if value > MIN_EPOCH_MS // 1000 else ""
@@ -117,20 +126,6 @@ def parse_event_time(value: Any) -> m.EpochMs:
         if value > MAX_EPOCH_MS:
             raise ValueError(f"{Reason.INVALID_TIME}: {_short(value)} is after 9999-12-31")
         return m.EpochMs(value)
-    if type(value) is str:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"{Reason.INVALID_TIME}: not an RFC 3339 time: {value!r}") from None
-        if parsed.tzinfo is None:
-            raise ValueError(f"{Reason.INVALID_TIME}: time without a UTC offset: {value!r}")
-        delta = parsed - _EPOCH
-        ms = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
-        if ms < MIN_EPOCH_MS:
-            raise ValueError(f"{Reason.INVALID_TIME}: {value!r} is before 2000-01-01")
-        if ms > MAX_EPOCH_MS:  # 9999-12-31 with a negative offset
-            raise ValueError(f"{Reason.INVALID_TIME}: {value!r} is after 9999-12-31 in UTC")
-        return m.EpochMs(ms)
     raise TypeError(
         f"{Reason.WRONG_TYPE}: expected an RFC 3339 string or integer epoch milliseconds, "
         f"got {_json_type_name(value)}"

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
-from streamproc.config import parse_duration_seconds
 from streamproc.errors import BadQuery
 from streamproc.kpi.report import CH_DEV, KPIS, PRIORITIES, TICKET_CHANNELS, Row
 from streamproc.kpi.windows import aligned_start, window_label
+from streamproc.times import MissingOffset, parse_duration_seconds, rfc3339_ms
 
 OPEN_TICKETS = "open_tickets"
 NOW = "now"
@@ -72,15 +71,16 @@ class ReportQuery:
 
 
 def parse_time(name: str, text: str) -> int:
-    """RFC 3339 with an offset (``2026-11-02T10:00:00Z``) -> epoch ms."""
+    """RFC 3339 with an offset (``2026-11-02T10:00:00Z``) -> epoch ms, floored."""
     try:
-        moment = datetime.fromisoformat(text)
+        return rfc3339_ms(text)
+    except MissingOffset:
+        raise BadQuery(
+            f"{name}: needs a date, a time and an offset (Z or +hh:mm): {text!r}"
+        ) from None
     except ValueError:
         example = "2026-11-02T10:00:00Z"
         raise BadQuery(f"{name}: not an RFC 3339 time like {example}: {text!r}") from None
-    if moment.tzinfo is None or "T" not in text.upper():
-        raise BadQuery(f"{name}: needs a date, a time and an offset (Z or +hh:mm): {text!r}")
-    return round(moment.timestamp() * 1000)
 
 
 def _window(text: str, labels: Iterable[str]) -> str:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from streamproc.config import parse_duration_seconds
 from streamproc.simulate.config import Outage, TimeRange
+from streamproc.times import parse_duration_seconds, parse_time
 
 _OFFSET = re.compile(r"^\+?\d+\s*[smhdw]$")
 _RANGE = re.compile(r"^(?P<start>[^.]+)\.\.(?P<end>[^*]+)(?:\*(?P<factor>[0-9.]+))?$")
@@ -14,18 +14,7 @@ _RANGE = re.compile(r"^(?P<start>[^.]+)\.\.(?P<end>[^*]+)(?:\*(?P<factor>[0-9.]+
 
 def parse_start(text: str, *, now: datetime) -> datetime:
     """``now``, a relative time in the past (``-7d``, ``-90m``) or an RFC 3339 time."""
-    text = text.strip()
-    if text == "now":
-        return now
-    if text.startswith("-"):
-        return now - timedelta(seconds=parse_duration_seconds(text[1:]))
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not a time (now, -7d or RFC 3339): {text!r}") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"time without a UTC offset: {text!r}")
-    return parsed.astimezone(UTC)
+    return parse_time(text, now=now)
 
 
 def _point(text: str, start: datetime) -> datetime:

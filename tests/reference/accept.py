@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ from streamproc.events.models import FAMILY_OF_TYPE, Family
 from streamproc.events.parse import EventDecoder
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# RFC 3339 section 5.6 date-time (t and z may be lower case), written out apart from the engine's
+# streamproc/times.py; fromisoformat alone also takes week dates, basic format, no seconds ...
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 MILLISECOND = timedelta(milliseconds=1)
 
 
@@ -141,10 +147,9 @@ def event_time_ms(value: Any) -> int:
         return value
     if not isinstance(value, str):
         raise TypeError(f"not a time: {value!r}")
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError(f"no UTC offset: {value!r}")
-    return (moment - EPOCH) // MILLISECOND
+    if _RFC3339.fullmatch(value) is None:
+        raise ValueError(f"not RFC 3339 with an offset: {value!r}")
+    return (datetime.fromisoformat(value.upper()) - EPOCH) // MILLISECOND
 
 
 ENUMS: dict[str, tuple[str, ...]] = {

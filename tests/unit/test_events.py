@@ -236,6 +236,7 @@ def test_optional_fields_default() -> None:
         ("2026-09-21T14:13:20.1239Z", T0_MS + 123),  # truncated to the millisecond
         ("2026-09-21T16:13:20.5+02:00", T0_MS + 500),
         ("2026-09-21T09:13:20-05:00", T0_MS),
+        ("2026-09-21t14:13:20z", T0_MS),  # RFC 3339 5.6: T and Z may be lower case
         (T0_MS + 7, T0_MS + 7),
     ],
 )
@@ -251,6 +252,14 @@ def test_event_time_forms(value: Any, expected: int) -> None:
         ("2026-09-21T14:13:20", Reason.INVALID_TIME),  # no offset
         ("yesterday", Reason.INVALID_TIME),
         ("2026-13-01T00:00:00Z", Reason.INVALID_TIME),
+        # ISO 8601 forms that datetime.fromisoformat takes and RFC 3339 does not
+        ("2026-W39-1T14:13:20Z", Reason.INVALID_TIME),  # week date
+        ("20260921T141320Z", Reason.INVALID_TIME),  # basic format
+        ("2026-264T14:13:20Z", Reason.INVALID_TIME),  # ordinal date
+        ("2026-09-21T14:13Z", Reason.INVALID_TIME),  # no seconds
+        ("2026-09-21T14:13:20,5Z", Reason.INVALID_TIME),  # comma before the fraction
+        ("2026-09-21 14:13:20Z", Reason.INVALID_TIME),  # space for T
+        ("2026-09-21T14:13:20+0200", Reason.INVALID_TIME),  # offset without a colon
         (1_790_000_000, Reason.INVALID_TIME),  # seconds, not milliseconds
         ("1999-12-31T23:59:59Z", Reason.INVALID_TIME),
         (1.79e12, Reason.WRONG_TYPE),
