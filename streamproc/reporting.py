@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 from streamproc.events.parse import minor_unit_exponent
 from streamproc.kpi.contrib import NEVER
@@ -11,11 +12,19 @@ from streamproc.kpi.windowing import group_windows, rows, ticket_rows
 from streamproc.store import KpiStore
 
 
-async def watermark(store: KpiStore) -> int:
-    """The lowest watermark over all partitions that reported one (NEVER once all are done)."""
-    statuses = await store.statuses()
-    marks = [int(s["watermark"]) for s in statuses.values()]
-    return min(marks) if marks else -1
+class Marks(NamedTuple):
+    """Where a report stands, from one read of the partitions' statuses."""
+
+    watermark: int  # the lowest over the partitions that reported one; -1: none; NEVER: all done
+    at_ms: int  # when open tickets are counted: the latest event time once all are done
+
+
+def marks(statuses: Mapping[Any, Mapping[str, Any]]) -> Marks:
+    """The ``Marks`` of ``store.statuses()``: the replay's, the backfill's and the exporter's."""
+    found = [int(s["watermark"]) for s in statuses.values()]
+    mark = min(found) if found else -1
+    latest = max((max(s["max_ts"]) for s in statuses.values()), default=0)
+    return Marks(mark, latest if mark >= NEVER else max(mark, 0))
 
 
 async def aligned_report(
@@ -37,16 +46,14 @@ async def aligned_report(
     windows = group_windows(cells, {*sizes, max(largest_ms, sizes[-1])})
     keys = {key for window in windows for key in window.visitor_keys()}
     counts = await store.visitor_counts(keys)
-    mark = await watermark(store)
+    mark = marks(await store.statuses())
     money = 10 ** minor_unit_exponent(reporting_currency)
     found = rows(
         windows,
         lambda key: counts.get(key, 0),
-        watermark=mark,
+        watermark=mark.watermark,
         money=money,
         only=lambda window: window.size_ms in sizes,
     )
-    statuses = await store.statuses()
-    latest = max((max(s["max_ts"]) for s in statuses.values()), default=0)
-    at = latest if mark >= NEVER else max(mark, 0)
-    return found + ticket_rows(await store.open_tickets(), at_ms=at, watermark=mark)
+    tickets = await store.open_tickets()
+    return found + ticket_rows(tickets, at_ms=mark.at_ms, watermark=mark.watermark)

@@ -36,6 +36,7 @@ from streamproc.kpi.report import CH_DEV, Row
 from streamproc.kpi.windowing import VisitorKey, Window, group_windows, rows, ticket_rows
 from streamproc.kpi.windows import rfc3339, window_label
 from streamproc.metrics import ExporterMetrics
+from streamproc.reporting import marks
 from streamproc.store import ReportStore
 
 logger = logging.getLogger(__name__)
@@ -275,20 +276,18 @@ class Exporter:
             else set()
         )
         counts = await self.store.visitor_counts(keys)
-        marks = [int(s["watermark"]) for s in statuses.values()]
-        mark = min(marks) if marks else -1
+        mark = marks(statuses)
         found = await asyncio.to_thread(
             rows,
             windows,
             lambda key: counts.get(key, 0),
-            watermark=mark,
+            watermark=mark.watermark,
             money=self.config.money,
             only=lambda w: query.wants_window(w.size_ms, w.start_ms, w.store),
         )
-        latest = max((max(s["max_ts"]) for s in statuses.values()), default=0)
-        at = latest if mark >= NEVER else max(mark, 0)
-        if query.wants_open_tickets(at):
-            found += ticket_rows(await self.store.open_tickets(), at_ms=at, watermark=mark)
+        if query.wants_open_tickets(mark.at_ms):
+            tickets = await self.store.open_tickets()
+            found += ticket_rows(tickets, at_ms=mark.at_ms, watermark=mark.watermark)
         return [row for row in found if query.wants_row(row)]
 
     def age_s(self) -> float | None:
