@@ -17,6 +17,7 @@ from streamproc.errors import InvalidEvent
 from streamproc.eventfile import FileRecord, read_records
 from streamproc.events.parse import EventDecoder, minor_unit_exponent
 from streamproc.kpi import counters as c
+from streamproc.kpi.aligned import VisitorKey, group_windows, rows, ticket_rows
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import (
     FAMILY_INDEX,
@@ -27,7 +28,6 @@ from streamproc.kpi.engine import (
     Progress,
 )
 from streamproc.kpi.report import Row
-from streamproc.kpi.windowing import VisitorKey, group_windows, rows, ticket_rows
 
 
 class MemoryStore(dict[str, bytes]):

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from streamproc.events.parse import minor_unit_exponent
+from streamproc.kpi.aligned import group_windows, rows, ticket_rows
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
-from streamproc.kpi.windowing import group_windows, rows, ticket_rows
 from streamproc.store import KpiStore
 
 

@@ -22,8 +22,8 @@ from streamproc.backfill.promtool import create_blocks, next_steps
 from streamproc.cli.common import app, endpoints, err, first_few, out, settings
 from streamproc.config import Settings, parse_duration_seconds
 from streamproc.errors import ConfigError
+from streamproc.kpi.epoch import rfc3339
 from streamproc.kpi.report import Row
-from streamproc.kpi.windows import rfc3339
 
 
 @app.command("backfill")

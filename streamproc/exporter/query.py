@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from streamproc.errors import BadQuery
+from streamproc.kpi.epoch import aligned_start, window_label
 from streamproc.kpi.report import CH_DEV, KPIS, PRIORITIES, TICKET_CHANNELS, Row
-from streamproc.kpi.windows import aligned_start, window_label
 from streamproc.times import MissingOffset, parse_duration_seconds, rfc3339_ms
 
 OPEN_TICKETS = "open_tickets"

@@ -23,7 +23,7 @@ from streamproc.errors import ConfigError, StoreError, StreamprocError
 from streamproc.events.parse import minor_unit_exponent
 from streamproc.exporter.names import Exposition, families
 from streamproc.exporter.query import ReportQuery, report_minutes
-from streamproc.exporter.windows import (
+from streamproc.exporter.trailing import (
     MinuteCells,
     Position,
     Trailing,
@@ -31,10 +31,10 @@ from streamproc.exporter.windows import (
     trailing_end,
 )
 from streamproc.kpi import counters as c
+from streamproc.kpi.aligned import VisitorKey, Window, group_windows, rows, ticket_rows
 from streamproc.kpi.contrib import NEVER
+from streamproc.kpi.epoch import rfc3339, window_label
 from streamproc.kpi.report import CH_DEV, Row
-from streamproc.kpi.windowing import VisitorKey, Window, group_windows, rows, ticket_rows
-from streamproc.kpi.windows import rfc3339, window_label
 from streamproc.metrics import ExporterMetrics
 from streamproc.reporting import marks
 from streamproc.store import ReportStore
@@ -370,7 +370,7 @@ class Exporter:
 def _wanted_windows(
     cells: dict[c.CellKey, c.Counters], sizes_ms: Iterable[int], query: ReportQuery
 ) -> list[Window]:
-    """The wanted windows, and the largest windows holding them (``windowing.rows``)."""
+    """The wanted windows, and the largest windows holding them (``aligned.rows``)."""
     found = group_windows(cells, sizes_ms)
     wanted = [query.wants_window(w.size_ms, w.start_ms, w.store) for w in found]
     outer = {(w.outer, w.store) for w, yes in zip(found, wanted, strict=True) if yes}

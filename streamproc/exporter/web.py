@@ -23,7 +23,7 @@ from aiohttp import web
 from streamproc.errors import BadQuery, ConfigError, StoreUnavailable
 from streamproc.exporter.query import parse_query
 from streamproc.exporter.service import Exporter
-from streamproc.kpi.windows import window_label
+from streamproc.kpi.epoch import window_label
 from streamproc.metrics import ExporterMetrics
 
 logger = logging.getLogger(__name__)

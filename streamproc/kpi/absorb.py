@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from streamproc.events import models as m
+from streamproc.kpi.epoch import minute_of
 from streamproc.kpi.records import (
     ADD,
     CHECKOUT,
@@ -24,7 +25,6 @@ from streamproc.kpi.records import (
     TicketRecord,
     Visit,
 )
-from streamproc.kpi.windows import minute_of
 
 _CART_KINDS = {
     m.AddToCart: ADD,

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from streamproc.kpi import counters as c
 from streamproc.kpi.absorb import mark_cell
+from streamproc.kpi.epoch import minute_of
 from streamproc.kpi.histogram import bucket_of
 from streamproc.kpi.records import (
     CHECKOUT,
@@ -24,7 +25,6 @@ from streamproc.kpi.records import (
     SessionRecord,
     TicketRecord,
 )
-from streamproc.kpi.windows import minute_of
 
 Presence = tuple[int, str, str, str]  # (minute, store, dimension or "", visitor)
 NEVER = 2**62

@@ -30,6 +30,7 @@ from streamproc.kpi.contrib import (
     contribute_session,
     contribute_ticket,
 )
+from streamproc.kpi.epoch import MINUTE_MS
 from streamproc.kpi.records import (
     NONE,
     TOPICS,
@@ -44,7 +45,6 @@ from streamproc.kpi.records import (
     encode,
     new_offsets,
 )
-from streamproc.kpi.windows import MINUTE_MS
 
 Record = SessionRecord | TicketRecord
 CLICKSTREAM, CART, ORDERS, TICKETS = range(TOPICS)

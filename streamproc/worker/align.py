@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from streamproc.kpi.windows import MINUTE_MS, minute_of
+from streamproc.kpi.epoch import MINUTE_MS, minute_of
 
 
 class Fetched(Protocol):

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamproc.exporter import Exporter, ExporterConfig, serve
 from streamproc.exporter.names import METRICS
 from streamproc.kpi import counters as c
-from streamproc.kpi.windows import rfc3339
+from streamproc.kpi.epoch import rfc3339
 from streamproc.metrics import ExporterMetrics
 from streamproc.reporting import aligned_report
 from streamproc.store import KpiStore, PartitionStatus

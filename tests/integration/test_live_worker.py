@@ -30,7 +30,7 @@ from streamproc import metrics
 from streamproc.deadletter import DeadLetter
 from streamproc.devstack import StackInfo
 from streamproc.events.routing import key_for
-from streamproc.kpi.windows import rfc3339
+from streamproc.kpi.epoch import rfc3339
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from streamproc.errors import StoreUnavailable
 from streamproc.exporter import Exporter, ExporterConfig
 from streamproc.exporter.service import CLOCK_MARGIN_MS
 from streamproc.kpi import counters as c
-from streamproc.kpi.windows import rfc3339
+from streamproc.kpi.epoch import rfc3339
 from streamproc.metrics import ExporterMetrics
 
 M = 60_000

@@ -13,8 +13,8 @@ from reference.report import compare_reports, rfc3339
 from test_engine import DECODER, SETTINGS
 
 from streamproc.kpi import counters as c
+from streamproc.kpi.aligned import group_windows, rows
 from streamproc.kpi.report import KPIS, Row, window_rows
-from streamproc.kpi.windowing import group_windows, rows
 from streamproc.offline import OfflinePipeline
 
 M, H = 60_000, 3_600_000

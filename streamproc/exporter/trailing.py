@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamproc.kpi import counters as c
+from streamproc.kpi.aligned import Window
 from streamproc.kpi.contrib import NEVER
-from streamproc.kpi.windowing import Window
-from streamproc.kpi.windows import MINUTE_MS, minute_of
+from streamproc.kpi.epoch import MINUTE_MS, minute_of
 
 MinuteCells = dict[str, c.Counters]  # store -> counters of one minute, summed over partitions
 

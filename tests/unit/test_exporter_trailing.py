@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc.exporter.windows import (
+from streamproc.exporter.trailing import (
     Position,
     Trailing,
     lowest_watermark,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import NEVER
+from streamproc.kpi.epoch import aligned_start, rfc3339, window_label
 from streamproc.kpi.report import CH_DEV, Row, open_ticket_rows, window_rows
-from streamproc.kpi.windows import aligned_start, rfc3339, window_label
 
 VisitorKey = tuple[tuple[int, ...], str, str | None]  # (minutes, store or "all", dimension)
 
