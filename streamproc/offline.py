@@ -23,8 +23,8 @@ from streamproc.kpi.engine import (
     FAMILY_INDEX,
     EngineSettings,
     Item,
+    Outcome,
     PartitionEngine,
-    Plan,
     Progress,
 )
 from streamproc.kpi.report import Row
@@ -161,17 +161,19 @@ class OfflinePipeline:
                         continue
                     waiting = frozenset(t for t in range(topic, 4) if parts[t])  # this one too
                     progress = Progress(backlog=waiting, ended=frozenset(range(4)) - left - waiting)
-                    plan = self._batch(engines[p], topic, part, progress, store, result)
+                    outcome = self._batch(engines[p], topic, part, progress, store, result)
                     number += 1
                     cut = self.crash(number) if self.crash else None
                     if cut is None:
-                        self._publish(plan, store, result)
+                        self._publish(outcome, store, result)
                         continue
                     # The worker publishes (Redis) before it writes its state, then dies mid-write.
                     self._publish(
-                        Plan(plan.partition, [], plan.cells, plan.presence), store, result
+                        Outcome(outcome.partition, [], outcome.cells, outcome.presence),
+                        store,
+                        result,
                     )
-                    store.apply(plan.writes[:cut])
+                    store.apply(outcome.writes[:cut])
                     engines = {q: PartitionEngine(q, self.settings, store) for q in engines}
                     position[p] = max(0, start - self.rewind)  # re-deliver since the last commit
                     break
@@ -195,7 +197,7 @@ class OfflinePipeline:
         progress: Progress,
         store: MemoryStore,
         result: OfflineResult,
-    ) -> Plan:
+    ) -> Outcome:
         items = []
         for offset, record in chunk:
             produced = record.timestamp_ms if record.timestamp_ms is not None else NEVER
@@ -218,13 +220,13 @@ class OfflinePipeline:
         return engine.apply(accepted, progress, store)
 
     @staticmethod
-    def _publish(plan: Plan, store: MemoryStore, result: OfflineResult) -> None:
-        for minute, cell_store, dim, visitor in plan.presence:
+    def _publish(outcome: Outcome, store: MemoryStore, result: OfflineResult) -> None:
+        for minute, cell_store, dim, visitor in outcome.presence:
             result.visitors[(minute, cell_store, dim)].add(visitor)
             result.visitors[(minute, "all", dim)].add(visitor)
-        for (minute, cell_store), counters in plan.cells.items():
-            result.published[(plan.partition, minute, cell_store)] = counters
-        store.apply(plan.writes)
+        for (minute, cell_store), counters in outcome.cells.items():
+            result.published[(outcome.partition, minute, cell_store)] = counters
+        store.apply(outcome.writes)
 
 
 def _aligned_chunk(

@@ -32,7 +32,9 @@ Series = tuple[str, ...]  # label values, in the metric's label order
 
 
 @dataclass(frozen=True)
-class Exposition:
+class OpenMetricsText:
+    """A backfill's KPI history as OpenMetrics text for ``promtool``, and what it holds."""
+
     text: str
     series: int
     samples: int
@@ -57,7 +59,9 @@ def _value(number: float) -> str:
     return repr(float(number))
 
 
-def exposition(rows: Iterable[Row], *, currency: str, since_ms: int, until_ms: int) -> Exposition:
+def exposition(
+    rows: Iterable[Row], *, currency: str, since_ms: int, until_ms: int
+) -> OpenMetricsText:
     """The rows' windows inside ``[since_ms, until_ms)`` as OpenMetrics text."""
     grouped, metrics, left_out = _series(rows, currency, since_ms, until_ms)
     lines: list[str] = []
@@ -78,7 +82,7 @@ def exposition(rows: Iterable[Row], *, currency: str, since_ms: int, until_ms: i
     lines.append("# EOF")
     series = sum(len(found) for found in grouped.values())
     first, last = min(stamps, default=None), max(stamps, default=None)
-    return Exposition("\n".join(lines) + "\n", series, samples, first, last, left_out)
+    return OpenMetricsText("\n".join(lines) + "\n", series, samples, first, last, left_out)
 
 
 def _series(

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from streamproc.backfill import Backfill, PartitionProgress, Plan, Request, Summary, parse_time
 from streamproc.backfill.offsets import Stamps
-from streamproc.backfill.openmetrics import Exposition, exposition
+from streamproc.backfill.openmetrics import OpenMetricsText, exposition
 from streamproc.backfill.promtool import create_blocks, next_steps
 from streamproc.cli.common import app, endpoints, err, first_few, out, settings
 from streamproc.config import Settings, parse_duration_seconds
@@ -246,7 +246,9 @@ class _Display:
         return read / seconds if read and seconds > 0 else 0.0
 
 
-def _print_summary(outcome: _Outcome, expo: Exposition, *, report: Path, openmetrics: Path) -> None:
+def _print_summary(
+    outcome: _Outcome, expo: OpenMetricsText, *, report: Path, openmetrics: Path
+) -> None:
     s, rows = outcome.summary, outcome.rows
     windows = {(row["window"], row["start"]) for row in rows if row["kpi"] != "open_tickets"}
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(s.dead_letters.items()))

@@ -148,7 +148,7 @@ METRICS: dict[str, MetricName] = {
 
 
 @dataclass(frozen=True)
-class Family:
+class MetricFamily:
     """One metric family, free of prometheus_client (metrics.py turns it into one)."""
 
     name: str
@@ -180,7 +180,7 @@ def labels_of(row: Row, *, currency: str) -> tuple[MetricName, tuple[str, ...]]:
     return metric, values
 
 
-def families(rows: Iterable[Row], *, currency: str) -> list[Family]:
+def families(rows: Iterable[Row], *, currency: str) -> list[MetricFamily]:
     """The rows as metric families, in table order; rows without a value are left out."""
     samples: dict[str, list[tuple[tuple[str, ...], float]]] = {}
     for row in rows:
@@ -188,13 +188,15 @@ def families(rows: Iterable[Row], *, currency: str) -> list[Family]:
             continue
         metric, values = labels_of(row, currency=currency)
         samples.setdefault(metric.name, []).append((values, float(row["value"])))
-    out: list[Family] = []
+    out: list[MetricFamily] = []
     seen: set[str] = set()
     for metric in METRICS.values():
         if metric.name in samples and metric.name not in seen:
             seen.add(metric.name)
             found = tuple(samples[metric.name])
-            out.append(Family(metric.name, metric.help, metric.type, metric.label_names, found))
+            out.append(
+                MetricFamily(metric.name, metric.help, metric.type, metric.label_names, found)
+            )
     return out
 
 
@@ -202,7 +204,7 @@ def families(rows: Iterable[Row], *, currency: str) -> list[Family]:
 class Exposition:
     """What ``/metrics`` shows from one refresh: the KPI families and how far the input got."""
 
-    families: tuple[Family, ...] = ()
+    families: tuple[MetricFamily, ...] = ()
     partitions: int = 0  # partitions that published a status
     latest_event_ms: int | None = None  # highest event time read by any partition
     watermark_ms: int | None = None  # lowest watermark of the partitions still running

@@ -6,8 +6,8 @@ partials are a projection kept in memory: ``frozen + sum(contribute(record, wate
 from the store after a restart or rebalance, so they are exact whatever was re-processed.
 
 One batch for one partition: ``verdicts = engine.read(...)``; the caller drops duplicates; then
-``plan = engine.apply(...)`` computes everything; the caller publishes ``plan`` (Redis) and then
-stores ``plan.writes`` in order.
+``outcome = engine.apply(...)`` computes everything; the caller publishes ``outcome`` (Redis)
+and then stores ``outcome.writes`` in order.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Verdicts:
 
 
 @dataclass
-class Plan:
+class Outcome:
     """The outcome of one batch or tick of one partition."""
 
     partition: int
@@ -367,8 +367,8 @@ class PartitionEngine:
 
         return move
 
-    def apply(self, items: list[Item], progress: Progress, store: Store) -> Plan:
-        """Absorb accepted events, advance the watermark, re-evaluate and evict; plan the writes."""
+    def apply(self, items: list[Item], progress: Progress, store: Store) -> Outcome:
+        """Absorb accepted events, advance the watermark, re-evaluate and evict: the outcome."""
         previous = self.applied_watermark  # the projection holds contributions at this one
         work: dict[str, tuple[Record, Contribution]] = {}
         for item in items:
@@ -408,17 +408,17 @@ class PartitionEngine:
         watermark: int,
         previous: int,
         store: Store,
-    ) -> Plan:
-        """Re-evaluate the records in ``work`` at ``watermark`` and plan the writes.
+    ) -> Outcome:
+        """Re-evaluate the records in ``work`` at ``watermark``; the writes to make.
 
         Records leave the store (and cells memory) only once ``previous``, the watermark of the
-        plan before, has passed their deadline: that watermark is in the changelog before any of
-        this plan's deletes. A crash can cut a plan's writes short; were a delete kept and this
-        plan's watermark (written last) lost, the restarted engine would judge the re-delivered
-        events of the deleted record against the older watermark, take them as on time and count
-        them a second time in a new record.
+        outcome before, has passed their deadline: that watermark is in the changelog before any
+        of this outcome's deletes. A crash can cut an outcome's writes short; were a delete kept
+        and this outcome's watermark (written last) lost, the restarted engine would judge the
+        re-delivered events of the deleted record against the older watermark, take them as on
+        time and count them a second time in a new record.
         """
-        plan = Plan(self.partition, watermark=watermark)
+        outcome = Outcome(self.partition, watermark=watermark)
         self.applied_watermark = watermark
         changed: set[c.CellKey] = set()
         frozen: dict[c.CellKey, Frozen] = {}
@@ -430,7 +430,7 @@ class PartitionEngine:
             # cells whose frozen sum already holds this record (an eviction cut short by a crash)
             frozen_in = self.half_evicted.pop(key, set())
             self._recount(before, after, changed, frozen_in)
-            plan.presence |= after.presence - before.presence
+            outcome.presence |= after.presence - before.presence
             deadline = self.deadline(key, record)
             # The end of the input (NEVER) decides everything but is no reason to forget.
             if deadline < previous and watermark < NEVER:
@@ -445,14 +445,16 @@ class PartitionEngine:
                     self.scheduled.pop(key, None)
         for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
             self._freeze(store, frozen, key, deadline, after)  # in cursor order
-        plan.evicted = len(evictions)
-        plan.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
-        plan.writes = [(f"{self.prefix}f:{m_}:{s_}", encode(v)) for (m_, s_), v in frozen.items()]
-        plan.writes += records + deletes + self._forget_idle_cells(previous)
-        plan.writes.append((self.prefix + "m", encode(self.meta)))
+        outcome.evicted = len(evictions)
+        outcome.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
+        outcome.writes = [
+            (f"{self.prefix}f:{m_}:{s_}", encode(v)) for (m_, s_), v in frozen.items()
+        ]
+        outcome.writes += records + deletes + self._forget_idle_cells(previous)
+        outcome.writes.append((self.prefix + "m", encode(self.meta)))
         if self.open_tickets != open_before:
-            plan.open_tickets = dict(self.open_tickets)
-        return plan
+            outcome.open_tickets = dict(self.open_tickets)
+        return outcome
 
     def _freeze(
         self,

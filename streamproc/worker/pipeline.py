@@ -27,8 +27,8 @@ from streamproc.kpi.engine import (
     FAMILY_INDEX,
     EngineSettings,
     Item,
+    Outcome,
     PartitionEngine,
-    Plan,
 )
 from streamproc.store import PartitionStatus, PipelineStore
 from streamproc.worker.contracts import DeadLetterSink, Highwater, Owned, ReadFrom, StateTable
@@ -212,9 +212,9 @@ class Pipeline:
                 accepted.append(item)
             else:
                 done.of(piece).duplicates += 1
-        plan = engine.apply(accepted, progress, self.table)
-        done.of(pieces[-1]).evicted += plan.evicted
-        await self._settle(engine, plan, part.wall_ms)
+        outcome = engine.apply(accepted, progress, self.table)
+        done.of(pieces[-1]).evicted += outcome.evicted
+        await self._settle(engine, outcome, part.wall_ms)
         return done
 
     async def _one_by_one(self, part: Part, pieces: list[Piece], error: BaseException) -> Done:
@@ -267,15 +267,15 @@ class Pipeline:
         """The partition's own work without any new event: raises when that fails too."""
         engine = self.engine(part.partition)
         try:
-            plan = engine.apply(
+            outcome = engine.apply(
                 [], self.positions.progress(part.partition, part.wall_ms), self.table
             )
-            await self._settle(engine, plan, part.wall_ms)
+            await self._settle(engine, outcome, part.wall_ms)
         except BaseException:
             self.forget([part.partition])
             raise
 
-    async def on_tick(self, partition: int) -> Plan | None:
+    async def on_tick(self, partition: int) -> Outcome | None:
         """No event needed: the watermark moves with the wall clock (idle) or known ends."""
         if partition not in self.owned():
             return None  # a tick for a partition another worker owns
@@ -285,23 +285,27 @@ class Pipeline:
                 await self.refresh_ends()
             engine = self.engine(partition)
             try:
-                plan = engine.apply([], self.positions.progress(partition, wall_ms), self.table)
-                await self._settle(engine, plan, wall_ms)
+                outcome = engine.apply([], self.positions.progress(partition, wall_ms), self.table)
+                await self._settle(engine, outcome, wall_ms)
             except BaseException:
                 self.forget([partition])  # memory may be ahead of the table: rebuild it
                 raise
-        return plan
+        return outcome
 
-    async def _settle(self, engine: PartitionEngine, plan: Plan, wall_ms: int) -> None:
-        if plan.watermark >= NEVER and plan.partition not in self.finished:
-            self.finished.add(plan.partition)
-            logger.info("partition %d: input read to its end, every value is final", plan.partition)
-        status = PartitionStatus(plan.partition, plan.watermark, list(engine.meta.max_ts), wall_ms)
+    async def _settle(self, engine: PartitionEngine, outcome: Outcome, wall_ms: int) -> None:
+        if outcome.watermark >= NEVER and outcome.partition not in self.finished:
+            self.finished.add(outcome.partition)
+            logger.info(
+                "partition %d: input read to its end, every value is final", outcome.partition
+            )
+        status = PartitionStatus(
+            outcome.partition, outcome.watermark, list(engine.meta.max_ts), wall_ms
+        )
         await self.store.publish(
-            plan.partition,
-            cells=plan.cells,
-            presence=plan.presence,
-            open_tickets=plan.open_tickets,
+            outcome.partition,
+            cells=outcome.cells,
+            presence=outcome.presence,
+            open_tickets=outcome.open_tickets,
             status=status,
         )
-        await self.table.write(plan.writes, plan.partition)
+        await self.table.write(outcome.writes, outcome.partition)

@@ -217,11 +217,11 @@ def wire_ticks(
     async def tick(stream: Any) -> None:
         async for event in stream.events():
             partition = event.message.partition
-            plan = await hold(partial(pipeline.on_tick, partition), f"tick {partition}")
+            outcome = await hold(partial(pipeline.on_tick, partition), f"tick {partition}")
             await hold(deliveries.wait, f"tick {partition}")
             await stream.ack(event)  # else the last tick holds up shutdowns and rebalances
-            if plan is not None:
-                metrics.evicted.inc(plan.evicted)
+            if outcome is not None:
+                metrics.evicted.inc(outcome.evicted)
 
     failing: list[str] = []  # the error ticks last failed with, while they fail
 

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamproc.exporter.names import METRICS, Exposition, Family, families, labels_of
+from streamproc.exporter.names import METRICS, Exposition, MetricFamily, families, labels_of
 from streamproc.kpi import counters as c
 from streamproc.kpi.histogram import BUCKETS
 from streamproc.kpi.report import CH_DEV, KPIS, open_ticket_rows, window_rows
@@ -252,5 +252,5 @@ def test_the_page_passes_the_promtool_naming_rules() -> None:
 
 
 def test_family_is_plain_data() -> None:
-    family = Family("shop_orders", "h", "gauge", ("window",), ((("1m",), 1.0),))
+    family = MetricFamily("shop_orders", "h", "gauge", ("window",), ((("1m",), 1.0),))
     assert family.samples[0][1] == 1.0
