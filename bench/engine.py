@@ -34,7 +34,7 @@ from streamproc.eventfile import FileRecord, read_records
 from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
-from streamproc.offline import MemoryStore, partition_of
+from streamproc.offline import MemoryState, partition_of
 from streamproc.worker.align import Aligner
 
 Slice = tuple[int, list[Item], Progress]  # topic, items, progress
@@ -104,7 +104,7 @@ def runs(raw: list[bytes], partitions: int) -> tuple[list[Run], int]:
 
 
 def run(work: list[Run], partitions: int) -> None:
-    store = MemoryStore()
+    store = MemoryState()
     settings = EngineSettings()
     engines = {p: PartitionEngine(p, settings, store) for p in range(partitions)}
     seen: dict[str, tuple[int, int, int]] = {}

@@ -30,8 +30,8 @@ from streamproc.kpi.engine import (
 from streamproc.kpi.report import Row
 
 
-class MemoryStore(dict[str, bytes]):
-    """The engine's Store protocol over a dict."""
+class MemoryState(dict[str, bytes]):
+    """The engine's State protocol over a dict."""
 
     def scan(self) -> Iterable[str]:
         return list(self.keys())
@@ -140,7 +140,7 @@ class OfflinePipeline:
                 topic = FAMILY_INDEX[record.family]
                 logs[p].append((offsets[(p, topic)], record))
                 offsets[(p, topic)] += 1
-        store = MemoryStore()
+        store = MemoryState()
         engines = {p: PartitionEngine(p, self.settings, store) for p in range(self.partitions)}
         result = OfflineResult({}, defaultdict(set), {})
         position = dict.fromkeys(logs, 0)
@@ -195,7 +195,7 @@ class OfflinePipeline:
         topic: int,
         chunk: list[tuple[int, FileRecord]],
         progress: Progress,
-        store: MemoryStore,
+        store: MemoryState,
         result: OfflineResult,
     ) -> Outcome:
         items = []
@@ -220,7 +220,7 @@ class OfflinePipeline:
         return engine.apply(accepted, progress, store)
 
     @staticmethod
-    def _publish(outcome: Outcome, store: MemoryStore, result: OfflineResult) -> None:
+    def _publish(outcome: Outcome, store: MemoryState, result: OfflineResult) -> None:
         for minute, cell_store, dim, visitor in outcome.presence:
             result.visitors[(minute, cell_store, dim)].add(visitor)
             result.visitors[(minute, "all", dim)].add(visitor)

@@ -3,7 +3,7 @@
 Per partition, persisted state is records (with per-topic offset markers), a meta record
 (watermark inputs, eviction cursor) and the frozen contributions of evicted records. The window
 partials are a projection kept in memory: ``frozen + sum(contribute(record, watermark))``, rebuilt
-from the store after a restart or rebalance, so they are exact whatever was re-processed.
+from the state after a restart or rebalance, so they are exact whatever was re-processed.
 
 One batch for one partition: ``verdicts = engine.read(...)``; the caller drops duplicates; then
 ``outcome = engine.apply(...)`` computes everything; the caller publishes ``outcome`` (Redis)
@@ -52,12 +52,13 @@ ALL_TOPICS = frozenset(range(TOPICS))
 FAMILY_INDEX = {m.Family.CLICKSTREAM: 0, m.Family.CART: 1, m.Family.ORDERS: 2, m.Family.TICKETS: 3}
 
 
-class Store(Protocol):
-    """Synchronous key-value state of the partitions (a Faust table in the worker)."""
+class State(Protocol):
+    """Synchronous key-value state of the partitions (a Faust table in the worker; ``store``
+    means a shop everywhere in the engine)."""
 
     def get(self, key: str) -> bytes | None: ...
     def scan(self) -> Iterable[str]:
-        """Every key in the store."""
+        """Every key of the state."""
         ...
 
 
@@ -139,7 +140,7 @@ def _latest_mark(marks: dict[str, int]) -> int:
     return max(absorb.mark_cell(key)[0] for key in marks) + MINUTE_MS - 1
 
 
-# What a record not yet in the store contributes; shared, so never changed (a ``before`` is only
+# What a record not yet in the state contributes; shared, so never changed (a ``before`` is only
 # read). Most records of a batch are new: this saves four containers each, and their collection.
 _NOTHING = Contribution()
 
@@ -156,7 +157,7 @@ class PartitionEngine:
     """The in-memory projection and the logic of one partition."""
 
     def __init__(
-        self, partition: int, settings: EngineSettings, store: Store, *, wall_ms: int = 0
+        self, partition: int, settings: EngineSettings, state: State, *, wall_ms: int = 0
     ) -> None:
         """``wall_ms``: when the engine starts. A partition counts as idle only an idle timeout
         after that: a worker's first tick can come before its first fetch, and a backlog must not
@@ -171,7 +172,7 @@ class PartitionEngine:
         self.open_tickets: dict[tuple[str, str, str], int] = {}
         self.heap: list[tuple[int, str]] = []
         self.last_event_wall_ms = wall_ms
-        self._load(store)
+        self._load(state)
 
     # --- contributions --------------------------------------------------------------------
 
@@ -211,15 +212,15 @@ class PartitionEngine:
 
     # --- loading ----------------------------------------------------------------------------
 
-    def _load(self, store: Store) -> None:
+    def _load(self, state: State) -> None:
         self.scheduled: dict[str, int] = {}
         frozen: dict[c.CellKey, Frozen] = {}
         records: list[tuple[str, Record]] = []
-        for full in store.scan():
+        for full in state.scan():
             if not full.startswith(self.prefix):
                 continue
             key = full[len(self.prefix) :]
-            raw = store.get(full)
+            raw = state.get(full)
             if raw is None:
                 continue
             if key == "m":
@@ -367,7 +368,7 @@ class PartitionEngine:
 
         return move
 
-    def apply(self, items: list[Item], progress: Progress, store: Store) -> Outcome:
+    def apply(self, items: list[Item], progress: Progress, state: State) -> Outcome:
         """Absorb accepted events, advance the watermark, re-evaluate and evict: the outcome."""
         previous = self.applied_watermark  # the projection holds contributions at this one
         work: dict[str, tuple[Record, Contribution]] = {}
@@ -375,7 +376,7 @@ class PartitionEngine:
             key = record_key(item)
             opened = work.get(key)
             if opened is None:
-                opened = work[key] = self._open(store, key, previous, create=True)
+                opened = work[key] = self._open(state, key, previous, create=True)
             off, topic = opened[0].off, item.topic
             if off[topic] >= item.offset:
                 continue  # absorbed before a restart
@@ -388,15 +389,15 @@ class PartitionEngine:
                 continue  # superseded by a later schedule
             del self.scheduled[key]
             if key not in work:
-                opened = self._open(store, key, previous, create=False)
+                opened = self._open(state, key, previous, create=False)
                 if opened[0] is not None:
                     work[key] = opened
-        return self._settle(work, watermark, previous, store)
+        return self._settle(work, watermark, previous, state)
 
     def _open(
-        self, store: Store, key: str, watermark: int, *, create: bool
+        self, state: State, key: str, watermark: int, *, create: bool
     ) -> tuple[Record, Contribution]:
-        raw = store.get(self.prefix + key)
+        raw = state.get(self.prefix + key)
         if raw is None:
             return (_new(key) if create else None), _NOTHING  # type: ignore[return-value]
         record = _decode(key, raw)
@@ -407,11 +408,11 @@ class PartitionEngine:
         work: dict[str, tuple[Record, Contribution]],
         watermark: int,
         previous: int,
-        store: Store,
+        state: State,
     ) -> Outcome:
         """Re-evaluate the records in ``work`` at ``watermark``; the writes to make.
 
-        Records leave the store (and cells memory) only once ``previous``, the watermark of the
+        Records leave the state (and cells memory) only once ``previous``, the watermark of the
         outcome before, has passed their deadline: that watermark is in the changelog before any
         of this outcome's deletes. A crash can cut an outcome's writes short; were a delete kept
         and this outcome's watermark (written last) lost, the restarted engine would judge the
@@ -444,7 +445,7 @@ class PartitionEngine:
                 else:  # the input has ended: nothing can change it, never look at it again
                     self.scheduled.pop(key, None)
         for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
-            self._freeze(store, frozen, key, deadline, after)  # in cursor order
+            self._freeze(state, frozen, key, deadline, after)  # in cursor order
         outcome.evicted = len(evictions)
         outcome.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
         outcome.writes = [
@@ -458,7 +459,7 @@ class PartitionEngine:
 
     def _freeze(
         self,
-        store: Store,
+        state: State,
         frozen: dict[c.CellKey, Frozen],
         key: str,
         deadline: int,
@@ -471,7 +472,7 @@ class PartitionEngine:
         ):
             self.meta.evicted_t, self.meta.evicted_key = deadline, key
         for cell, counters in contrib.cells.items():
-            current = frozen.get(cell) or self._read_frozen(store, cell)
+            current = frozen.get(cell) or self._read_frozen(state, cell)
             if (current.cursor_t, current.cursor_key) < (deadline, key):
                 c.add_cells({cell: current.counters}, {cell: counters})
                 frozen[cell] = Frozen(deadline, key, current.counters)
@@ -479,12 +480,12 @@ class PartitionEngine:
                 self.refs[cell] = self.refs.get(cell, 0) - 1  # counted until now
         self._count(Contribution(open_tickets=contrib.open_tickets), -1)
 
-    def _read_frozen(self, store: Store, cell: c.CellKey) -> Frozen:
-        raw = store.get(f"{self.prefix}f:{cell[0]}:{cell[1]}")
+    def _read_frozen(self, state: State, cell: c.CellKey) -> Frozen:
+        raw = state.get(f"{self.prefix}f:{cell[0]}:{cell[1]}")
         return decode_frozen(raw) if raw is not None else Frozen(NONE, "", {})
 
     def _forget_idle_cells(self, watermark: int) -> list[tuple[str, bytes | None]]:
-        """Cells no event can change any more leave memory, and their frozen sums the store."""
+        """Cells no event can change any more leave memory, and their frozen sums the state."""
         horizon = watermark - self.settings.max_lateness_ms
         gone = [cell for cell, refs in self.refs.items() if refs <= 0 and cell[0] < horizon]
         deletes: list[tuple[str, bytes | None]] = []

@@ -25,7 +25,7 @@ from streamproc.events import models as m
 from streamproc.events.parse import MAX_DEPTH, MAX_EPOCH_MS, MIN_EPOCH_MS, EventDecoder, Reason
 from streamproc.kpi import records
 from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
-from streamproc.offline import MemoryStore
+from streamproc.offline import MemoryState
 
 # A failing example can hold a 60 KB string: hypothesis warns that its repr is large.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -64,7 +64,7 @@ def decode(raw: bytes, family: m.Family, now_ms: int) -> m.Event | None:
 
 def absorb(events: list[tuple[m.Family, m.Event]]) -> None:
     """The events go through one partition's engine; its state encodes and decodes again."""
-    store = MemoryStore()
+    store = MemoryState()
     engine = PartitionEngine(0, EngineSettings(), store)
     items = [
         Item(event, FAMILY_INDEX[family], offset, event.store_id)

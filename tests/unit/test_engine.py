@@ -17,7 +17,7 @@ from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
 from streamproc.kpi.records import encode
-from streamproc.offline import MemoryStore, OfflinePipeline
+from streamproc.offline import MemoryState, OfflinePipeline
 from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -75,7 +75,7 @@ def test_projection_equals_recomputation_after_every_batch(
         real_init(self, *args)
         engines[self.partition] = self
 
-    def publish(plan: Any, store: MemoryStore, result: Any) -> None:
+    def publish(plan: Any, store: MemoryState, result: Any) -> None:
         nonlocal checked
         real_publish(plan, store, result)
         engine = engines[plan.partition]
@@ -134,7 +134,7 @@ T0 = 1_790_000_000_000
 
 
 def test_sessions_and_carts_close_when_traffic_stops() -> None:
-    store = MemoryStore()
+    store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
     items = [
         Item(_event("page_view", T0, "e1"), 0, 0, "store-01"),
@@ -155,7 +155,7 @@ def test_sessions_and_carts_close_when_traffic_stops() -> None:
 
 def test_once_the_input_has_ended_records_are_not_looked_at_again() -> None:
     # Each tick of a finished partition re-evaluated every record it held, starving the others.
-    store = MemoryStore()
+    store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
     items = [
         Item(_event("page_view", T0 + n * 1000, f"e{n}", session_id=f"s{n}"), 0, n, "store-01")
@@ -176,18 +176,18 @@ def test_a_new_engine_is_not_idle_before_an_idle_timeout_has_passed() -> None:
     # A worker's first tick can come before its first fetch: no backlog is known yet, and a
     # backlog of old events must not be judged against a wall-clock watermark.
     old = T0 - 3 * HOUR_MS
-    engine = PartitionEngine(0, SETTINGS, MemoryStore(), wall_ms=T0)
-    engine.apply([], Progress(wall_ms=T0 + 1000), MemoryStore())
+    engine = PartitionEngine(0, SETTINGS, MemoryState(), wall_ms=T0)
+    engine.apply([], Progress(wall_ms=T0 + 1000), MemoryState())
     verdicts = engine.read([Item(_event("page_view", old, "a"), 0, 0, "store-01")], Progress())
     assert verdicts.too_late == [] and len(verdicts.on_time) == 1
-    quiet = PartitionEngine(1, SETTINGS, MemoryStore(), wall_ms=T0)
-    quiet.apply([], Progress(wall_ms=T0 + SETTINGS.idle_timeout_ms), MemoryStore())
+    quiet = PartitionEngine(1, SETTINGS, MemoryState(), wall_ms=T0)
+    quiet.apply([], Progress(wall_ms=T0 + SETTINGS.idle_timeout_ms), MemoryState())
     refused = quiet.read([Item(_event("page_view", old, "b"), 0, 0, "store-01")], Progress())
     assert len(refused.too_late) == 1  # truly idle for a timeout: the wall clock counts
 
 
 def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
-    store = MemoryStore()
+    store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
     first = [Item(_event("page_view", T0, "a"), 0, 0, "store-01")]
     engine.read(first, Progress())
@@ -216,7 +216,7 @@ def test_a_crash_that_keeps_a_plans_deletes_but_not_its_watermark_counts_nothing
     """A kill can cut a plan's changelog writes short. Were the eviction of a session in the
     changelog and the watermark that allowed it (written last) not, the restarted engine would
     take the session's re-delivered events as on time and count the session a second time."""
-    store = MemoryStore()
+    store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
     first = [Item(_event("page_view", T0, "a"), 0, 0, "store-01")]
     ahead = [Item(_event("page_view", T0 + 2 * HOUR_MS, "b", session_id="s2"), 0, 1, "store-01")]
