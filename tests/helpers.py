@@ -7,7 +7,9 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+from streamproc.events import models as m
 from streamproc.events.models import FAMILY_OF_TYPE, MONEY_FIELDS, Family
+from streamproc.events.parse import EventDecoder
 from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
 T0_MS = 1_790_000_000_000  # 2026-09-21T14:13:20Z
@@ -95,6 +97,15 @@ def make_event(kind: str, /, **overrides: Any) -> dict[str, Any]:
         else:
             event[key] = value
     return event
+
+
+_DECODER = EventDecoder()
+
+
+def decoded(kind: str, t: int, eid: str, /, **overrides: Any) -> m.Event:
+    """``make_event(kind)`` at epoch ms ``t`` with id ``eid``, decoded as the engine gets it."""
+    raw = dumps(make_event(kind, event_id=eid, event_time=t, **overrides))
+    return _DECODER.decode(raw, FAMILY_OF_TYPE[kind], now_ms=t)
 
 
 def wrong_value(field: str, value: Any) -> Any:
