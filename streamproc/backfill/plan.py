@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -148,21 +148,3 @@ def worker_env(settings: Settings, name: str, *, bootstrap: str, redis_url: str)
         update={"bootstrap_servers": bootstrap, "redis_url": redis_url}
     )
     return named.env(*TOPIC_FIELDS, "bootstrap_servers", "redis_url")
-
-
-def stored_ends(plan: Plan, committed: Mapping[TopicPart, int | None]) -> dict[TopicPart, int]:
-    """The end offsets the workers are given: the plan's, except 0 where nothing is left to read.
-
-    A worker that (re)starts at a committed position at or past the end (an empty range, a topic
-    that is not read, a resume) reads nothing there; end 0 says "read to the end" at once, and the
-    end-offset filter drops whatever arrives there later; ``Backfill._watch`` lowers the ends so as
-    the committed offsets pass them (a rebalance during the run). The worker now also counts its
-    committed start as read (``Pipeline(read_from=)``), which covers the same cases; this older
-    route is redundant since, and kept until a run proves it can go.
-    """
-    ends = {}
-    for tp, end in plan.ends.items():
-        position = committed.get(tp)
-        done = plan.starts[tp] >= end or (position is not None and position >= end)
-        ends[tp] = 0 if done else end
-    return ends

@@ -5,8 +5,9 @@ Start and end: the plan's start offsets are committed for the backfill's consume
 its workers first start, so Faust begins there; the end offsets go to Redis (``end``), where the
 workers' pipeline holds each partition's watermark until all of its topics are read to their
 ends, drops what lies beyond, and then decides every window, session and cart. While it runs,
-the committed offsets show how far each partition got; see ``plan.stored_ends`` for why a range
-that is read (or empty) is then marked with end 0.
+the committed offsets show how far each partition got. A worker that starts at or past a
+partition's end (an empty range, a topic not read, a resume) counts its committed start as read
+(``Pipeline(read_from=)``), so that partition is read to its end at once.
 
 Resume: the namespace keeps everything a restart needs: the plan and the partials in Redis, the
 committed offsets of the group and the state changelog in Kafka. The workers restart where the
@@ -38,7 +39,6 @@ from streamproc.backfill.plan import (
     consumer_group,
     dead_letter_topic,
     default_name,
-    stored_ends,
     to_ms,
     worker_env,
 )
@@ -132,7 +132,7 @@ class Backfill:
             await store.set_backfill_plan(plan.to_json())
             async with broker.OffsetReader(self.kafka, group=consumer_group(name)) as reader:
                 await reader.commit(plan.starts)
-            await store.set_end_offsets(stored_ends(plan, plan.starts))
+            await store.set_end_offsets(dict(plan.ends))
             return plan
         finally:
             await store.aclose()
@@ -230,7 +230,7 @@ class Backfill:
             if never:
                 await reader.commit(never)
                 committed.update(never)
-        await store.set_end_offsets(stored_ends(plan, committed))
+        await store.set_end_offsets(dict(plan.ends))
 
     # --- run --------------------------------------------------------------------------------
 
@@ -271,15 +271,9 @@ class Backfill:
         timeout_s: float,
     ) -> None:
         deadline = time.monotonic() + timeout_s
-        stored = await store.end_offsets()
         async with broker.OffsetReader(self.kafka, group=consumer_group(plan.name)) as reader:
             while True:
                 committed = await reader.committed(plan.starts)
-                ends = stored_ends(plan, committed)
-                lowered = {tp: end for tp, end in ends.items() if stored.get(tp) != end}
-                if lowered:
-                    await store.set_end_offsets(lowered)
-                    stored.update(lowered)
                 statuses = await store.statuses()
                 on_progress(_progress(plan, committed, statuses))
                 if _all_finished(statuses, plan.partitions):

@@ -29,7 +29,6 @@ from streamproc.backfill.plan import (
     consumer_group,
     default_name,
     parse_time,
-    stored_ends,
 )
 from streamproc.backfill.promtool import Blocks, next_steps
 from streamproc.backfill.run import SEAL_KEY, batch_url
@@ -327,16 +326,6 @@ def test_plans_survive_their_json() -> None:
     assert Plan.from_json(done.to_json()).finished_ms == 456
     assert original.records == 4
     assert (original.partition_records(0), original.partition_records(1)) == (4, 0)
-
-
-def test_workers_are_told_end_zero_where_nothing_is_left_to_read() -> None:
-    p = plan()
-    # empty ranges (a not-read topic, a partition with nothing in range) are read to their end
-    assert stored_ends(p, p.starts) == {("a", 0): 9, ("a", 1): 0, ("b", 0): 0, ("b", 1): 0}
-    # a range whose committed position reached its end: a restarted worker reads nothing there
-    assert stored_ends(p, {("a", 0): 9})[("a", 0)] == 0
-    assert stored_ends(p, {("a", 0): 8})[("a", 0)] == 9
-    assert stored_ends(p, {("a", 0): None})[("a", 0)] == 9
 
 
 # --- OpenMetrics -------------------------------------------------------------------------------
