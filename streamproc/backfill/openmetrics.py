@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
 from streamproc.exporter.names import METRICS, MetricName, labels_of
 from streamproc.kpi.report import Row
+from streamproc.times import rfc3339_ms
 
 SOURCE = ("source", "backfill")
 
@@ -41,10 +41,6 @@ class OpenMetricsText:
     first_s: int | None  # earliest sample timestamp
     last_s: int | None
     left_out: int  # rows of windows not wholly inside the range
-
-
-def _ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
 
 
 def _escape_label(value: str) -> str:
@@ -96,7 +92,7 @@ def _series(
         metric = METRICS.get(row["kpi"])
         if metric is None or not metric.windowed or row["value"] is None:
             continue
-        start, end = _ms(row["start"]), _ms(row["end"])
+        start, end = rfc3339_ms(row["start"]), rfc3339_ms(row["end"])
         if start < since_ms or end > until_ms:
             left_out += 1
             continue

@@ -33,10 +33,6 @@ def parse_time(text: str, *, now: datetime) -> datetime:
         ) from None
 
 
-def to_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 def default_name(since_ms: int, until_ms: int, topics: Iterable[str], read: Iterable[str]) -> str:
     """``bf-20261119T000000Z-20261122T000000Z-1a2b3c``: the range, and a hash of the input
     topics and of the ones read, so two deployments or topic subsets never share a namespace."""

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from streamproc import broker, replay
+from streamproc import broker, replay, times
 from streamproc.backfill.offsets import Stamps, audit_stamps, find_ranges
 from streamproc.backfill.plan import (
     Plan,
@@ -39,7 +39,6 @@ from streamproc.backfill.plan import (
     consumer_group,
     dead_letter_topic,
     default_name,
-    to_ms,
     worker_env,
 )
 from streamproc.config import Settings
@@ -161,7 +160,7 @@ class Backfill:
             raise BackfillError("--since and --until are required (or --resume with --name)")
         else:
             read = request.read or self.settings.input_topics
-            since, until = to_ms(request.since), to_ms(request.until)
+            since, until = times.epoch_ms(request.since), times.epoch_ms(request.until)
             name = default_name(since, until, self.settings.input_topics, read)
         if name == self.settings.namespace:
             raise BackfillError(f"{name} is the live namespace: a backfill needs its own --name")
@@ -185,7 +184,7 @@ class Backfill:
 
     async def _new_plan(self, name: str, request: Request) -> Plan:
         assert request.since is not None and request.until is not None
-        since_ms, until_ms = to_ms(request.since), to_ms(request.until)
+        since_ms, until_ms = times.epoch_ms(request.since), times.epoch_ms(request.until)
         if since_ms >= until_ms:
             raise BackfillError(
                 f"--since ({request.since}) must be before --until ({request.until})"
@@ -346,9 +345,9 @@ def batch_url(url: str, *, timeout_s: int = 600) -> str:
 def _check_same(plan: Plan, request: Request) -> None:
     """A resume must not silently change what the stored plan reads."""
     problems = []
-    if request.since is not None and to_ms(request.since) != plan.since_ms:
+    if request.since is not None and times.epoch_ms(request.since) != plan.since_ms:
         problems.append("--since")
-    if request.until is not None and to_ms(request.until) != plan.until_ms:
+    if request.until is not None and times.epoch_ms(request.until) != plan.until_ms:
         problems.append("--until")
     if request.read is not None and set(request.read) != set(plan.read):
         problems.append("--topic")

@@ -18,6 +18,7 @@ from streamproc.config import parse_duration_seconds
 from streamproc.errors import ConfigError
 from streamproc.simulate import Anomalies, SimConfig, SimRecord, SimStats, simulate, write_jsonl
 from streamproc.simulate.options import parse_outage, parse_range, parse_start
+from streamproc.times import epoch_ms
 
 RANGE_HELP = "Time range as offsets from --start, e.g. 30m..45m, optionally *FACTOR (30m..45m*4)."
 
@@ -66,7 +67,7 @@ class _Display:
 
     def __init__(self, bar: Progress, config: SimConfig, *, every: int) -> None:
         self._bar, self._every = bar, every
-        self._start_ms = int(config.start.timestamp() * 1000)
+        self._start_ms = epoch_ms(config.start)
         total = config.duration_seconds * 1000 if config.duration_seconds else None
         self._task = bar.add_task("simulating", total=total, events=0, rate=0.0)
         self._started = time.monotonic()

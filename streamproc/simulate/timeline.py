@@ -7,17 +7,13 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from streamproc.simulate.config import TimeRange
+from streamproc.times import epoch_ms
 
 SECOND_MS = 1000
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_ms(moment: datetime) -> int:
-    """Epoch milliseconds of a tz-aware datetime."""
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 class Rfc3339:
@@ -47,7 +43,9 @@ class Spans:
 
     def __init__(self, ranges: Iterable[TimeRange]) -> None:
         merged: list[list[float]] = []
-        for start, end, factor in sorted((to_ms(r.start), to_ms(r.end), r.factor) for r in ranges):
+        for start, end, factor in sorted(
+            (epoch_ms(r.start), epoch_ms(r.end), r.factor) for r in ranges
+        ):
             if merged and start <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], end)
                 merged[-1][2] = max(merged[-1][2], factor)

@@ -11,7 +11,8 @@ from streamproc.events.models import Family
 from streamproc.simulate.catalog import Catalog
 from streamproc.simulate.config import SimConfig, TimeRange
 from streamproc.simulate.emitter import Emitter
-from streamproc.simulate.timeline import Rfc3339, Spans, to_ms
+from streamproc.simulate.timeline import Rfc3339, Spans
+from streamproc.times import epoch_ms
 
 # Far beyond any run (year ~2255): the end of an unbounded run.
 FOREVER_MS = 9_000_000_000_000
@@ -29,7 +30,7 @@ class World:
         self.config = config
         self.rng = random.Random(config.seed)
         self.run_id = run_id(config)
-        self.start_ms = to_ms(config.start)
+        self.start_ms = epoch_ms(config.start)
         duration = config.duration_seconds
         self.end_ms = FOREVER_MS if duration is None else self.start_ms + round(duration * 1000)
         anomalies = config.anomalies
