@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from streamproc.connection import SASL_PROTOCOLS, TLS_PROTOCOLS
 from streamproc.errors import ConfigError
 from streamproc.events.models import Family
 from streamproc.times import parse_duration_seconds as parse_duration_seconds  # its old home
@@ -401,14 +402,14 @@ class Settings(BaseSettings):
             "kafka_ssl_certfile": self.kafka_ssl_certfile,
             "kafka_ssl_keyfile": self.kafka_ssl_keyfile,
         }
-        if self.kafka_security_protocol.startswith("SASL_"):
+        if self.kafka_security_protocol in SASL_PROTOCOLS:
             missing = [env_name(name) for name, value in sasl.items() if not value]
             if missing:
                 raise ValueError(f"{protocol} needs {', '.join(missing)}")
         elif unused := [env_name(name) for name, value in sasl.items() if value]:
             raise ValueError(f"{', '.join(unused)} set, but {protocol} does not use SASL")
         unused = [env_name(name) for name, value in tls.items() if value]
-        if unused and not self.kafka_security_protocol.endswith("SSL"):
+        if unused and self.kafka_security_protocol not in TLS_PROTOCOLS:
             raise ValueError(f"{', '.join(unused)} set, but {protocol} does not use TLS")
         if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
             raise ValueError("STREAMPROC_KAFKA_SSL_KEYFILE needs STREAMPROC_KAFKA_SSL_CERTFILE")
@@ -516,10 +517,14 @@ def _shown(field: str, value: Any) -> str:
     return repr(value)
 
 
+def secret_of(secret: SecretStr | None) -> str | None:
+    """A secret setting in clear, for the connection that sends it (None: unset or empty)."""
+    return (secret.get_secret_value() if secret is not None else None) or None
+
+
 def redis_password_of(settings: Settings) -> str | None:
     """The Redis password in clear, for the connection that sends it (None: unset or empty)."""
-    secret = settings.redis_password
-    return (secret.get_secret_value() if secret is not None else None) or None
+    return secret_of(settings.redis_password)
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

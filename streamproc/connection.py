@@ -50,13 +50,14 @@ class KafkaConnection:
 
     @classmethod
     def from_settings(cls, settings: Settings, servers: str) -> KafkaConnection:
-        secret = settings.kafka_sasl_password
+        from streamproc.config import secret_of
+
         return cls(
             servers,
             protocol=settings.kafka_security_protocol,
             mechanism=settings.kafka_sasl_mechanism,
             username=settings.kafka_sasl_username,
-            password=secret.get_secret_value() if secret is not None else None,
+            password=secret_of(settings.kafka_sasl_password),
             cafile=settings.kafka_ssl_cafile,
             certfile=settings.kafka_ssl_certfile,
             keyfile=settings.kafka_ssl_keyfile,

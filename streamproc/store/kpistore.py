@@ -232,9 +232,9 @@ class KpiStore:
         found = await self.client.zrangebyscore(self.key("changed"), since_ms, "+inf")
         return sorted(int(text(m)) for m in found if isinstance(m, bytes | str))
 
-    @mapped
     async def visitors(self, minutes: Sequence[int], store: str, dimension: str | None) -> int:
-        """Distinct visitors over the minutes (exact while small, else HyperLogLog)."""
+        """Distinct visitors over the minutes (exact while small, else HyperLogLog); errors
+        mapped by ``visitor_counts``."""
         key = (tuple(minutes), store, dimension)
         return (await self.visitor_counts([key]))[key]
 
