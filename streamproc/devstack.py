@@ -359,12 +359,24 @@ def _stop_owned(info: StackInfo, *, deadline: float) -> list[str]:
     return [proc.name for proc in _owned(info) if _terminate(proc, deadline=deadline)]
 
 
-def _spawn_broker(binary: Path, *, port: int, state_dir: Path) -> _Proc:
-    url = f"tcp://{_HOST}:{port}"
-    argv = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
+def tansu_command(
+    binary: Path, *, listen: str, advertise: str, authentication: bool = False
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment of an in-memory Tansu broker listening at ``listen`` and
+    advertising ``advertise`` (``tcp://host:port``); ``authentication``: SASL required. The
+    user's Tansu variables (``_TANSU_ENV``) are left out."""
+    argv = [str(binary), "broker", "--listener-url", listen, "--advertised-listener-url", advertise]
     argv += ["--storage-engine", "memory://tansu/"]
+    if authentication:
+        argv.append("--authentication")
     env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
     env["NO_COLOR"] = "1"  # plain log lines, so the log tails in our errors are readable
+    return argv, env
+
+
+def _spawn_broker(binary: Path, *, port: int, state_dir: Path) -> _Proc:
+    url = f"tcp://{_HOST}:{port}"
+    argv, env = tansu_command(binary, listen=url, advertise=url)
     log = state_dir / "dev" / "logs" / "broker.log"
     pid = _spawn(argv, env=env, log=log)
     logger.info("started broker (pid %d) at %s:%d, log %s", pid, _HOST, port, log)

@@ -52,7 +52,7 @@ from reference.report import compare_reports
 
 from streamproc import broker, replay
 from streamproc.config import TOPIC_FIELDS, Settings, load_settings
-from streamproc.devstack import find_broker_binary, ping_broker, ping_redis
+from streamproc.devstack import find_broker_binary, ping_broker, ping_redis, tansu_command
 from streamproc.eventfile import FileRecord, parse_line, read_records
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi.contrib import NEVER
@@ -256,11 +256,7 @@ class ProxiedBroker:
     def _start_broker(self, timeout: float) -> None:
         listen = f"tcp://{HOST}:{self.broker_port}"
         advertise = f"tcp://{HOST}:{self.proxy_port}"
-        argv = [str(self.binary), "broker", "--listener-url", listen]
-        argv += ["--advertised-listener-url", advertise, "--storage-engine", "memory://tansu/"]
-        env = {k: v for k, v in os.environ.items() if k not in ("CLUSTER_ID", "SCHEMA_REGISTRY")}
-        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-        env["NO_COLOR"] = "1"
+        argv, env = tansu_command(self.binary, listen=listen, advertise=advertise)
         log = self.workdir / f"broker-{self.restarts}.log"
         self._broker = _Server("tansu", argv, log, env)
         self._broker.start()

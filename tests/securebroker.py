@@ -49,7 +49,7 @@ from aiokafka.helpers import create_ssl_context
 from certs import make_certs, make_client_cert, make_untrusted_ca
 from faults import HOST, _Server, _wait_until, stable_port
 
-from streamproc.devstack import _TANSU_ENV, find_broker_binary
+from streamproc.devstack import find_broker_binary, tansu_command
 
 STUNNEL = ("stunnel4", "stunnel")  # Debian's name, then upstream's
 
@@ -148,13 +148,12 @@ class _StunnelledTansu:
             raise
 
     def _start_tansu(self, timeout: float) -> None:
-        argv = [str(self.binary), "broker", "--listener-url", f"tcp://{HOST}:{self.broker_port}"]
-        argv += ["--advertised-listener-url", f"tcp://{HOST}:{self.tls_port}"]
-        argv += ["--storage-engine", "memory://tansu/"]
-        if self.authentication:
-            argv.append("--authentication")
-        env = {key: value for key, value in os.environ.items() if key not in _TANSU_ENV}
-        env["NO_COLOR"] = "1"
+        argv, env = tansu_command(
+            self.binary,
+            listen=f"tcp://{HOST}:{self.broker_port}",
+            advertise=f"tcp://{HOST}:{self.tls_port}",
+            authentication=self.authentication,
+        )
         self._tansu = _Server("tansu", argv, self.workdir / "tansu.log", env)
         self._tansu.start()
         _wait_until(lambda: kafka_answers(self.broker_port), self._tansu, timeout)
