@@ -2,6 +2,7 @@
 then SIGKILLed and started again.
 
     python bench/sessions_rss.py [--sessions 100000] [--events-per-session 3] [--no-recovery]
+                                 [--static] [--py-spy DIR]
 
 Starts one worker on fresh topics (the running dev stack, or a temporary one), waits until it is
 idle and measures its RSS; then sends N sessions of a few events each (session_start, page_view,
@@ -14,7 +15,10 @@ Recovery (unless ``--no-recovery``): once the RSS is read and Faust has committe
 SIGKILLed while it holds the N sessions, one more event (a session_start of a new session) is
 sent, and a new worker is started. Printed: the time from that start until the new worker has
 counted the event (group join, state restored from the changelog, the event processed), and the
-RSS of the restored worker.
+RSS of the restored worker. ``--static`` gives both workers the same
+``STREAMPROC_GROUP_INSTANCE_ID`` (static membership: the restarted worker takes the dead one's
+place without waiting for its session timeout); ``--py-spy DIR`` records the restarted worker
+from its start (collapsed stacks, for ``flamegraph.pl`` or ``speedscope``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,6 +116,8 @@ def main() -> None:
     parser.add_argument(
         "--no-recovery", dest="recovery", action="store_false", help="RSS only: no kill, no restart"
     )
+    parser.add_argument("--static", action="store_true", help="static group membership")
+    parser.add_argument("--py-spy", type=Path, help="profile the restarted worker into this dir")
     args = parser.parse_args()
 
     stack = devstack.DevStack(Path(tempfile.mkdtemp(prefix="bench-stack-")))
@@ -129,6 +136,8 @@ def main() -> None:
         "STREAMPROC_WORKER_PORT": str(port),
         "STREAMPROC_LOG_LEVEL": "info",  # at warning Faust sets the root logger to DEBUG
     }
+    if args.static:
+        env["STREAMPROC_GROUP_INSTANCE_ID"] = f"{ns}-worker"
     logs = Path(tempfile.mkdtemp(prefix="bench-rss-"))
     worker = start_worker(env, logs / "worker.log")
     url = f"http://127.0.0.1:{port}/metrics"
@@ -157,8 +166,12 @@ def main() -> None:
             asyncio.run(send(info.bootstrap_servers, f"{ns}.clickstream", marker))
             started = time.monotonic()
             worker = start_worker(env, logs / "restarted.log")
+            profiler = profile(worker.pid, args.py_spy) if args.py_spy else None
             wait_for_events(url, 1, 600)
             seconds = time.monotonic() - started
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
             restored = rss_settled(psutil.Process(worker.pid))
             print(
                 f"recovery: SIGKILLed holding {args.sessions:,} open sessions; the restarted "
@@ -173,6 +186,27 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         stack.down()
+
+
+def profile(pid: int, into: Path) -> subprocess.Popen[bytes]:
+    into.mkdir(parents=True, exist_ok=True)
+    output = into / f"restart-{pid}.txt"
+    return subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "-o",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(into / f"py-spy-{pid}.log").open("wb"),
+    )
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
