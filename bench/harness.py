@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -294,6 +295,22 @@ async def _scan(bootstrap: str, ends: Mapping[tuple[str, int], int]) -> tuple[in
 
 _PROFILED = ("streamproc/", "faust/", "aiokafka/", "redis/")
 _ROOTS = ("streamproc/cli/", "streamproc/__main__", "faust/agents/agent.py")  # on every stack
+
+
+def py_spy(
+    directory: Path, pid: int, *, name: str = "worker", rate: int = 100
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """Record process ``pid`` with py-spy (collapsed stacks) into ``directory/name-pid.txt``
+    until it exits or is sent SIGINT; the file and the profiler."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    out = directory / f"{name}-{pid}.txt"
+    argv = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate)]
+    return out, subprocess.Popen(
+        [*argv, "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=(directory / f"py-spy-{pid}.log").open("wb"),
+    )
 
 
 def py_spy_top(path: Path, count: int = 12) -> dict[str, list[tuple[float, str]]]:

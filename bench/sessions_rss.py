@@ -35,6 +35,7 @@ import time
 import uuid
 from pathlib import Path
 
+import harness
 import psutil
 from aiokafka import AIOKafkaProducer
 
@@ -166,7 +167,9 @@ def main() -> None:
             asyncio.run(send(info.bootstrap_servers, f"{ns}.clickstream", marker))
             started = time.monotonic()
             worker = start_worker(env, logs / "restarted.log")
-            profiler = profile(worker.pid, args.py_spy) if args.py_spy else None
+            profiler = None
+            if args.py_spy:
+                _, profiler = harness.py_spy(args.py_spy, worker.pid, name="restart", rate=200)
             wait_for_events(url, 1, 600)
             seconds = time.monotonic() - started
             if profiler is not None:
@@ -186,27 +189,6 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         stack.down()
-
-
-def profile(pid: int, into: Path) -> subprocess.Popen[bytes]:
-    into.mkdir(parents=True, exist_ok=True)
-    output = into / f"restart-{pid}.txt"
-    return subprocess.Popen(
-        [
-            "py-spy",
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "200",
-            "--format",
-            "raw",
-            "-o",
-            str(output),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(into / f"py-spy-{pid}.log").open("wb"),
-    )
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -263,7 +263,7 @@ async def worker_row(run: Run, workers: int) -> dict[str, Any]:
             def profile() -> None:  # from the first counted batch: start-up is not profiled
                 if run.args.py_spy and workers == 1:
                     for proc, _ in procs.procs:
-                        profilers.update([_py_spy(run.args.py_spy, proc.pid)])
+                        profilers.update([harness.py_spy(run.args.py_spy, proc.pid)])
 
             probe = harness.Probe()
             probe.watch("workers", *(p.pid for p, _ in procs.procs))
@@ -368,29 +368,6 @@ def _worker_figures(
         "cores": harness.cpu_shares(first.snap, last.snap),
         "polls": len(points),
     }
-
-
-def _py_spy(directory: Path, pid: int) -> tuple[Path, subprocess.Popen[bytes]]:
-    directory.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).with_name("py-spy")
-    out = directory / f"worker-{pid}.txt"
-    return out, subprocess.Popen(
-        [
-            str(spy),
-            "record",
-            "--pid",
-            str(pid),
-            "--format",
-            "raw",
-            "--rate",
-            "100",
-            "--nonblocking",
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(directory / f"py-spy-{pid}.log").open("wb"),
-    )
 
 
 # --- the table ---------------------------------------------------------------------------
