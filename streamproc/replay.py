@@ -22,9 +22,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO
 
-from streamproc import broker
+from streamproc import broker, children
 from streamproc.config import Settings
 from streamproc.connection import KafkaConnection
 from streamproc.errors import ReplayError, StoreUnavailable
@@ -120,6 +119,8 @@ async def produce(
 class Workers:
     """Worker processes of one replay; stopped (SIGTERM, then SIGKILL) on exit."""
 
+    STOP_SECONDS = 30.0
+
     def __init__(
         self,
         env: dict[str, str],
@@ -133,7 +134,7 @@ class Workers:
         self.preexec_fn = preexec_fn
         self.count = count
         self.log_dir = log_dir
-        self.procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self.procs: list[children.Child] = []
 
     def __enter__(self) -> Workers:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -142,34 +143,25 @@ class Workers:
         return self
 
     def start(self, number: int) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"worker-{number}.log").open("ab")
-        proc = subprocess.Popen(
+        child = children.spawn(
             [sys.executable, "-m", "streamproc", "worker"],
             env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            log=self.log_dir / f"worker-{number}.log",
+            append=True,
             preexec_fn=self.preexec_fn,
         )
-        self.procs.append((proc, log))
-        return proc
+        self.procs.append(child)
+        return child.proc
 
     def check(self) -> None:
-        for proc, log in self.procs:
-            if proc.poll() not in (None, -signal.SIGKILL):
-                raise ReplayError(f"a worker exited with status {proc.returncode}; see {log.name}")
+        """Raise ReplayError when a worker has exited, except by SIGKILL."""
+        child = children.exited(self.procs, allowed=(-signal.SIGKILL,))
+        if child is not None:
+            code = child.proc.returncode
+            raise ReplayError(f"a worker exited with status {code}; see {child.log.name}")
 
     def __exit__(self, *exc_info: object) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log in self.procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
+        children.stop(self.procs, timeout=self.STOP_SECONDS)
 
 
 async def wait_until_done(
