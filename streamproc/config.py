@@ -2,8 +2,8 @@
 
 Every variable is ``STREAMPROC_<FIELD>`` (``STREAMPROC_PARTITIONS=12``). ``REDIS_URL`` is accepted
 as an alias of ``STREAMPROC_REDIS_URL``. A file named after a variable in the secrets directory
-(``secrets_dir``) sets it too, for passwords mounted as Docker secrets. Only ``cli.py`` calls
-:func:`load_settings`; everything else receives a :class:`Settings`.
+(``secrets_dir``) sets it too, for passwords mounted as Docker secrets. Only the CLI
+(``cli/common.py``) calls :func:`load_settings`; everything else receives a :class:`Settings`.
 """
 
 from __future__ import annotations

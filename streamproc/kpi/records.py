@@ -1,7 +1,7 @@
 """Persisted state: one record per session id, order id (orders without a session), ticket id
 or survey key, on its partition. Records hold mergeable aggregates (earliest-of, sums, sets), so
-the same events absorbed in any order give the same record; contributions are computed from them
-(``sessions.py``, ``tickets.py``).
+the same events absorbed in any order give the same record (``absorb.py``); contributions are
+computed from them (``contrib.py``).
 
 ``off`` is the highest offset absorbed per input topic (clickstream, cart, orders, tickets): a
 re-processed event at or below it is skipped, which makes at-least-once delivery exactly-once in
