@@ -22,7 +22,6 @@ from streamproc.config import Settings
 from streamproc.errors import ConfigError, StoreError, StreamprocError
 from streamproc.events.parse import minor_unit_exponent
 from streamproc.exporter.names import Exposition, families
-from streamproc.exporter.query import ReportQuery, report_minutes
 from streamproc.exporter.trailing import (
     MinuteCells,
     Position,
@@ -35,6 +34,7 @@ from streamproc.kpi.aligned import VisitorKey, Window, group_windows, rows, tick
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.epoch import rfc3339, window_label
 from streamproc.kpi.report import CH_DEV, Row
+from streamproc.kpi.selection import ReportQuery, report_minutes
 from streamproc.metrics import ExporterMetrics
 from streamproc.reporting import marks
 from streamproc.store import ReportStore
