@@ -58,14 +58,15 @@ class ReportQuery:
 
 
 def report_minutes(
-    minutes: Iterable[int], *, sizes_ms: Iterable[int], query: ReportQuery
+    minutes: Iterable[int], *, sizes_ms: Iterable[int], query: ReportQuery, largest_ms: int = 0
 ) -> list[int]:
     """The minutes of the largest aligned windows holding a wanted window that overlaps the
     range: each wanted window whole, and the largest window holding it, whose breakdown rows
-    decide which of the wanted window's read 0 (``kpi/report.py``)."""
+    decide which of the wanted window's read 0 (``kpi/report.py``). ``largest_ms``: the largest
+    window, when it is larger than every one of ``sizes_ms`` (those reported)."""
     every = sorted(sizes_ms)
     wanted = [s for s in every if query.windows is None or window_label(s) in query.windows]
-    largest = every[-1]
+    largest = max(largest_ms, every[-1])
     minutes = list(minutes)
     inside: set[int] = set()  # of a wanted window
     outer: set[int] = set()  # starts of the largest windows holding one
