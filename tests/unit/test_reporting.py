@@ -73,6 +73,7 @@ async def test_some_sizes_report_as_they_do_with_all() -> None:
 QUERIES = [
     ReportQuery(kpis=frozenset({"orders"})),
     ReportQuery(kpis=frozenset({"unique_visitors"}), dimensions=frozenset({None})),
+    ReportQuery(stores=frozenset({"s1"})),  # the backfill's --store
     ReportQuery(windows=frozenset({"15m"}), stores=frozenset({"s2"})),
     ReportQuery(from_ms=T + 2 * H, to_ms=T + 2 * H + 5 * M, windows=frozenset({"1m", "now"})),
     ReportQuery(kpis=frozenset({"open_tickets"}), dimensions=frozenset({"priority=high"})),
