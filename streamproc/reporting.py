@@ -1,15 +1,22 @@
-"""KPI reports from what the workers published in Redis (replay, backfill, the exporter)."""
+"""KPI reports from what the workers published in Redis: ``aligned_report`` makes the replay's
+and the backfill's (of everything) and the exporter's ``/api/kpis`` (of what its query selects).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from streamproc.events.parse import minor_unit_exponent
-from streamproc.kpi.aligned import group_windows, rows, ticket_rows
+from streamproc.kpi import counters as c
+from streamproc.kpi.aligned import VisitorKey, Window, group_windows, rows, ticket_rows
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
-from streamproc.store import KpiStore
+from streamproc.kpi.selection import ReportQuery, report_minutes
+from streamproc.store import ReportStore
+
+EVERYTHING = ReportQuery()
 
 
 class Marks(NamedTuple):
@@ -28,32 +35,66 @@ def marks(statuses: Mapping[Any, Mapping[str, Any]]) -> Marks:
 
 
 async def aligned_report(
-    store: KpiStore,
+    store: ReportStore,
     *,
     sizes_ms: Iterable[int],
     reporting_currency: str,
-    minutes: Iterable[int] | None = None,
     largest_ms: int = 0,
+    query: ReportQuery = EVERYTHING,
 ) -> list[Row]:
-    """Rows of every aligned window with data (or of the given minutes' windows).
+    """Rows of the aligned windows with data, and of the open tickets, that ``query`` selects.
 
     ``largest_ms``: the largest window of the settings, when ``sizes_ms`` are only some of
     them; its breakdown rows decide which breakdowns of a smaller window read 0, so a window's
-    rows do not depend on which others are reported with it."""
+    rows do not depend on which others are reported with it. Windows are grouped and rows made
+    in a thread: a day of data takes seconds of CPU, and the exporter serves scrapes meanwhile.
+    """
     sizes = sorted(set(sizes_ms))
-    chosen = list(minutes) if minutes is not None else await store.minutes()
-    cells = await store.cells(chosen)
-    windows = group_windows(cells, {*sizes, max(largest_ms, sizes[-1])})
-    keys = {key for window in windows for key in window.visitor_keys()}
+    largest = max(largest_ms, sizes[-1])
+    # Statuses before cells: a window is not called closed (final) before its cells are read.
+    statuses = await store.statuses()
+    minutes = report_minutes(await store.minutes(), sizes_ms=sizes, query=query, largest_ms=largest)
+    cells = await store.cells(minutes)
+
+    def wanted(window: Window) -> bool:
+        size = window.size_ms
+        return size in sizes and query.wants_window(size, window.start_ms, window.store)
+
+    windows = await asyncio.to_thread(_wanted_windows, cells, {*sizes, largest}, wanted)
+    keys = _visitor_keys(windows, query)
     counts = await store.visitor_counts(keys)
-    mark = marks(await store.statuses())
-    money = 10 ** minor_unit_exponent(reporting_currency)
-    found = rows(
+    mark = marks(statuses)
+    report = await asyncio.to_thread(
+        rows,
         windows,
         lambda key: counts.get(key, 0),
         watermark=mark.watermark,
-        money=money,
-        only=lambda window: window.size_ms in sizes,
+        money=10 ** minor_unit_exponent(reporting_currency),
+        only=wanted,
     )
-    tickets = await store.open_tickets()
-    return found + ticket_rows(tickets, at_ms=mark.at_ms, watermark=mark.watermark)
+    if query.wants_open_tickets(mark.at_ms):
+        tickets = await store.open_tickets()
+        report += ticket_rows(tickets, at_ms=mark.at_ms, watermark=mark.watermark)
+    return [row for row in report if query.wants_row(row)]
+
+
+def _wanted_windows(
+    cells: Mapping[c.CellKey, c.Counters], sizes_ms: Iterable[int], wanted: Callable[[Window], bool]
+) -> list[Window]:
+    """The wanted windows, and the largest windows holding them (``aligned.rows``)."""
+    found = group_windows(cells, sizes_ms)
+    chosen = [wanted(window) for window in found]
+    outer = {(w.outer, w.store) for w, yes in zip(found, chosen, strict=True) if yes}
+    return [
+        w
+        for w, yes in zip(found, chosen, strict=True)
+        if yes or (w.largest and (w.outer, w.store) in outer)
+    ]
+
+
+def _visitor_keys(windows: Iterable[Window], query: ReportQuery) -> set[VisitorKey]:
+    """The visitor counts the rows need: of the dimensions wanted, if any visitor KPI is."""
+    if not query.needs_visitors:
+        return set()
+    dims = query.dimensions
+    return {key for w in windows for key in w.visitor_keys() if dims is None or key[2] in dims}

@@ -46,6 +46,7 @@ from streamproc.connection import KafkaConnection
 from streamproc.errors import BackfillError
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.report import Row
+from streamproc.kpi.selection import ReportQuery
 from streamproc.reporting import aligned_report
 from streamproc.store import KpiStore
 
@@ -292,16 +293,15 @@ class Backfill:
         """The KPI report of every aligned window (``stores``: only these ``store_id`` s)."""
         store = self.store(plan.name)
         try:
-            rows = await aligned_report(
+            return await aligned_report(
                 store,
                 sizes_ms=sizes_ms,
                 reporting_currency=self.settings.reporting_currency,
                 largest_ms=max(self.settings.window_seconds) * 1000,
+                query=ReportQuery(stores=frozenset(stores) or None),
             )
         finally:
             await store.aclose()
-        wanted = set(stores)
-        return [row for row in rows if not wanted or row["store_id"] in wanted]
 
     async def summary(self, plan: Plan) -> Summary:
         """Events, dead letters by reason and duplicates of the whole range, from what lasts

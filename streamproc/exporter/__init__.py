@@ -3,7 +3,7 @@ partitions and serves every KPI (``docs/metrics.md``).
 
 - ``windows``: the trailing-window rule and the running sums (pure)
 - ``names``: report rows -> metric families, the one table of metric names (pure)
-- ``query``: ``/api/kpis`` parameters and filters (pure)
+- ``query``: ``/api/kpis`` parameters, parsed into a ``kpi.selection.ReportQuery`` (pure)
 - ``service``: the refresh from Redis into an immutable snapshot
 - ``web``: the aiohttp server
 """

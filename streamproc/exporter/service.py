@@ -22,7 +22,6 @@ from streamproc.config import Settings
 from streamproc.errors import ConfigError, StoreError, StreamprocError
 from streamproc.events.parse import minor_unit_exponent
 from streamproc.exporter.names import Exposition, families
-from streamproc.exporter.query import ReportQuery, report_minutes
 from streamproc.exporter.trailing import (
     MinuteCells,
     Position,
@@ -31,12 +30,13 @@ from streamproc.exporter.trailing import (
     trailing_end,
 )
 from streamproc.kpi import counters as c
-from streamproc.kpi.aligned import VisitorKey, Window, group_windows, rows, ticket_rows
+from streamproc.kpi.aligned import VisitorKey, Window, rows, ticket_rows
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.epoch import rfc3339, window_label
-from streamproc.kpi.report import CH_DEV, Row
+from streamproc.kpi.report import Row
+from streamproc.kpi.selection import ReportQuery
 from streamproc.metrics import ExporterMetrics
-from streamproc.reporting import marks
+from streamproc.reporting import aligned_report
 from streamproc.store import ReportStore
 
 logger = logging.getLogger(__name__)
@@ -263,32 +263,13 @@ class Exporter:
             self.running = False
 
     async def report(self, query: ReportQuery) -> list[Row]:
-        """Aligned-window rows, as ``reporting.aligned_report`` makes them, filtered."""
-        statuses = await self.store.statuses()
-        sizes = self.config.sizes_ms
-        minutes = report_minutes(await self.store.minutes(), sizes_ms=sizes, query=query)
-        cells = await self.store.cells(minutes)
-        windows = await asyncio.to_thread(_wanted_windows, cells, sizes, query)
-        dims = [d for d in (None, *CH_DEV) if query.dimensions is None or d in query.dimensions]
-        keys = (
-            {(w.minutes, w.store, d) for w in windows for d in dims}
-            if query.needs_visitors
-            else set()
+        """``/api/kpis``: the rows of ``reporting.aligned_report`` that ``query`` selects."""
+        return await aligned_report(
+            self.store,
+            sizes_ms=self.config.sizes_ms,
+            reporting_currency=self.config.currency,
+            query=query,
         )
-        counts = await self.store.visitor_counts(keys)
-        mark = marks(statuses)
-        found = await asyncio.to_thread(
-            rows,
-            windows,
-            lambda key: counts.get(key, 0),
-            watermark=mark.watermark,
-            money=self.config.money,
-            only=lambda w: query.wants_window(w.size_ms, w.start_ms, w.store),
-        )
-        if query.wants_open_tickets(mark.at_ms):
-            tickets = await self.store.open_tickets()
-            found += ticket_rows(tickets, at_ms=mark.at_ms, watermark=mark.watermark)
-        return [row for row in found if query.wants_row(row)]
 
     def age_s(self) -> float | None:
         """Seconds since the last successful refresh; None before the first one."""
@@ -365,17 +346,3 @@ class Exporter:
                 for p in snap.positions
             ],
         }
-
-
-def _wanted_windows(
-    cells: dict[c.CellKey, c.Counters], sizes_ms: Iterable[int], query: ReportQuery
-) -> list[Window]:
-    """The wanted windows, and the largest windows holding them (``aligned.rows``)."""
-    found = group_windows(cells, sizes_ms)
-    wanted = [query.wants_window(w.size_ms, w.start_ms, w.store) for w in found]
-    outer = {(w.outer, w.store) for w, yes in zip(found, wanted, strict=True) if yes}
-    return [
-        w
-        for w, yes in zip(found, wanted, strict=True)
-        if yes or (w.largest and (w.outer, w.store) in outer)
-    ]

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from streamproc.errors import BadQuery
-from streamproc.exporter.query import ReportQuery, parse_query, report_minutes
+from streamproc.exporter.query import parse_query
+from streamproc.kpi.selection import ReportQuery, report_minutes
 
 LABELS = ("1m", "5m", "15m", "1h", "1d")
 M = 60_000

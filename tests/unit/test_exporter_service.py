@@ -6,58 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from memstore import FakeStore
 from prometheus_client import CollectorRegistry
 
 from streamproc.errors import StoreUnavailable
 from streamproc.exporter import Exporter, ExporterConfig
 from streamproc.exporter.service import CLOCK_MARGIN_MS
-from streamproc.kpi import counters as c
 from streamproc.kpi.epoch import rfc3339
 from streamproc.metrics import ExporterMetrics
 
 M = 60_000
 T = 1_790_000_040_000
 CONFIG = ExporterConfig(sizes_ms=(M, 5 * M), currency="USD", allowed_lateness_ms=120_000)
-
-
-class FakeStore:
-    """The reads the exporter makes, from memory (KpiStore's contract, minus Redis)."""
-
-    def __init__(self, clock: list[float]) -> None:
-        self.clock = clock
-        self.cells_: dict[c.CellKey, c.Counters] = {}
-        self.changed: dict[int, float] = {}
-        self.status: dict[int, dict[str, Any]] = {}
-        self.visitor_calls: list[int] = []
-
-    def put(self, minute: int, store: str, **counts: int) -> None:
-        self.cells_[(minute, store)] = dict(counts)
-        self.changed[minute] = self.clock[0] * 1000
-
-    def reached(self, partition: int, latest: int) -> None:
-        self.status[partition] = {"watermark": latest - 120_000, "max_ts": [latest], "at": 0}
-
-    async def statuses(self) -> dict[int, dict[str, Any]]:
-        return dict(self.status)
-
-    async def minutes(self, since_ms: float = 0) -> list[int]:
-        return sorted(m for m, at in self.changed.items() if at >= since_ms)
-
-    async def cells(self, minutes: Iterable[int]) -> dict[c.CellKey, c.Counters]:
-        wanted = set(minutes)
-        return {key: dict(v) for key, v in self.cells_.items() if key[0] in wanted}
-
-    async def visitor_counts(self, keys: Iterable[Any]) -> dict[Any, int]:
-        keys = list(keys)
-        self.visitor_calls.append(len(keys))
-        return {key: len(key[0]) for key in keys}  # one visitor per minute with data
-
-    async def open_tickets(self) -> dict[tuple[str, str, str], int]:
-        return {}
 
 
 def exporter(store: FakeStore, clock: list[float], config: ExporterConfig = CONFIG) -> Exporter:
