@@ -44,11 +44,10 @@ async def aligned_report(
 ) -> list[Row]:
     """Rows of the aligned windows with data, and of the open tickets, that ``query`` selects.
 
-    ``largest_ms``: the largest window of the settings, when ``sizes_ms`` are only some of
-    them; its breakdown rows decide which breakdowns of a smaller window read 0, so a window's
-    rows do not depend on which others are reported with it. Windows are grouped and rows made
-    in a thread: a day of data takes seconds of CPU, and the exporter serves scrapes meanwhile.
-    """
+    ``largest_ms``: the settings' largest window, when ``sizes_ms`` are only some: its breakdown
+    rows decide which breakdowns of a smaller window read 0 (rows do not depend on which other
+    windows are reported). Grouping and rows run in a thread: a day of data takes seconds of
+    CPU, and the exporter serves scrapes meanwhile."""
     sizes = sorted(set(sizes_ms))
     largest = max(largest_ms, sizes[-1])
     # Statuses before cells: a window is not called closed (final) before its cells are read.
@@ -56,9 +55,8 @@ async def aligned_report(
     minutes = report_minutes(await store.minutes(), sizes_ms=sizes, query=query, largest_ms=largest)
     cells = await store.cells(minutes)
 
-    def wanted(window: Window) -> bool:
-        size = window.size_ms
-        return size in sizes and query.wants_window(size, window.start_ms, window.store)
+    def wanted(w: Window) -> bool:
+        return w.size_ms in sizes and query.wants_window(w.size_ms, w.start_ms, w.store)
 
     windows = await asyncio.to_thread(_wanted_windows, cells, {*sizes, largest}, wanted)
     keys = _visitor_keys(windows, query)
