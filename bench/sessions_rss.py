@@ -40,6 +40,7 @@ import psutil
 from aiokafka import AIOKafkaProducer
 
 from streamproc import devstack, metrics
+from streamproc.store import KpiStore
 
 KINDS = ("session_start", "page_view", "product_view", "page_view", "page_ping")
 
@@ -188,7 +189,17 @@ def main() -> None:
             worker.wait(30)
         except subprocess.TimeoutExpired:
             worker.kill()
+        # the dev stack may reuse a shared Redis: leave none of this run's keys behind
+        print(f"dropped {asyncio.run(drop(info.redis_url, ns)):,} keys of {ns}")
         stack.down()
+
+
+async def drop(redis_url: str, namespace: str) -> int:
+    store = KpiStore.connect(redis_url, namespace)
+    try:
+        return await store.drop()
+    finally:
+        await store.aclose()
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
