@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from streamproc.connection import SASL_PROTOCOLS, TLS_PROTOCOLS
 from streamproc.errors import ConfigError
 from streamproc.events.models import Family
-from streamproc.times import parse_duration_seconds as parse_duration_seconds  # its old home
+from streamproc.times import parse_duration_seconds
 
 ENV_PREFIX = "STREAMPROC_"
 

@@ -20,10 +20,11 @@ from streamproc.backfill.offsets import Stamps
 from streamproc.backfill.openmetrics import OpenMetricsText, exposition
 from streamproc.backfill.promtool import create_blocks, next_steps
 from streamproc.cli.common import app, endpoints, err, first_few, out, settings
-from streamproc.config import Settings, parse_duration_seconds
+from streamproc.config import Settings
 from streamproc.errors import ConfigError
 from streamproc.kpi.epoch import rfc3339
 from streamproc.kpi.report import Row
+from streamproc.times import parse_duration_seconds
 
 
 @app.command("backfill")

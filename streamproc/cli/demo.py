@@ -19,7 +19,8 @@ from rich.text import Text
 
 from streamproc import demo, metrics
 from streamproc.cli.common import app, err, out, settings
-from streamproc.config import Settings, parse_duration_seconds
+from streamproc.config import Settings
+from streamproc.times import parse_duration_seconds
 
 # The main KPIs of the live view: (label, metric, extra labels, format).
 _KPIS: tuple[tuple[str, str, dict[str, str], str], ...] = (

@@ -16,10 +16,11 @@ from rich.progress import Progress, TaskID
 
 from streamproc import devstack, replay
 from streamproc.cli.common import DEFAULT_BOOTSTRAP, app, endpoints, err, out, progress, settings
-from streamproc.config import TOPIC_FIELDS, Settings, parse_duration_seconds
+from streamproc.config import TOPIC_FIELDS, Settings
 from streamproc.connection import KafkaConnection
 from streamproc.errors import ReplayError
 from streamproc.store import KpiStore
+from streamproc.times import parse_duration_seconds
 
 
 @app.command("replay")

@@ -14,11 +14,10 @@ import typer
 from rich.progress import Progress
 
 from streamproc.cli.common import app, ensure_topics, kafka_of, out, progress, settings
-from streamproc.config import parse_duration_seconds
 from streamproc.errors import ConfigError
 from streamproc.simulate import Anomalies, SimConfig, SimRecord, SimStats, simulate, write_jsonl
 from streamproc.simulate.options import parse_outage, parse_range, parse_start
-from streamproc.times import epoch_ms
+from streamproc.times import epoch_ms, parse_duration_seconds
 
 RANGE_HELP = "Time range as offsets from --start, e.g. 30m..45m, optionally *FACTOR (30m..45m*4)."
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.config import load_settings, parse_duration_seconds
+from streamproc.config import load_settings
 from streamproc.errors import ConfigError
+from streamproc.times import parse_duration_seconds
 
 
 @pytest.fixture(autouse=True)
