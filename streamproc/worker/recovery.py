@@ -29,12 +29,13 @@ def take(recovery: Any, tp: TP, records: list[Any]) -> bool:
     if not isinstance(table.data, MemoryStore) or table._on_changelog_event is not None:
         return False  # what ``_apply`` does is the memory store's, without event callbacks
     started = time.monotonic()
+    # Events Faust's loop buffered (none, unless a recovery began on its path) go first, and are
+    # in the table before the recovery can end below (Faust's loop flushes before it ends too).
+    recovery.flush_buffers()
     offsets = recovery.active_offsets
     seen = offsets.get(tp)
     fresh = records if seen is None else [r for r in records if r.offset > seen]
     if fresh:
-        # Events Faust's loop buffered (none, unless a recovery began on its path) go first.
-        recovery.flush_buffers()
         _apply(table, fresh)
         offsets[tp] = fresh[-1].offset
         now = time.monotonic()
