@@ -104,9 +104,9 @@ class KpiStore:
         """For each event id: whether this message is its first occurrence (or is it again)."""
         if not ids:
             return []
-        keys = [self.key("dedup", event_id) for event_id in ids]
-        result = await self._dedup(keys=keys, args=[horizon_s, *coordinates])
-        return [bool(flag) for flag in result]
+        prefix = self.key("dedup", "")
+        result = await self._dedup(keys=[prefix + i for i in ids], args=[horizon_s, *coordinates])
+        return list(map(bool, result))
 
     @mapped
     async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:

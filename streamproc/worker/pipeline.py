@@ -15,6 +15,7 @@ values; the table's per-record offset markers make the re-processing change noth
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -176,7 +177,19 @@ class Pipeline:
         run."""
         done = Done()
         engine = self.engine(part.partition)
-        judged: list[tuple[Piece, Item, Message]] = []
+        judged = self._judge(engine, part, pieces, done)
+        progress = self.positions.progress(part.partition, part.wall_ms)
+        accepted = await self._first_occurrences(part, judged, done)
+        outcome = engine.apply(accepted, progress, self.table)
+        done.of(pieces[-1]).evicted += outcome.evicted
+        await self._settle(engine, outcome, part.wall_ms)
+        return done
+
+    def _judge(
+        self, engine: PartitionEngine, part: Part, pieces: list[Piece], done: Done
+    ) -> list[tuple[Piece, list[Item]]]:
+        """Each piece's events on time; the too late ones become dead letters in ``done``."""
+        judged = []
         labels, limit = part.labels, self.settings.max_lateness_seconds
         for piece in pieces:
             index = self.topic_index[piece.topic]
@@ -192,30 +205,37 @@ class Pipeline:
             done.of(piece).late += verdicts.late
             last = piece.events[-1].message.offset
             self.positions.processed_up_to(piece.topic, part.partition, last)
-            by_item = {id(item): d.message for item, d in zip(items, piece.events, strict=True)}
-            for item in verdicts.too_late:
-                message = by_item[id(item)]
+            if verdicts.too_late:
+                by_offset = {d.message.offset: d.message for d in piece.events}
                 detail = f"event_time is more than {limit} s behind the watermark"
-                done.letters.append(
-                    (piece.index, message, make_letter(message, Reason.TOO_LATE, detail))
-                )
-            judged += [(piece, item, by_item[id(item)]) for item in verdicts.on_time]
-        progress = self.positions.progress(part.partition, part.wall_ms)
+                for item in verdicts.too_late:
+                    message = by_offset[item.offset]
+                    letter = make_letter(message, Reason.TOO_LATE, detail)
+                    done.letters.append((piece.index, message, letter))
+            judged.append((piece, verdicts.on_time))
+        return judged
+
+    async def _first_occurrences(
+        self, part: Part, judged: list[tuple[Piece, list[Item]]], done: Done
+    ) -> list[Item]:
+        """The judged events that are no duplicates, in order; ``done`` counts the others."""
+        ids: list[str] = []
+        coordinates: list[str] = []  # each message's "topic:partition:offset"
+        for piece, items in judged:
+            prefix = f"{piece.topic}:{part.partition}:"
+            ids += [item.event.event_id for item in items]
+            coordinates += [f"{prefix}{item.offset}" for item in items]
         first = await self.store.first_occurrences(
-            [item.event.event_id for _, item, _ in judged],
-            [f"{m.topic}:{m.partition}:{m.offset}" for _, _, m in judged],
-            horizon_s=self.settings.dedup_horizon_seconds,
+            ids, coordinates, horizon_s=self.settings.dedup_horizon_seconds
         )
-        accepted = []
-        for (piece, item, _), ok in zip(judged, first, strict=True):
-            if ok:
-                accepted.append(item)
-            else:
-                done.of(piece).duplicates += 1
-        outcome = engine.apply(accepted, progress, self.table)
-        done.of(pieces[-1]).evicted += outcome.evicted
-        await self._settle(engine, outcome, part.wall_ms)
-        return done
+        accepted: list[Item] = []
+        at = 0
+        for piece, items in judged:
+            flags = first[at : at + len(items)]
+            at += len(items)
+            accepted += itertools.compress(items, flags)
+            done.of(piece).duplicates += len(items) - sum(flags)
+        return accepted
 
     async def _one_by_one(self, part: Part, pieces: list[Piece], error: BaseException) -> Done:
         """A partition's run raised (not a Redis outage): its events are processed one at a
