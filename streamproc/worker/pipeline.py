@@ -164,8 +164,7 @@ class Pipeline:
                     counts[index].add(part_counts)
                 letters += done.letters
             for topic, messages in run.read:  # also partitions whose messages were all bad
-                for message in messages:
-                    self.positions.read(topic, message)
+                self.positions.read(topic, messages)
             for index, message, letter in letters:
                 await self.dead_letter(message, letter)
                 counts[index].dead_letter(letter.reason)

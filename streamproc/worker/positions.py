@@ -49,11 +49,14 @@ class InputPositions:
         key = (topic, partition)
         self.processed[key] = max(self.processed.get(key, -1), offset)
 
-    def read(self, topic: str, message: Message) -> None:
-        """A message of ``topic`` was read (processed or dead-lettered)."""
-        key = (topic, message.partition)
-        self.processed[key] = max(self.processed.get(key, -1), message.offset)
-        self.read_max[key] = max(self.read_max.get(key, 0), message.offset + 1)
+    def read(self, topic: str, messages: list[Message]) -> None:
+        """Messages of ``topic`` were read (processed or dead-lettered), each partition's in
+        offset order."""
+        last = {message.partition: message.offset for message in messages}
+        for partition, offset in last.items():
+            key = (topic, partition)
+            self.processed[key] = max(self.processed.get(key, -1), offset)
+            self.read_max[key] = max(self.read_max.get(key, 0), offset + 1)
 
     def before_end(self, topic: str, messages: list[Message]) -> list[Message]:
         """The messages before their partition's known end. A backfill's input is a live topic
