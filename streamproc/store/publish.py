@@ -76,19 +76,22 @@ class PublishCommands:
 
     def sketches(self, pipe: Any, sketches: Sketches) -> None:
         """Sketches go first, then cells, then the `changed` stamps: Redis runs a pipeline in
-        order, so a reader that sees a stamp or a new cell also sees the visitors with it."""
-        exact: list[str] = []
-        args: list[int] = [self.exact.per_minute, self.retention_s]
+        order, so a reader that sees a stamp or a new cell also sees the visitors with it. One
+        script call adds every visitor (``scripts.VISITORS_ADD``)."""
+        if not sketches:
+            return
+        exact = bool(self.exact.per_minute)
+        keys: list[str] = []
+        args: list[int | str] = [self.exact.per_minute, self.retention_s, int(exact)]
         for where, visitors in sketches.items():
             key = self.key("hll", *where)
-            pipe.pfadd(key, *visitors)
-            self._expire(pipe, key)
-            if self.exact.per_minute:
-                exact.append(self.key("vis", *where))
-                args.append(len(visitors))
-                args.extend(visitor_hash(v) for v in visitors)
-        if exact:
-            pipe.evalsha(self.add_visitors_sha, len(exact), *exact, *args)
+            keys.append(key)
+            args += (len(visitors), int(self._expires(key)))
+            args += visitors
+            if exact:
+                keys.append(self.key("vis", *where))
+                args += map(visitor_hash, visitors)
+        pipe.evalsha(self.add_visitors_sha, len(keys), *keys, *args)
 
     def cells(self, pipe: Any, partition: int, cells: Mapping[c.CellKey, c.Counters]) -> None:
         """One HSET (and HDEL) per minute's hash for all its changed cells."""
@@ -105,10 +108,15 @@ class PublishCommands:
             self._expire(pipe, key)
 
     def _expire(self, pipe: Any, key: str) -> None:
+        if self._expires(key):
+            pipe.expire(key, self.retention_s)
+
+    def _expires(self, key: str) -> bool:
+        """Whether ``key``'s retention is to be set now (noted in ``expiring``)."""
         now, every = time.monotonic(), self._every_s
         if now - self._expired.get(key, -every) < every:
-            return
+            return False
         if len(self._expired) > 100_000:  # bounded: forget keys not refreshed within the hour
             self._expired = {k: t for k, t in self._expired.items() if now - t < every}
-        pipe.expire(key, self.retention_s)
         self.expiring.append(key)
+        return True

@@ -33,23 +33,40 @@ return labels
 """
 
 
-# Exact visitor sets: members are signed 64-bit hashes (Redis keeps small integer sets as a
-# compact intset, 8 bytes per member); 0 is never a hash, it marks a set that outgrew its cap.
+# A publish's visitors, in one call: each sketch's HyperLogLog (PFADD, and its retention when
+# asked), then its exact set when those are kept. Exact sets: members are signed 64-bit hashes
+# (Redis keeps small integer sets as a compact intset, 8 bytes per member); 0 is never a hash,
+# it marks a set that outgrew its cap. KEYS: each sketch's HyperLogLog, then its exact set when
+# ARGV[3] is 1. ARGV: cap, ttl, exact, then per sketch: n, expire (1 or 0), its n visitors, and
+# their n hashes when exact. (As separate commands, the replies alone took the worker ~1.7 µs of
+# CPU per event to read.)
 VISITORS_ADD = """
-local cap, ttl, pos = tonumber(ARGV[1]), tonumber(ARGV[2]), 3
-for _, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[pos])
-  if redis.call('SISMEMBER', key, 0) == 0 then
-    for j = pos + 1, pos + n, 1000 do
-      redis.call('SADD', key, unpack(ARGV, j, math.min(j + 999, pos + n)))
-    end
-    if redis.call('SCARD', key) > cap then
-      redis.call('DEL', key)
-      redis.call('SADD', key, 0)
-    end
-    redis.call('EXPIRE', key, ttl)
+local cap, ttl, exact = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local pos, k = 4, 1
+while k <= #KEYS do
+  local n, first = tonumber(ARGV[pos]), pos + 2
+  local last = first + n - 1
+  for j = first, last, 1000 do
+    redis.call('PFADD', KEYS[k], unpack(ARGV, j, math.min(j + 999, last)))
   end
-  pos = pos + n + 1
+  if ARGV[pos + 1] == '1' then
+    redis.call('EXPIRE', KEYS[k], ttl)
+  end
+  pos, k = last + 1, k + 1
+  if exact then
+    local key = KEYS[k]
+    if redis.call('SISMEMBER', key, 0) == 0 then
+      for j = pos, pos + n - 1, 1000 do
+        redis.call('SADD', key, unpack(ARGV, j, math.min(j + 999, pos + n - 1)))
+      end
+      if redis.call('SCARD', key) > cap then
+        redis.call('DEL', key)
+        redis.call('SADD', key, 0)
+      end
+      redis.call('EXPIRE', key, ttl)
+    end
+    pos, k = pos + n, k + 1
+  end
 end
 return 0
 """

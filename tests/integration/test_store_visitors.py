@@ -81,6 +81,29 @@ async def test_unions_beyond_the_limit_are_counted_by_the_sketch(store: KpiStore
     assert abs(total - 1250) <= 1250 * 0.02
 
 
+async def test_one_publish_of_many_sketches_adds_every_visitor(store: KpiStore) -> None:
+    """A publish adds all its sketches in one script call, in chunks of 1000 arguments: every
+    visitor of every sketch lands, exact set and HyperLogLog alike."""
+    big = KpiStore(store.client, store.ns, exact_visitors=ExactVisitors(5000, 10_000))
+    presence = {(MINUTE, "s1", "", f"visitor-{n}") for n in range(2500)}
+    presence |= {(MINUTE + 1, "s2", "device_type=mobile", f"visitor-{n}") for n in range(7)}
+    presence |= {(MINUTE + 2, "s1", "", f"visitor-{n}") for n in range(1000, 2001)}
+    await big.publish(0, cells={}, presence=presence, open_tickets=None, status=None)
+    assert await count(big, MINUTE) == 2500
+    assert await big.visitors([MINUTE + 1], "s2", "device_type=mobile") == 7
+    assert await count(big, MINUTE + 2, store_id="s1") == 1001
+    assert await count(big, MINUTE, MINUTE + 1, MINUTE + 2) == 2500
+    for minute, store_id, visitors in (
+        (MINUTE, "s1", range(2500)),
+        (MINUTE + 2, "all", range(1000, 2001)),
+    ):
+        # the same registers as one PFADD of the visitors: not one of them was left out
+        whole = store.key("whole", minute)
+        await store.client.pfadd(whole, *(f"visitor-{n}" for n in visitors))
+        sketch = store.key("hll", minute, store_id, "")
+        assert await store.client.pfcount(sketch) == await store.client.pfcount(whole)
+
+
 def test_visitor_hash_is_stable_signed_64_bit_and_never_the_marker() -> None:
     assert visitor_hash("visitor-1") == visitor_hash("visitor-1")
     values = {visitor_hash(f"v{n}") for n in range(10_000)}
