@@ -22,7 +22,6 @@ import io
 import pstats
 import time
 from collections import defaultdict
-from decimal import Decimal
 from typing import NamedTuple
 
 import harness
@@ -67,7 +66,7 @@ class _Fetched(NamedTuple):
 def runs(raw: list[bytes], partitions: int) -> tuple[list[Run], int]:
     """Decoded events cut into the runs a worker processes (``worker/align.py``); and how many
     events they hold."""
-    decoder = EventDecoder(fx_rates={"EUR": Decimal("1.08"), "GBP": Decimal("1.27")})
+    decoder = EventDecoder(fx_rates=harness.FX_RATES)
     logs: dict[_TP, list[_Record]] = defaultdict(list)
     counter = iter(range(10**12))
     for record in read_records(raw):

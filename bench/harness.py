@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from subprocess import Popen
 from typing import IO
@@ -36,6 +37,10 @@ from streamproc.simulate.output import write_jsonl
 
 # The worker counts each message it reads once, as a valid event or as a dead letter.
 COUNTED = ("streamproc_events_total", "streamproc_dead_letters_total")
+
+
+# The traffic's currencies besides the reporting one, at the rates the benchmarks decode it with.
+FX_RATES = {"EUR": Decimal("1.08"), "GBP": Decimal("1.27")}
 
 
 def write_traffic(out: IO[bytes], events: int) -> None:
