@@ -13,7 +13,7 @@ and then stores ``outcome.writes`` in order.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -143,6 +143,7 @@ def _latest_mark(marks: dict[str, int]) -> int:
 # What a record not yet in the state contributes; shared, so never changed (a ``before`` is only
 # read). Most records of a batch are new: this saves four containers each, and their collection.
 _NOTHING = Contribution()
+_NO_CELLS: frozenset[c.CellKey] = frozenset()
 
 
 def _decode(key: str, raw: bytes) -> Record:
@@ -274,7 +275,7 @@ class PartitionEngine:
         before: Contribution,
         after: Contribution,
         changed: set[c.CellKey],
-        without: set[c.CellKey],
+        without: Set[c.CellKey],
     ) -> None:
         """Replace a record's contribution ``before`` by ``after`` in the projection, but for the
         cells ``without``; adds the cells whose sums changed to ``changed``.
@@ -308,8 +309,14 @@ class PartitionEngine:
             self._count(Contribution(open_tickets=before.open_tickets), -1)
             self._count(Contribution(open_tickets=after.open_tickets), +1)
 
-    def _schedule(self, key: str, record: Record, contrib: Contribution) -> None:
-        when = min(contrib.next_change, self.deadline(key, record))
+    def _schedule(
+        self, key: str, record: Record, contrib: Contribution, deadline: int | None = None
+    ) -> None:
+        """Look at the record again when its contribution changes or it may be evicted (its
+        ``deadline``, when the caller has it)."""
+        if deadline is None:
+            deadline = self.deadline(key, record)
+        when = min(contrib.next_change, deadline)
         if self.scheduled.get(key) != when:
             self.scheduled[key] = when
             heapq.heappush(self.heap, (when, key))
@@ -429,7 +436,7 @@ class PartitionEngine:
         for key, (record, before) in sorted(work.items()):
             after = self.contribution(key, record, watermark)
             # cells whose frozen sum already holds this record (an eviction cut short by a crash)
-            frozen_in = self.half_evicted.pop(key, set())
+            frozen_in = self.half_evicted.pop(key, _NO_CELLS) if self.half_evicted else _NO_CELLS
             self._recount(before, after, changed, frozen_in)
             outcome.presence |= after.presence - before.presence
             deadline = self.deadline(key, record)
@@ -441,7 +448,7 @@ class PartitionEngine:
             else:
                 records.append((self.prefix + key, encode(record)))
                 if watermark < NEVER:
-                    self._schedule(key, record, after)
+                    self._schedule(key, record, after, deadline)
                 else:  # the input has ended: nothing can change it, never look at it again
                     self.scheduled.pop(key, None)
         for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
