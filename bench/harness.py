@@ -92,11 +92,18 @@ def run_settings(base: Settings, namespace: str, input_from: Settings | None = N
     return run.model_copy(update={name: getattr(input_from, name) for name in inputs})
 
 
+# Workers start as ``python -m streamproc``, which imports the package of the current directory
+# before any on PYTHONPATH: run from a checkout's root, a comparison of two checkouts through
+# PYTHONPATH ran the same code twice. Without the current directory, PYTHONPATH (else the
+# installed package) decides.
+CHECKOUT_FROM_PATH = {"PYTHONSAFEPATH": "1"}
+
+
 def worker_env(settings: Settings, info: devstack.StackInfo) -> dict[str, str]:
     where = {"bootstrap_servers": info.bootstrap_servers, "redis_url": info.redis_url}
     env = settings.model_copy(update=where).env(*TOPIC_FIELDS, *where, "partitions")
     env["STREAMPROC_LOG_LEVEL"] = os.environ.get("BENCH_WORKER_LOG_LEVEL", "info")
-    return env
+    return {**env, **CHECKOUT_FROM_PATH}
 
 
 def start_workers(workers: replay.Workers, count: int) -> list[str]:

@@ -52,6 +52,7 @@ async def run(args: argparse.Namespace, bootstrap: str, redis_url: str, path: Pa
         "STREAMPROC_REDIS_URL": redis_url,
         "STREAMPROC_PARTITIONS": str(args.partitions),
         "STREAMPROC_LOG_LEVEL": "warning",
+        **harness.CHECKOUT_FROM_PATH,
     }
     store = KpiStore.for_settings(run_settings, redis_url)
     try:

@@ -128,6 +128,7 @@ def main() -> None:
     port = 19_000 + os.getpid() % 1000
     env = {
         **os.environ,
+        **harness.CHECKOUT_FROM_PATH,
         "STREAMPROC_BOOTSTRAP_SERVERS": info.bootstrap_servers,
         "STREAMPROC_REDIS_URL": info.redis_url,
         "STREAMPROC_NAMESPACE": ns,
