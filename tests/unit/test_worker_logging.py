@@ -57,6 +57,6 @@ def test_the_worker_collects_garbage_less_often() -> None:
     before = gc.get_threshold()
     try:
         tune_gc(Settings().gc_gen0_threshold)
-        assert gc.get_threshold() == (50_000, *before[1:])
+        assert gc.get_threshold() == (250_000, *before[1:])
     finally:
         gc.set_threshold(*before)
