@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from streamproc.events import models as m
-from streamproc.kpi.epoch import MINUTE_MS, minute_of
+from streamproc.kpi.epoch import minute_of
 from streamproc.kpi.records import (
     ADD,
     CHECKOUT,
@@ -139,7 +139,7 @@ def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
         device is None or t < device.t or (t == device.t and eid < device.eid)
     ):
         segment.device = Earliest(t, eid, text=event.device_type)
-    traits = _TRAITS.get(type(event)) or _traits(type(event))
+    traits = _traits(type(event))
     if traits.start:
         segment.start_event = earlier(segment.start_event, _start_event(event))  # type: ignore[arg-type]
     if traits.view:
@@ -148,9 +148,8 @@ def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
         segment.others += 1
     if traits.add:
         segment.adds += 1
-    key = f"{t - t % MINUTE_MS}|{store}|{event.visitor_id}"  # cell_key(minute_of(t), ...)
-    cells = segment.cells
-    cells[key] = cells.get(key, 0) + traits.view
+    key = cell_key(minute_of(t), store, event.visitor_id)
+    segment.cells[key] = segment.cells.get(key, 0) + traits.view
 
 
 def add_session_event(
@@ -158,17 +157,11 @@ def add_session_event(
 ) -> None:
     """A clickstream or cart event: into its session (merging sessions it bridges) and cart."""
     t = event.event_time
-    segments = record.segments
-    if len(segments) == 1:  # most records: no list of the segments reached
-        only = segments[0]
-        within = only.start - session_timeout_ms < t < only.end + session_timeout_ms
-        reached = [only] if within else []
-    else:
-        reached = [
-            segment
-            for segment in segments
-            if segment.start - session_timeout_ms < t < segment.end + session_timeout_ms
-        ]
+    reached = [
+        segment
+        for segment in record.segments
+        if segment.start - session_timeout_ms < t < segment.end + session_timeout_ms
+    ]
     if len(reached) == 1:
         moves = t < reached[0].start
         _absorb_into(reached[0], event, store)
