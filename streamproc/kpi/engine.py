@@ -240,14 +240,15 @@ class PartitionEngine:
         self.half_evicted: dict[str, set[c.CellKey]] = {}
         for key, record in records:
             contrib = self.contribution(key, record, self.meta.watermark)
-            cursor = (self.deadline(key, record), key)
+            deadline = self.deadline(key, record)
+            cursor = (deadline, key)
             frozen_in = {
                 cell for cell in contrib.cells if self.frozen_cursor.get(cell, (NONE, "")) >= cursor
             }
             if frozen_in:
                 self.half_evicted[key] = frozen_in
             self._count(contrib, +1, frozen_in)
-            self._schedule(key, record, contrib)
+            self._schedule(key, contrib, deadline)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -309,13 +310,9 @@ class PartitionEngine:
             self._count(Contribution(open_tickets=before.open_tickets), -1)
             self._count(Contribution(open_tickets=after.open_tickets), +1)
 
-    def _schedule(
-        self, key: str, record: Record, contrib: Contribution, deadline: int | None = None
-    ) -> None:
-        """Look at the record again when its contribution changes or it may be evicted (its
-        ``deadline``, when the caller has it)."""
-        if deadline is None:
-            deadline = self.deadline(key, record)
+    def _schedule(self, key: str, contrib: Contribution, deadline: int) -> None:
+        """Look at the record again when its contribution changes or it may be evicted (at its
+        ``deadline``)."""
         when = min(contrib.next_change, deadline)
         if self.scheduled.get(key) != when:
             self.scheduled[key] = when
@@ -436,7 +433,7 @@ class PartitionEngine:
         for key, (record, before) in sorted(work.items()):
             after = self.contribution(key, record, watermark)
             # cells whose frozen sum already holds this record (an eviction cut short by a crash)
-            frozen_in = self.half_evicted.pop(key, _NO_CELLS) if self.half_evicted else _NO_CELLS
+            frozen_in = self.half_evicted.pop(key, _NO_CELLS)
             self._recount(before, after, changed, frozen_in)
             outcome.presence |= after.presence - before.presence
             deadline = self.deadline(key, record)
@@ -448,7 +445,7 @@ class PartitionEngine:
             else:
                 records.append((self.prefix + key, encode(record)))
                 if watermark < NEVER:
-                    self._schedule(key, record, after, deadline)
+                    self._schedule(key, after, deadline)
                 else:  # the input has ended: nothing can change it, never look at it again
                     self.scheduled.pop(key, None)
         for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
