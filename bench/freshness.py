@@ -46,7 +46,7 @@ import harness
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from streamproc import broker, devstack, replay
+from streamproc import broker, children, devstack, replay
 from streamproc.config import Settings, load_settings
 from streamproc.simulate import SimConfig, simulate
 from streamproc.simulate.config import Anomalies
@@ -283,17 +283,18 @@ async def run(args: argparse.Namespace, info: devstack.StackInfo) -> dict[str, A
         "STREAMPROC_EXPORTER_REFRESH_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    exporter = harness.spawn(
+    exporter = children.spawn(
         [sys.executable, "-m", "streamproc", "exporter"],
         env={**os.environ, **exporter_env},
         log=logs / "exporter.log",
+        append=True,
     )
     try:
         with replay.Workers(env, 0, logs) as workers:
             (metrics_url,) = harness.start_workers(workers, 1)
             probe = harness.Probe()
             probe.watch("worker", workers.procs[0][0].pid)
-            probe.watch("exporter", exporter.pid)
+            probe.watch("exporter", exporter.proc.pid)
             probe.watch("bench", os.getpid())
             probe.watch("broker", info.broker_pid)
             if info.redis_pid is not None:
@@ -308,7 +309,7 @@ async def run(args: argparse.Namespace, info: devstack.StackInfo) -> dict[str, A
                 urls=(f"http://127.0.0.1:{port}", metrics_url),
             )
     finally:
-        harness.stop(exporter)
+        children.stop([exporter], timeout=30.0)
     figures["logs"] = str(logs)
     report(figures)
     return {"freshness": figures}

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from subprocess import Popen
 from typing import IO
 
 import psutil
@@ -128,32 +126,6 @@ def counted(url: str) -> float | None:
     except OSError:
         return None
     return sum(page.total(name) for name in COUNTED)
-
-
-def spawn(argv: list[str], *, env: Mapping[str, str], log: Path, cwd: Path | None = None) -> Popen:
-    """A child in its own session (``stop`` signals its group), output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            argv,
-            env=dict(env),
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop(proc: Popen, timeout: float = 30.0) -> None:
-    """SIGTERM to the process group we started, then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # --- CPU and memory ----------------------------------------------------------------------

@@ -75,7 +75,7 @@ import harness
 import msgspec
 from aiokafka import AIOKafkaConsumer
 
-from streamproc import devstack, replay
+from streamproc import children, devstack, replay
 from streamproc.config import Settings, load_settings
 from streamproc.kpi.contrib import NEVER
 from streamproc.store import KpiStore
@@ -203,7 +203,8 @@ async def faust_row(run: Run) -> dict[str, Any]:
     log = run.logs / "faust-counter.log"
     started = time.time()
     argv = [sys.executable, str(HERE / "faust_counter.py"), "worker", "-l", "info"]
-    proc = harness.spawn(argv, env=env, log=log, cwd=workdir)
+    counter = children.spawn(argv, env=env, log=log, append=True, cwd=workdir)
+    proc = counter.proc
     probe = harness.Probe()
     probe.watch("faust", proc.pid)
     probe.watch("broker", run.info.broker_pid)
@@ -221,7 +222,7 @@ async def faust_row(run: Run) -> dict[str, Any]:
             if out.exists():
                 state = json.loads(out.read_text(encoding="utf-8"))
     finally:
-        harness.stop(proc)
+        children.stop([counter], timeout=30.0)
     first_at, last_at = state["first_event_at"], state["last_event_at"]
     events = run.total - 1
     around = [s for s in snaps if first_at <= s.t <= last_at + 0.1] or snaps[-2:]

@@ -57,9 +57,11 @@ def spawn(
     log: Path,
     append: bool = False,
     preexec_fn: Callable[[], None] | None = None,
+    cwd: Path | None = None,
 ) -> Child:
-    """Start ``argv`` in a session of its own, its output going to ``log`` (appended to with
-    ``append``, else truncated). ``preexec_fn`` runs in the child before ``argv`` starts."""
+    """Start ``argv`` in a session of its own (in ``cwd``, else here), its output going to
+    ``log`` (appended to with ``append``, else truncated). ``preexec_fn`` runs in the child
+    before ``argv`` starts."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = log.open("ab" if append else "wb")
     try:
@@ -70,6 +72,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=preexec_fn,
+            cwd=cwd,
         )
     except BaseException:
         out.close()
