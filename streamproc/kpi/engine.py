@@ -104,6 +104,7 @@ class Verdicts:
     on_time: list[Item]  # to absorb (after dedup), late ones included
     too_late: list[Item]  # beyond max_lateness: for the dead-letter topic
     late: int = 0  # of on_time, how many amend an already closed minute
+    again: int = 0  # judged before a restart or rebalance (``Meta.read_to``): skipped
 
 
 @dataclass
@@ -324,14 +325,21 @@ class PartitionEngine:
         """Judge valid events read: on time (late ones included) or too late, in order.
 
         Each event is judged against the watermark as it stands, then moves its topic's
-        progress and the watermark on, so the verdicts do not depend on batch sizes.
+        progress and the watermark on, so the verdicts do not depend on batch sizes. An event
+        judged before a restart or rebalance (``Meta.read_to``) is skipped: what its verdict
+        called for is done, provided its dead letter (if it was too late) was delivered before
+        the meta that records it (``Pipeline``).
         """
         verdicts = Verdicts([], [])
         on_time, too_late = verdicts.on_time, verdicts.too_late
         meta, max_lateness = self.meta, self.settings.max_lateness_ms
         max_ts, move = meta.max_ts, self._mover(progress)
-        wm, late = meta.watermark, 0
+        wm, late, read_to = meta.watermark, 0, meta.read_to
         for item in items:
+            if item.offset <= read_to[item.topic]:
+                verdicts.again += 1
+                continue
+            read_to[item.topic] = item.offset
             t = item.event.event_time
             if wm != NONE and t < wm - max_lateness:
                 too_late.append(item)

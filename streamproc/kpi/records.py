@@ -140,6 +140,11 @@ class Meta(Struct, array_like=True, gc=False):
     watermark: int = NONE
     evicted_t: int = NONE  # records with (deadline, key) <= this cursor are evicted
     evicted_key: str = ""
+    # Highest offset judged, per input topic. An event at or below it is read again after a
+    # restart or rebalance (from the committed offset); what its first reading decided (absorbed,
+    # dead letter, duplicate) is done, so it is skipped: judged again against the watermark it
+    # helped to move, it would be taken for too late. (Absent from metas written before it.)
+    read_to: list[int] = msgspec.field(default_factory=lambda: [NONE] * TOPICS)
 
 
 class Frozen(Struct, array_like=True, gc=False):

@@ -202,7 +202,7 @@ def _pipeline(
     assert deliveries is not None
     dlq = app.topic(settings.topic_dlq, **_RAW)
 
-    async def dead_letter(message: Message, letter: DeadLetter) -> None:
+    async def dead_letter(message: Message, letter: DeadLetter) -> asyncio.Future[Any]:
         # cut to what the producer (and the broker) accepts: a 10 MB message is still rejected
         key, value, headers = letter.record(
             message.key, message.value, max_bytes=settings.dead_letter_max_bytes
@@ -211,7 +211,7 @@ def _pipeline(
         async def send() -> asyncio.Future[Any]:
             return asyncio.ensure_future(await dlq.send(key=key, value=value, headers=headers))
 
-        deliveries.add(await send(), send)
+        return deliveries.add(await send(), send)
 
     def highwater(topic: str, partition: int) -> int | None:
         try:

@@ -21,7 +21,8 @@ class StateTable(Protocol):
         ...
 
 
-DeadLetterSink = Callable[[Message, DeadLetter], Awaitable[None]]
+# Sends a dead letter; returns its delivery to wait for (None: delivered already).
+DeadLetterSink = Callable[[Message, DeadLetter], Awaitable[Awaitable[object] | None]]
 
 
 Highwater = Callable[[str, int], int | None]  # (topic, partition) -> next offset, or None

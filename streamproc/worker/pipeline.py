@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from streamproc.config import Settings
+from streamproc.deadletter import DeadLetter
 from streamproc.events.parse import Reason
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.kpi.contrib import NEVER
@@ -34,7 +35,16 @@ from streamproc.kpi.engine import (
 from streamproc.store import PartitionStatus, PipelineStore
 from streamproc.worker.contracts import DeadLetterSink, Highwater, Owned, ReadFrom, StateTable
 from streamproc.worker.positions import InputPositions
-from streamproc.worker.runs import BatchCounts, Done, Part, Piece, cut, event_error, make_letter
+from streamproc.worker.runs import (
+    BatchCounts,
+    Done,
+    Letters,
+    Part,
+    Piece,
+    cut,
+    event_error,
+    make_letter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +140,11 @@ class Pipeline:
         are judged slice by slice in the order given, then absorbed, published and stored at
         once: a record that several slices touch is re-evaluated and written once.
 
-        Dead letters are sent last, once every partition's state is written: slices retried
-        after a Redis error (or processed again after a crash) send them again only if they were
-        cut short after sending them.
+        The dead letters of bad input are sent last, once every partition's state is written:
+        slices retried after a Redis error (or processed again after a crash) send them again
+        only if they were cut short after sending them. Those of events judged too late (or that
+        failed) are delivered before the state that records the verdict (``_settle``): events
+        judged before a restart are skipped when read again.
         """
         wall_ms = int(self.clock() * 1000)
         async with self.lock:
@@ -181,7 +193,17 @@ class Pipeline:
         accepted = await self._first_occurrences(part, judged, done)
         outcome = engine.apply(accepted, progress, self.table)
         done.of(pieces[-1]).evicted += outcome.evicted
-        await self._settle(engine, outcome, part.wall_ms)
+        too_late, done.letters = done.letters, []
+        await self._settle(engine, outcome, part.wall_ms, too_late)
+        for index, _, letter in too_late:
+            done.counts[index].dead_letter(letter.reason)
+        if done.again:
+            logger.info(
+                "partition %d: %d events read again were judged before a restart or rebalance: "
+                "skipped",
+                part.partition,
+                done.again,
+            )
         return done
 
     def _judge(
@@ -202,6 +224,7 @@ class Pipeline:
                 items, self.positions.progress(part.partition, part.wall_ms), wall_ms=part.wall_ms
             )
             done.of(piece).late += verdicts.late
+            done.again += verdicts.again
             last = piece.events[-1].message.offset
             self.positions.processed_up_to(piece.topic, part.partition, last)
             if verdicts.too_late:
@@ -279,7 +302,9 @@ class Pipeline:
                     )
                     detail = f"{type(error).__name__}: {error}"[:1024]
                     letter = make_letter(message, Reason.PROCESSING_ERROR, detail, field=None)
-                    done.letters.append((piece.index, message, letter))
+                    # delivered before the next event's state marks this one as judged
+                    await self._deliver([(message, letter)])
+                    done.of(piece).dead_letter(letter.reason)
         return done
 
     async def _probe(self, part: Part) -> None:
@@ -311,7 +336,21 @@ class Pipeline:
                 raise
         return outcome
 
-    async def _settle(self, engine: PartitionEngine, outcome: Outcome, wall_ms: int) -> None:
+    async def _deliver(self, letters: list[tuple[Message, DeadLetter]]) -> None:
+        """Send dead letters and wait until they are delivered."""
+        sent = [await self.dead_letter(message, letter) for message, letter in letters]
+        await asyncio.gather(*(delivery for delivery in sent if delivery is not None))
+
+    async def _settle(
+        self,
+        engine: PartitionEngine,
+        outcome: Outcome,
+        wall_ms: int,
+        letters: Letters | None = None,
+    ) -> None:
+        """Publish the outcome, then store it: the outcome's dead letters (events judged too
+        late) are delivered in between, before the meta that records them as judged (a restart
+        skips those events, ``PartitionEngine.read``)."""
         if outcome.watermark >= NEVER and outcome.partition not in self.finished:
             self.finished.add(outcome.partition)
             logger.info(
@@ -327,4 +366,6 @@ class Pipeline:
             open_tickets=outcome.open_tickets,
             status=status,
         )
+        if letters:
+            await self._deliver([(message, letter) for _, message, letter in letters])
         await self.table.write(outcome.writes, outcome.partition)

@@ -63,6 +63,7 @@ class Done:
 
     counts: dict[int, BatchCounts] = field(default_factory=dict)
     letters: Letters = field(default_factory=list)
+    again: int = 0  # events skipped: judged before a restart or rebalance
 
     def of(self, piece: Piece) -> BatchCounts:
         return self.counts.setdefault(piece.index, BatchCounts(piece.topic))
@@ -71,6 +72,7 @@ class Done:
         for index, counts in other.counts.items():
             self.counts.setdefault(index, BatchCounts(counts.topic)).add(counts)
         self.letters += other.letters
+        self.again += other.again
 
 
 def event_error(exc: BaseException) -> bool:

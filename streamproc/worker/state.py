@@ -46,10 +46,12 @@ class Deliveries:
     def __init__(self) -> None:
         self.pending: list[asyncio.Future[Any]] = []
 
-    def add(self, future: asyncio.Future[Any], resend: Resend | None = None) -> None:
+    def add(self, future: asyncio.Future[Any], resend: Resend | None = None) -> asyncio.Future[Any]:
+        """Track a send; the future of its delivery (resends included), for ``wait``."""
         if resend is not None:
             future = asyncio.ensure_future(self._deliver(future, resend))
         self.pending.append(future)
+        return future
 
     def sent(self) -> list[asyncio.Future[Any]]:
         """The messages sent so far, to ``wait`` for later; the delivered ones are let go here

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 from streamproc import offline
@@ -16,7 +17,7 @@ from streamproc.events.parse import EventDecoder
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
-from streamproc.kpi.records import encode
+from streamproc.kpi.records import NONE, TOPICS, decode_meta, encode
 from streamproc.offline import MemoryState, OfflinePipeline
 from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
@@ -232,9 +233,20 @@ def test_a_crash_that_keeps_a_plans_deletes_but_not_its_watermark_counts_nothing
     assert evicted == 1
     restarted = PartitionEngine(0, SETTINGS, store)
     verdicts = restarted.read(first + ahead, Progress())  # nothing was committed: all again
-    assert verdicts.too_late == first  # counted in the frozen sums, published, not again
+    # judged before the crash (the meta that was written records them): not counted again
+    assert verdicts.again == 2 and verdicts.on_time == verdicts.too_late == []
+    # the same with a meta from before ``read_to``: too late, counted in the frozen sums only
+    restarted.meta.read_to = [NONE] * TOPICS
+    verdicts = restarted.read(first + ahead, Progress())
+    assert verdicts.too_late == first
     plan = restarted.apply(verdicts.on_time, Progress(), store)
     assert all(minute > T0 for minute, _ in plan.cells)
+
+
+def test_a_meta_written_before_read_to_decodes_with_nothing_judged() -> None:
+    old = msgspec.msgpack.encode([[T0, NONE, NONE, NONE], T0 - 120_000, NONE, ""])
+    meta = decode_meta(old)
+    assert meta.watermark == T0 - 120_000 and meta.read_to == [NONE] * TOPICS
 
 
 def test_store_label_cap_folds_later_stores_into_other() -> None:

@@ -6,7 +6,7 @@ several slices (``align.Aligner.next_run``) gives what its slices give one by on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,10 +83,16 @@ class Table(dict[str, bytes]):
 
 
 def make_pipeline(
-    store: Store, table: Table, letters: list[DeadLetter], *, highwater: Highwater | None = None
+    store: Store,
+    table: Table,
+    letters: list[DeadLetter],
+    *,
+    highwater: Highwater | None = None,
+    delivered: Callable[[], Awaitable[None]] | None = None,
 ) -> Pipeline:
-    async def dead_letter(message: Message, letter: DeadLetter) -> None:
+    async def dead_letter(message: Message, letter: DeadLetter) -> Awaitable[None] | None:
         letters.append(letter)
+        return delivered() if delivered else None
 
     decoder = EventDecoder()
     return Pipeline(
@@ -125,6 +131,52 @@ async def test_the_event_that_fails_becomes_a_dead_letter_and_the_rest_is_proces
     assert table.raised == 1 + SETTINGS.max_event_failures
     assert {"0|s:s1", "0|s:s2"} <= set(table)
     assert pipe.positions.processed[(CLICKS, 0)] == 3
+
+
+async def test_events_read_again_after_a_restart_are_skipped_not_taken_for_too_late() -> None:
+    """What a worker read but had not committed is read again after a restart or rebalance, by
+    an engine whose watermark those events moved: judged again, the early ones would be too late
+    (dead letters for events that were counted). They are skipped; a too-late event's letter is
+    delivered before the state that records it as judged, so skipping it loses nothing."""
+    store, table, letters = Store(), Table(), []
+    delivered_at: list[int] = []
+
+    async def delivered() -> None:
+        delivered_at.append(len(table.written))
+
+    def clicks_read(topic: str, partition: int) -> int | None:
+        return None if topic == CLICKS else 0  # the other topics are read: clicks drive time
+
+    times = [T0_MS - 3 * 3_600_000, T0_MS, T0_MS - 2 * 3_600_000]  # the last: too late
+    sent = [
+        Message(
+            CLICKS,
+            0,
+            offset,
+            t,
+            b"k",
+            dumps(
+                make_event(
+                    "page_view", event_id=f"e{offset}", session_id=f"s{offset}", event_time=t
+                )
+            ),
+        )
+        for offset, t in enumerate(times)
+    ]
+    first = make_pipeline(store, table, letters, highwater=clicks_read, delivered=delivered)
+    counts = await first.on_batch(CLICKS, sent)
+    assert [(letter.reason, letter.offset) for letter in letters] == [(Reason.TOO_LATE, 2)]
+    assert counts.dead_letters == {Reason.TOO_LATE: 1}
+    assert delivered_at == [0] and table.written[-1] == "0|m"  # letter first, then the state
+    cells = dict(store.cells)
+
+    restarted = make_pipeline(store, table, letters, highwater=clicks_read, delivered=delivered)
+    again = await restarted.on_batch(CLICKS, sent)  # nothing was committed
+    assert len(letters) == 1 and again.dead_letters == {} and again.duplicates == 0
+    assert store.cells == cells  # (the restarted engine may evict what the first could not)
+    later = Message(CLICKS, 0, 3, T0_MS, b"k", dumps(make_event("page_view", event_id="e3")))
+    assert (await restarted.on_batch(CLICKS, [later])).valid == {"page_view": 1}
+    assert store.cells != cells  # a new event is judged and counted as ever
 
 
 async def test_an_error_without_any_event_is_not_put_on_an_event() -> None:
