@@ -33,7 +33,7 @@ from streamproc.metrics import WorkerMetrics
 from streamproc.store import KpiStore
 from streamproc.worker.consumer import Consumer
 from streamproc.worker.pipeline import Pipeline
-from streamproc.worker.state import Deliveries, StateTable, TableState
+from streamproc.worker.state import Deliveries, StateTable, TableManager, TableState
 from streamproc.worker.tasks import Holding, watch_topics, wire_batches, wire_ticks
 
 STATE_TABLE = "state"
@@ -187,6 +187,7 @@ def _faust_app(settings: Settings, *, kafka: KafkaConnection, partitions: int) -
         worker_redirect_stdouts=False,
         table_standby_replicas=0,
         Table=StateTable,
+        TableManager=TableManager,
     )
 
 

@@ -103,6 +103,17 @@ class StateTable(faust.Table[str, bytes]):
         return future
 
 
+class TableManager(faust.tables.TableManager):
+    """Faust's table manager without the second its start sleeps first. That sleep waits for
+    tables that modules define while the app starts (autodiscovery); the worker's one table is
+    defined before the app starts, and the second delayed every start and restart."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 class TableState:
     """The pipeline's StateTable over a Faust table of bytes (memory store).
 
