@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from streamproc.config import Settings
 from streamproc.deadletter import DeadLetter
+from streamproc.errors import BrokerError
 from streamproc.events.parse import Reason
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.kpi.contrib import NEVER
@@ -337,9 +338,14 @@ class Pipeline:
         return outcome
 
     async def _deliver(self, letters: list[tuple[Message, DeadLetter]]) -> None:
-        """Send dead letters and wait until they are delivered."""
-        sent = [await self.dead_letter(message, letter) for message, letter in letters]
-        await asyncio.gather(*(delivery for delivery in sent if delivery is not None))
+        """Send dead letters and wait until they are delivered. A failure is the broker's doing,
+        never the events': it is raised as ``BrokerError`` (the worker stops; a restart reads
+        the run again), not taken for an event that fails."""
+        try:
+            sent = [await self.dead_letter(message, letter) for message, letter in letters]
+            await asyncio.gather(*(delivery for delivery in sent if delivery is not None))
+        except Exception as exc:
+            raise BrokerError(f"a dead letter was not delivered: {exc!r}") from exc
 
     async def _settle(
         self,

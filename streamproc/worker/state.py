@@ -16,6 +16,8 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 
+from streamproc.errors import BrokerError
+
 logger = logging.getLogger(__name__)
 
 # Sends the message of a failed delivery again: the future of the new send.
@@ -152,7 +154,13 @@ class TableState:
                 continue  # nothing to delete
             changed.append(key)
         deliveries = self.table.deliveries
-        for keys, future in await self._send(list(dict.fromkeys(changed)), partition):
+        try:
+            sent = await self._send(list(dict.fromkeys(changed)), partition)
+        except KafkaError as exc:  # the broker's doing, never an event's: the worker stops
+            raise BrokerError(
+                f"cannot send the state changelog of partition {partition}: {exc!r}"
+            ) from exc
+        for keys, future in sent:
             if deliveries is not None:
                 deliveries.add(future, partial(self._resend, keys, partition))
 

@@ -15,7 +15,7 @@ from helpers import T0_MS, dumps, make_event
 
 from streamproc.config import load_settings
 from streamproc.deadletter import DeadLetter
-from streamproc.errors import StoreUnavailable, TopicsChanged
+from streamproc.errors import BrokerError, StoreUnavailable, TopicsChanged
 from streamproc.events.parse import EventDecoder, Reason
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.worker.contracts import Highwater
@@ -133,22 +133,14 @@ async def test_the_event_that_fails_becomes_a_dead_letter_and_the_rest_is_proces
     assert pipe.positions.processed[(CLICKS, 0)] == 3
 
 
-async def test_events_read_again_after_a_restart_are_skipped_not_taken_for_too_late() -> None:
-    """What a worker read but had not committed is read again after a restart or rebalance, by
-    an engine whose watermark those events moved: judged again, the early ones would be too late
-    (dead letters for events that were counted). They are skipped; a too-late event's letter is
-    delivered before the state that records it as judged, so skipping it loses nothing."""
-    store, table, letters = Store(), Table(), []
-    delivered_at: list[int] = []
+def clicks_read(topic: str, partition: int) -> int | None:
+    return None if topic == CLICKS else 0  # the other topics are read: clicks drive time
 
-    async def delivered() -> None:
-        delivered_at.append(len(table.written))
 
-    def clicks_read(topic: str, partition: int) -> int | None:
-        return None if topic == CLICKS else 0  # the other topics are read: clicks drive time
-
-    times = [T0_MS - 3 * 3_600_000, T0_MS, T0_MS - 2 * 3_600_000]  # the last: too late
-    sent = [
+def with_a_too_late_one() -> list[Message]:
+    """Three page views: the second moves the watermark three hours on, the last is too late."""
+    times = [T0_MS - 3 * 3_600_000, T0_MS, T0_MS - 2 * 3_600_000]
+    return [
         Message(
             CLICKS,
             0,
@@ -163,6 +155,35 @@ async def test_events_read_again_after_a_restart_are_skipped_not_taken_for_too_l
         )
         for offset, t in enumerate(times)
     ]
+
+
+async def test_a_dead_letter_not_delivered_stops_the_run_and_blames_no_event() -> None:
+    """A send to the broker that fails is the broker's doing: the run is left undone (the
+    worker stops, a restart reads it again); no event becomes a ``processing_error``."""
+    store, table, letters = Store(), Table(), []
+
+    async def undelivered() -> None:
+        raise RuntimeError("the broker refused it")
+
+    pipe = make_pipeline(store, table, letters, highwater=clicks_read, delivered=undelivered)
+    with pytest.raises(BrokerError, match="not delivered"):
+        await pipe.on_batch(CLICKS, with_a_too_late_one())
+    assert [letter.reason for letter in letters] == [Reason.TOO_LATE]
+    assert "0|m" not in table and pipe.engines == {}
+
+
+async def test_events_read_again_after_a_restart_are_skipped_not_taken_for_too_late() -> None:
+    """What a worker read but had not committed is read again after a restart or rebalance, by
+    an engine whose watermark those events moved: judged again, the early ones would be too late
+    (dead letters for events that were counted). They are skipped; a too-late event's letter is
+    delivered before the state that records it as judged, so skipping it loses nothing."""
+    store, table, letters = Store(), Table(), []
+    delivered_at: list[int] = []
+
+    async def delivered() -> None:
+        delivered_at.append(len(table.written))
+
+    sent = with_a_too_late_one()
     first = make_pipeline(store, table, letters, highwater=clicks_read, delivered=delivered)
     counts = await first.on_batch(CLICKS, sent)
     assert [(letter.reason, letter.offset) for letter in letters] == [(Reason.TOO_LATE, 2)]
