@@ -175,7 +175,6 @@ class Pipeline:
                     done = await self._one_by_one(part, pieces, exc)
                 for index, part_counts in done.counts.items():
                     counts[index].add(part_counts)
-                letters += done.letters
             for topic, messages in run.read:  # also partitions whose messages were all bad
                 self.positions.read(topic, messages)
             for index, message, letter in letters:
@@ -185,16 +184,15 @@ class Pipeline:
 
     async def _run(self, part: Part, pieces: list[Piece]) -> Done:
         """One partition's events of a run: judged (slice by slice), deduplicated, absorbed,
-        published, stored. Its dead letters (too late) are returned, to be sent after the whole
-        run."""
+        published, stored; the dead letters of its events judged too late are delivered before
+        the state is (``_settle``)."""
         done = Done()
         engine = self.engine(part.partition)
-        judged = self._judge(engine, part, pieces, done)
+        judged, too_late = self._judge(engine, part, pieces, done)
         progress = self.positions.progress(part.partition, part.wall_ms)
         accepted = await self._first_occurrences(part, judged, done)
         outcome = engine.apply(accepted, progress, self.table)
         done.of(pieces[-1]).evicted += outcome.evicted
-        too_late, done.letters = done.letters, []
         await self._settle(engine, outcome, part.wall_ms, too_late)
         for index, _, letter in too_late:
             done.counts[index].dead_letter(letter.reason)
@@ -209,9 +207,10 @@ class Pipeline:
 
     def _judge(
         self, engine: PartitionEngine, part: Part, pieces: list[Piece], done: Done
-    ) -> list[tuple[Piece, list[Item]]]:
-        """Each piece's events on time; the too late ones become dead letters in ``done``."""
-        judged = []
+    ) -> tuple[list[tuple[Piece, list[Item]]], Letters]:
+        """Each piece's events on time, and the dead letters of those too late."""
+        judged: list[tuple[Piece, list[Item]]] = []
+        too_late: Letters = []
         labels, limit = part.labels, self.settings.max_lateness_seconds
         for piece in pieces:
             index = self.topic_index[piece.topic]
@@ -234,9 +233,9 @@ class Pipeline:
                 for item in verdicts.too_late:
                     message = by_offset[item.offset]
                     letter = make_letter(message, Reason.TOO_LATE, detail)
-                    done.letters.append((piece.index, message, letter))
+                    too_late.append((piece.index, message, letter))
             judged.append((piece, verdicts.on_time))
-        return judged
+        return judged, too_late
 
     async def _first_occurrences(
         self, part: Part, judged: list[tuple[Piece, list[Item]]], done: Done

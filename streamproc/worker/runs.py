@@ -62,7 +62,6 @@ class Done:
     succeeded."""
 
     counts: dict[int, BatchCounts] = field(default_factory=dict)
-    letters: Letters = field(default_factory=list)
     again: int = 0  # events skipped: judged before a restart or rebalance
 
     def of(self, piece: Piece) -> BatchCounts:
@@ -71,7 +70,6 @@ class Done:
     def add(self, other: Done) -> None:
         for index, counts in other.counts.items():
             self.counts.setdefault(index, BatchCounts(counts.topic)).add(counts)
-        self.letters += other.letters
         self.again += other.again
 
 
