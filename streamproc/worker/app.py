@@ -7,9 +7,10 @@ at a time (``state.py``). Faust's own web server is off: ``/metrics`` is served 
 ``metrics.serve``.
 
 Crash safety does not rest on Faust's own ordering: a batch is acked only once the changelog and
-dead-letter messages it sent are delivered (``state.Deliveries``), and the consumer keeps the input
-partitions paused through Faust's post-recovery seek, which would otherwise drop what was fetched
-meanwhile (``Consumer.perform_seek``).
+dead-letter messages it sent are delivered (``state.Deliveries``); a changelog partition gets its
+writes one record batch at a time, so it always holds a prefix of them (``changelog.py``); and
+the consumer keeps the input partitions paused through Faust's post-recovery seek, which would
+otherwise drop what was fetched meanwhile (``Consumer.perform_seek``).
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def create_app(
         StateTable, app.Table(STATE_TABLE, key_type=str, value_type=bytes, partitions=partitions)
     )
     deliveries = table.deliveries = Deliveries()
-    pipeline = _pipeline(app, settings, table, decoder, store, clock)
+    state = TableState(table, batch_bytes=PRODUCER_BATCH_BYTES)
+    pipeline = _pipeline(app, settings, state, decoder, store, clock)
     hold = Holding(metrics)
     wire_batches(app, batches, pipeline, metrics, deliveries, hold)
     ticks = app.topic(f"{_app_id(settings)}-ticks", partitions=partitions, internal=True, **_RAW)
@@ -150,6 +152,8 @@ def create_app(
     async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
         pipeline.forget(gone)
+        # their state reaches the changelog before another worker can recover it from there
+        await state.changelog.drain(gone)
         for partition in gone:  # another worker reports them now: no frozen series here
             for gauge in (metrics.watermark, metrics.event_lag):
                 with contextlib.suppress(KeyError):
@@ -194,12 +198,12 @@ def _faust_app(settings: Settings, *, kafka: KafkaConnection, partitions: int) -
 def _pipeline(
     app: faust.App,
     settings: Settings,
-    table: StateTable,
+    state: TableState,
     decoder: EventDecoder,
     store: KpiStore,
     clock: Callable[[], float],
 ) -> Pipeline:
-    deliveries = table.deliveries
+    deliveries = state.table.deliveries
     assert deliveries is not None
     dlq = app.topic(settings.topic_dlq, **_RAW)
 
@@ -231,7 +235,7 @@ def _pipeline(
     return Pipeline(
         settings,
         store=store,
-        table=TableState(table),
+        table=state,
         decoders={
             name: BatchDecoder(decoder, family)
             for family, name in settings.topics_by_family.items()

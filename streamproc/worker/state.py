@@ -1,8 +1,8 @@
 """The worker's changelogged state: a Faust table of bytes, written a partition at a time.
 
 The pipeline writes the keys of one partition with that partition's number: the value goes into
-the table's store and to the changelog partition directly (``Table.send_changelog``), without the
-current event Faust's ``table[key] = value`` needs to pick the partition.
+the table's store and, in record batches (``changelog.ChangelogWriter``), to that changelog
+partition, without the current event Faust's ``table[key] = value`` needs to pick the partition.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from functools import partial
 from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
 
-from streamproc.errors import BrokerError
+from streamproc.worker.changelog import ChangelogWriter, Record
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,9 @@ class Deliveries:
 
     A send the broker refuses (a Kafka error: seen from a broker just restarted empty, answering
     ``UnknownError`` to the first writes to a topic it has just created) is sent again, when it
-    came with a way to (``resend``), with backoff, up to ``RESENDS`` times; then its error is
-    raised to every waiter.
+    came with a way to (``resend``: dead letters), with backoff, up to ``RESENDS`` times; then its
+    error is raised to every waiter. (The changelog's writer sends its batches again itself, in
+    order.)
     """
 
     RESENDS = 8
@@ -119,15 +119,16 @@ class TableManager(faust.tables.TableManager):
 class TableState:
     """The pipeline's StateTable over a Faust table of bytes (memory store).
 
-    A plan's writes go to the store, and to the changelog partition as record batches sent
-    straight through Faust's aiokafka producer: Faust's own path (``Table.send_changelog``, a
-    buffered message each) cost ~125 µs of CPU a record. The batches' futures join
-    ``deliveries``; aiokafka keeps one batch of a partition in flight at a time, so the
-    changelog holds the writes in order.
+    A plan's writes go to the store, and to the changelog partition through a
+    ``ChangelogWriter``: record batches sent straight through Faust's aiokafka producer (Faust's
+    own path, ``Table.send_changelog``, a buffered message each, cost ~125 µs of CPU a record),
+    one batch of a partition at a time, so the changelog always holds a prefix of the writes.
+    Each write's delivery joins ``deliveries``.
     """
 
-    def __init__(self, table: StateTable) -> None:
+    def __init__(self, table: StateTable, *, batch_bytes: int) -> None:
         self.table = table
+        self.changelog = ChangelogWriter(self._send, batch_bytes=batch_bytes)
 
     @property
     def store(self) -> Any:
@@ -142,9 +143,10 @@ class TableState:
         return list(self.store.keys())
 
     async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
-        """Store the writes in order, and send them to changelog partition ``partition``."""
-        store = self.store
-        changed: list[str] = []
+        """Store the writes in order, and queue them for changelog partition ``partition``."""
+        store, table = self.store, self.table
+        topic, serializer = table.changelog_topic, table.key_serializer
+        records: list[Record] = []
         for key, value in writes:
             if value is not None:
                 store[key] = value
@@ -152,41 +154,19 @@ class TableState:
                 del store[key]
             else:
                 continue  # nothing to delete
-            changed.append(key)
-        deliveries = self.table.deliveries
-        try:
-            sent = await self._send(list(dict.fromkeys(changed)), partition)
-        except KafkaError as exc:  # the broker's doing, never an event's: the worker stops
-            raise BrokerError(
-                f"cannot send the state changelog of partition {partition}: {exc!r}"
-            ) from exc
-        for keys, future in sent:
-            if deliveries is not None:
-                deliveries.add(future, partial(self._resend, keys, partition))
+            records.append((topic.prepare_key(key, serializer)[0], value))
+        done = self.changelog.write(partition, records)
+        if table.deliveries is not None:
+            table.deliveries.add(done)
 
-    async def _send(
-        self, keys: list[str], partition: int
-    ) -> list[tuple[list[str], asyncio.Future[Any]]]:
-        """Send the stored values of ``keys`` (a tombstone for a key not stored) as record
-        batches: each batch's keys and the future of its delivery. A failed batch is sent again
-        with the values stored then, which are never older than the ones it carried."""
-        table, store = self.table, self.store
-        topic = table.changelog_topic
-        name = topic.get_topic_name()
+    async def _send(self, partition: int, records: list[Record]) -> asyncio.Future[Any]:
+        """One record batch to changelog partition ``partition``: its delivery."""
+        table = self.table
         producer = table.app.producer._ensure_producer()  # type: ignore[attr-defined]
-        sent: list[tuple[list[str], asyncio.Future[Any]]] = []
-        batch, batched = producer.create_batch(), list[str]()
-        for key in keys:
-            raw_key = topic.prepare_key(key, table.key_serializer)[0]
-            value = store.get(key)
-            if batch.append(key=raw_key, value=value, timestamp=None) is None:  # full
-                sent.append((batched, await producer.send_batch(batch, name, partition=partition)))
-                batch, batched = producer.create_batch(), []
-                batch.append(key=raw_key, value=value, timestamp=None)
-            batched.append(key)
-        if batched:
-            sent.append((batched, await producer.send_batch(batch, name, partition=partition)))
-        return sent
-
-    async def _resend(self, keys: list[str], partition: int) -> asyncio.Future[Any]:
-        return asyncio.gather(*(future for _, future in await self._send(keys, partition)))
+        batch = producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise AssertionError("a changelog batch overflowed its size bound")
+        name = table.changelog_topic.get_topic_name()
+        delivery: asyncio.Future[Any] = await producer.send_batch(batch, name, partition=partition)
+        return delivery
