@@ -128,7 +128,12 @@ class Pipeline:
         return self.positions.lag(topic, partition)
 
     def check_ends(self) -> None:
-        self.positions.check_ends()
+        judged = {
+            (topic, partition): to + 1
+            for partition, engine in self.engines.items()
+            for topic, to in zip(self.topics, engine.meta.read_to, strict=True)
+        }
+        self.positions.check_ends(judged)
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -214,6 +219,8 @@ class Pipeline:
         labels, limit = part.labels, self.settings.max_lateness_seconds
         for piece in pieces:
             index = self.topic_index[piece.topic]
+            if piece.events[0].message.offset <= engine.meta.read_to[index]:
+                self.positions.check_judged(piece.topic, part.partition, engine.meta.read_to[index])
             items = [
                 Item(d.event, index, d.message.offset, labels[d.event.store_id])
                 for d in piece.events

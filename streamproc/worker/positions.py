@@ -107,20 +107,39 @@ class InputPositions:
             return "backlog"
         return "read"
 
-    def check_ends(self) -> None:
-        """Raise TopicsChanged when an owned partition ends before what was read of it, in
-        several checks in a row (one odd fetch response is not taken for it): the broker lost
-        its data (a memory-only broker restarted) or the topic was created again. Its new
-        offsets would be taken for ones already absorbed (records skip offsets at or below
-        their markers)."""
+    def check_ends(self, judged: dict[tuple[str, int], int] | None = None) -> None:
+        """Raise TopicsChanged when an owned partition ends before what was read of it (or
+        ``judged``: the offset after the last one its stored state has judged), in several
+        checks in a row (one odd fetch response is not taken for it): the broker lost its data
+        (a memory-only broker restarted) or the topic was created again. Its new offsets would
+        be taken for ones already absorbed (records skip offsets at or below their markers)."""
+        judged = judged or {}
         read = {partition for _, partition in self.read_max}
         for partition in sorted(self.owned() | read):  # owned() is empty during a rebalance
             for topic in self.topics:
                 done = max(
                     self.read_max.get((topic, partition), 0),
                     self.read_from(topic, partition) or 0,
+                    judged.get((topic, partition), 0),
                 )
                 self._check_end(topic, partition, self.highwater(topic, partition), done)
+
+    def check_judged(self, topic: str, partition: int, judged_to: int) -> None:
+        """Before events at or below ``judged_to`` (the last offset the stored state judged)
+        are skipped as read again: raise TopicsChanged when the partition ends at or before it.
+        The state was written for other records than these: the topic was deleted and created
+        again (or its broker lost its data) while the state's changelog survived."""
+        high = self.highwater(topic, partition)
+        if high is not None and high <= judged_to:
+            raise TopicsChanged(
+                f"{topic}[{partition}] ends at offset {high}, but the stored state of partition "
+                f"{partition} has judged its events up to offset {judged_to}: the topic was "
+                "deleted and created again (or its broker lost its data) while the state's "
+                "changelog survived. Stopping rather than skip these events as read before. "
+                "To count the new topic from its beginning, delete the state's changelog too "
+                "(topic <STREAMPROC_NAMESPACE>-worker-state-changelog) or run under a new "
+                "STREAMPROC_NAMESPACE."
+            )
 
     def _check_end(self, topic: str, partition: int, high: int | None, done: int) -> None:
         key = (topic, partition)

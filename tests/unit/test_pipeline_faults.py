@@ -242,6 +242,31 @@ async def test_a_partition_that_ends_before_what_was_read_stops_the_worker() -> 
         pipe.check_ends()
 
 
+async def test_a_topic_created_again_under_surviving_state_stops_before_its_events_are_skipped() -> None:
+    """The state (changelog) judged clicks up to offset 3; the topic was deleted and created
+    again, and its new events 0..1 are read: they are not events read again (the partition ends
+    before what the state judged), so the worker stops instead of skipping them as such."""
+    store, table, letters = Store(), Table(), []
+    ends = {CLICKS: 4}
+    first = make_pipeline(store, table, letters, highwater=lambda t, p: ends.get(t))
+    await first.on_batch(CLICKS, batch(["s1", "s2", "s3", "s4"]))
+    assert first.engines[0].meta.read_to[0] == 3
+    written, cells = list(table.written), dict(store.cells)
+
+    ends[CLICKS] = 2
+    restarted = make_pipeline(store, table, letters, highwater=lambda t, p: ends.get(t))
+    with pytest.raises(TopicsChanged, match=r"clickstream\[0\] ends at offset 2, but .* 3"):
+        await restarted.on_batch(CLICKS, batch(["n1", "n2"]))
+    assert table.written == written and store.cells == cells  # nothing skipped, nothing stored
+
+    idle = make_pipeline(store, table, letters, highwater=lambda t, p: ends.get(t))
+    await idle.on_tick(0)  # no event yet: the periodic check finds it
+    idle.check_ends()
+    idle.check_ends()
+    with pytest.raises(TopicsChanged, match=r"clickstream\[0\] ends at offset 2, but .* 4"):
+        idle.check_ends()
+
+
 def shop_minutes() -> list[tuple[str, list[Message]]]:
     """Three minutes of two sessions' page views and cart events, one slice per topic and
     minute (as the aligner cuts them), a malformed cart message in the middle."""
