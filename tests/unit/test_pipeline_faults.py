@@ -242,7 +242,7 @@ async def test_a_partition_that_ends_before_what_was_read_stops_the_worker() -> 
         pipe.check_ends()
 
 
-async def test_a_topic_created_again_under_surviving_state_stops_before_its_events_are_skipped() -> None:
+async def test_a_topic_created_again_under_kept_state_stops_before_skipping_its_events() -> None:
     """The state (changelog) judged clicks up to offset 3; the topic was deleted and created
     again, and its new events 0..1 are read: they are not events read again (the partition ends
     before what the state judged), so the worker stops instead of skipping them as such."""
