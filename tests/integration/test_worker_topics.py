@@ -8,13 +8,17 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from helpers import dumps, make_event
 from procs import StreamprocProcess, settings_env
 
 from streamproc import broker
 from streamproc.devstack import StackInfo
+from streamproc.store import KpiStore
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +51,55 @@ def test_a_changelog_with_another_partition_count_is_refused_then_recreated(
         counts = asyncio.run(broker.partition_counts(servers, [changelog, ticks]))
         assert counts == {changelog: 4, ticks: 4}
         assert f"deleting {changelog} has 3" in worker.log
+
+
+def test_an_input_topic_created_again_under_kept_state_stops_the_worker(
+    stack: StackInfo, namespace: str, tmp_path: Path
+) -> None:
+    """The worker's state (its changelog) judged ten clicks of a partition; the clickstream topic
+    is then deleted and created again, and three new clicks go to that partition. A restarted
+    worker must not skip them as events it judged before (they are new): it stops, exit 75,
+    naming the repair, and counts none of them."""
+    servers = stack.bootstrap_servers
+    env = settings_env(namespace, bootstrap=servers, redis_url=stack.redis_url, worker_port=0)
+    topic = f"{namespace}.clickstream"
+
+    async def clicks(first: int, count: int) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+        await producer.start()
+        try:
+            for n in range(first, first + count):
+                event = make_event("page_view", event_id=f"click-{n}", session_id="s1")
+                await producer.send_and_wait(topic, dumps(event), key=b"s1")
+        finally:
+            await producer.stop()
+
+    async def accepted() -> int:
+        store = KpiStore.connect(stack.redis_url, namespace)
+        try:
+            return await store.count_keys("dedup")
+        finally:
+            await store.aclose()
+
+    asyncio.run(broker.ensure_topics(servers, {topic: 4}))
+    asyncio.run(clicks(0, 10))
+    with StreamprocProcess(["worker"], env, tmp_path / "first.log") as worker:
+        worker.wait_for_log("worker metrics on", timeout=60)
+        deadline = time.monotonic() + 60
+        while asyncio.run(accepted()) < 10:
+            assert time.monotonic() < deadline, worker.log[-3000:]
+            time.sleep(0.2)
+        time.sleep(3)  # its state on the changelog (delivered within milliseconds)
+    asyncio.run(broker.delete_topics(servers, [topic]))
+    asyncio.run(broker.ensure_topics(servers, {topic: 4}))
+    asyncio.run(clicks(100, 3))
+
+    with StreamprocProcess(["worker"], env, tmp_path / "second.log") as worker:
+        assert worker.proc is not None
+        worker.proc.wait(timeout=90)
+        message = " ".join(worker.log.split())
+        assert worker.proc.returncode == 75, message[-3000:]
+    assert "judged its events up to offset 9" in message, message[-3000:]
+    assert "judged before a restart or rebalance: skipped" not in message
+    assert "STREAMPROC_NAMESPACE" in message
+    assert asyncio.run(accepted()) == 10  # none of the new clicks taken
