@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -36,6 +37,8 @@ from streamproc.worker.consumer import Consumer
 from streamproc.worker.pipeline import Pipeline
 from streamproc.worker.state import Deliveries, StateTable, TableManager, TableState
 from streamproc.worker.tasks import Holding, watch_topics, wire_batches, wire_ticks
+
+logger = logging.getLogger(__name__)
 
 STATE_TABLE = "state"
 QUEUED_BATCHES = 16  # fetched batches waiting for the processor; then fetching waits
@@ -164,6 +167,9 @@ def create_app(
 
     async def assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         metrics.rebalances.inc()
+        kept = {tp.partition for tp in assigned if tp.topic == settings.topic_clickstream}
+        if dropped := state.keep_only(kept):
+            logger.info("state of partitions moved to other workers dropped: %d keys", dropped)
 
     app.on_partitions_revoked.connect(revoked)  # type: ignore[arg-type]
     app.on_partitions_assigned.connect(assigned)  # type: ignore[arg-type]

@@ -142,6 +142,21 @@ class TableState:
     def scan(self) -> Iterable[str]:
         return list(self.store.keys())
 
+    def keep_only(self, partitions: set[int]) -> int:
+        """Forget the state of other partitions than ``partitions`` (they moved to another
+        worker); how many keys went. Faust's recovery forgets where it was in the changelog of a
+        partition that is revoked, and reads it whole when the partition comes back; kept here,
+        their keys held memory for nothing, and one whose tombstone was compacted away meanwhile
+        would have come back from the dead. (Faust's memory store forgets only keys it
+        recovered itself, and those not before the next recovery.)"""
+        store: Any = self.table.data  # faust.stores.memory.Store
+        data, recovered = store.data, store._key_partition
+        gone = [key for key in data if int(key.split("|", 1)[0]) not in partitions]
+        for key in gone:
+            del data[key]
+            recovered.pop(key, None)
+        return len(gone)
+
     async def write(self, writes: list[tuple[str, bytes | None]], partition: int) -> None:
         """Store the writes in order, and queue them for changelog partition ``partition``."""
         store, table = self.store, self.table

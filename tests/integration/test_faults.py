@@ -439,6 +439,46 @@ async def test_rebalance_join_then_leave(run: FaultRun) -> None:
     assert_agrees(rows, lines)
 
 
+@pytest.mark.timeout(300)
+async def test_rebalance_partitions_come_back_to_a_worker_that_dropped_their_state(
+    run: FaultRun,
+) -> None:
+    """A second worker joins mid-stream and leaves again (SIGTERM) mid-stream: the first one
+    dropped the state of the partitions it lost, and reads their whole changelog (with what the
+    second wrote) when they come back. The final report equals the reference."""
+    lines = simulated_lines()
+    first, second, third = split(lines, 3)
+    await run.announce(lines)
+    await run.produce(first)
+    with run.workers(1) as workers, explained(run):
+        staying, _ = workers.procs[0]
+        staying_log = Path(workers.procs[0][1].name)
+        await run.wait_accepting()
+        visiting = workers.start(1)
+        log = Path(workers.procs[1][1].name)
+        await run.produce(second)
+        deadline = time.monotonic() + 60
+        while "Worker ready" not in log_text(log):
+            alive(workers)()
+            assert time.monotonic() < deadline, "the second worker never got ready"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)
+        check = alive(workers, except_for=(visiting,))
+        producing = asyncio.create_task(run.produce(third))
+        status = sigterm(visiting)
+        await producing
+        left = time.time()
+        recovery = await run.recovery(left, timeout_s=90, check=check)
+        rows = await run.finish(timeout_s=120, check=check)
+        assert staying.poll() is None
+    accounting = await run.accounting(lines, {"after the leave": recovery})
+    print(accounting.line(f"rebalance (join, then the joiner leaves with status {status})"))
+    assert "state of partitions moved to other workers dropped" in log_text(staying_log)
+    assert status == 0, f"the leaving worker exited with {status}"
+    assert accounting.lost == 0, accounting.line("lost")
+    assert_agrees(rows, lines)
+
+
 # --- 8. SIGTERM, then restart -----------------------------------------------------------------
 
 
