@@ -12,13 +12,14 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faults import (
     PARTITIONS,
+    Accounting,
     FaultRun,
     PrivateRedis,
     ProxiedBroker,
@@ -398,18 +399,23 @@ async def test_random_messages_are_all_counted(run: FaultRun, broker: ProxiedBro
 # --- 7. Rebalance -----------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(300)
-async def test_rebalance_join_then_leave(run: FaultRun) -> None:
-    """A second worker joins mid-stream, then the first leaves (SIGTERM) mid-stream: the final
-    report equals the reference. Prints the joining worker's state recovery times."""
+class Rebalanced(NamedTuple):
+    rows: list[dict[str, Any]]
+    accounting: Accounting
+    status: int | None  # the leaving worker's exit status
+    logs: tuple[str, str]  # the first worker's, the joining worker's
+
+
+async def join_then_leave(run: FaultRun, *, leaver: int) -> Rebalanced:
+    """A second worker joins mid-stream, then worker ``leaver`` (0: the first, 1: the one that
+    joined) leaves with SIGTERM mid-stream; the other one finishes the input."""
     lines = simulated_lines()
     first, second, third = split(lines, 3)
     await run.announce(lines)
     await run.produce(first)
     with run.workers(1) as workers, explained(run):
-        leaving, _ = workers.procs[0]
         await run.wait_accepting()
-        joining = workers.start(1)
+        workers.start(1)
         log = Path(workers.procs[1][1].name)
         await run.produce(second)
         deadline = time.monotonic() + 60
@@ -418,6 +424,7 @@ async def test_rebalance_join_then_leave(run: FaultRun) -> None:
             assert time.monotonic() < deadline, "the second worker never got ready"
             await asyncio.sleep(0.2)
         await asyncio.sleep(2)
+        leaving, staying = workers.procs[leaver][0], workers.procs[1 - leaver][0]
         check = alive(workers, except_for=(leaving,))
         producing = asyncio.create_task(run.produce(third))
         status = sigterm(leaving)
@@ -425,18 +432,27 @@ async def test_rebalance_join_then_leave(run: FaultRun) -> None:
         left = time.time()
         recovery = await run.recovery(left, timeout_s=90, check=check)
         rows = await run.finish(timeout_s=120, check=check)
-        assert joining.poll() is None
-    assignments = ", ".join(str(r) for r in rebalances(log_text(log)))
+        assert staying.poll() is None
+        logs = (log_text(Path(workers.procs[0][1].name)), log_text(log))
     accounting = await run.accounting(lines, {"after the leave": recovery})
-    print(
-        accounting.line(
-            f"rebalance (join, then SIGTERM leave with status {status}); the joining worker's "
-            f"assignments, revocation to ready: {assignments}"
-        )
-    )
     assert status == 0, f"the leaving worker exited with {status}"
     assert accounting.lost == 0, accounting.line("lost")
     assert_agrees(rows, lines)
+    return Rebalanced(rows, accounting, status, logs)
+
+
+@pytest.mark.timeout(300)
+async def test_rebalance_join_then_leave(run: FaultRun) -> None:
+    """A second worker joins mid-stream, then the first leaves (SIGTERM) mid-stream: the final
+    report equals the reference. Prints the joining worker's state recovery times."""
+    done = await join_then_leave(run, leaver=0)
+    assignments = ", ".join(str(r) for r in rebalances(done.logs[1]))
+    print(
+        done.accounting.line(
+            f"rebalance (join, then SIGTERM leave with status {done.status}); the joining "
+            f"worker's assignments, revocation to ready: {assignments}"
+        )
+    )
 
 
 @pytest.mark.timeout(300)
@@ -446,37 +462,9 @@ async def test_rebalance_partitions_come_back_to_a_worker_that_dropped_their_sta
     """A second worker joins mid-stream and leaves again (SIGTERM) mid-stream: the first one
     dropped the state of the partitions it lost, and reads their whole changelog (with what the
     second wrote) when they come back. The final report equals the reference."""
-    lines = simulated_lines()
-    first, second, third = split(lines, 3)
-    await run.announce(lines)
-    await run.produce(first)
-    with run.workers(1) as workers, explained(run):
-        staying, _ = workers.procs[0]
-        staying_log = Path(workers.procs[0][1].name)
-        await run.wait_accepting()
-        visiting = workers.start(1)
-        log = Path(workers.procs[1][1].name)
-        await run.produce(second)
-        deadline = time.monotonic() + 60
-        while "Worker ready" not in log_text(log):
-            alive(workers)()
-            assert time.monotonic() < deadline, "the second worker never got ready"
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(2)
-        check = alive(workers, except_for=(visiting,))
-        producing = asyncio.create_task(run.produce(third))
-        status = sigterm(visiting)
-        await producing
-        left = time.time()
-        recovery = await run.recovery(left, timeout_s=90, check=check)
-        rows = await run.finish(timeout_s=120, check=check)
-        assert staying.poll() is None
-    accounting = await run.accounting(lines, {"after the leave": recovery})
-    print(accounting.line(f"rebalance (join, then the joiner leaves with status {status})"))
-    assert "state of partitions moved to other workers dropped" in log_text(staying_log)
-    assert status == 0, f"the leaving worker exited with {status}"
-    assert accounting.lost == 0, accounting.line("lost")
-    assert_agrees(rows, lines)
+    done = await join_then_leave(run, leaver=1)
+    print(done.accounting.line(f"rebalance (join, then the joiner leaves, {done.status})"))
+    assert "state of partitions moved to other workers dropped" in done.logs[0]
 
 
 # --- 8. SIGTERM, then restart -----------------------------------------------------------------
