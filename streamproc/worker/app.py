@@ -168,6 +168,11 @@ def create_app(
     async def assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         metrics.rebalances.inc()
         kept = {tp.partition for tp in assigned if tp.topic == settings.topic_clickstream}
+        # Only a partition whose changelog position Faust's recovery forgot is read whole when
+        # it comes back; a rebalance overtaken by the next one leaves the positions as they were.
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager's, untyped
+        changelog = table.changelog_topic.get_topic_name()
+        kept |= {tp.partition for tp in recovery.active_offsets if tp.topic == changelog}
         if dropped := state.keep_only(kept):
             logger.info("state of partitions moved to other workers dropped: %d keys", dropped)
 
