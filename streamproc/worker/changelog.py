@@ -27,6 +27,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from streamproc.errors import BrokerError
+
 logger = logging.getLogger(__name__)
 
 Record = tuple[bytes, bytes | None]  # key and value (None deletes the key), as sent
@@ -81,19 +83,21 @@ class ChangelogWriter:
             done.set_exception(lane.error)
             return done
         lane.queue.append((records, done))
-        if lane.task is None:
+        if lane.task is None or lane.task.done():  # (done: cancelled before it began)
             lane.task = asyncio.ensure_future(self._run(partition, lane))
         return done
 
     async def drain(self, partitions: Iterable[int]) -> None:
         """Until what was written to ``partitions`` is delivered (or failed); then they are
-        forgotten (partitions another worker takes over: their writes must not come later)."""
+        forgotten (partitions another worker takes over: their writes must not come later),
+        unless a batch of theirs failed (then they take nothing more). A drain that is
+        cancelled leaves the sends going."""
         lanes = [(p, lane) for p in partitions if (lane := self.lanes.get(p)) is not None]
         tasks = [lane.task for _, lane in lanes if lane.task is not None]
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks)
         for partition, lane in lanes:
-            if self.lanes.get(partition) is lane and lane.task is None:
+            if self.lanes.get(partition) is lane and lane.task is None and lane.error is None:
                 del self.lanes[partition]
 
     async def _run(self, partition: int, lane: _Lane) -> None:
@@ -107,13 +111,20 @@ class ChangelogWriter:
                         done.set_result(None)
                 completes = []
         except BaseException as exc:
-            lane.error = exc
+            # Cancelled (a shutdown): what was queued is not sent, so nothing after it may go
+            # either; its waiters get an error they stop on, not a cancellation.
+            error = (
+                exc
+                if isinstance(exc, Exception)
+                else BrokerError(f"the changelog writer of partition {partition} was stopped")
+            )
+            lane.error = error
             waiting = completes + [done for _, done in lane.queue]
             lane.queue.clear()
             for done in waiting:
                 if not done.done():
-                    done.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
+                    done.set_exception(error)
+            if not isinstance(exc, Exception):
                 raise
         finally:
             lane.task = None

@@ -193,6 +193,10 @@ class Pipeline:
         the state is (``_settle``)."""
         done = Done()
         engine = self.engine(part.partition)
+        for piece in pieces:  # events read again, or a topic created again under kept state?
+            judged_to = engine.meta.read_to[self.topic_index[piece.topic]]
+            if piece.events[0].message.offset <= judged_to:
+                await self.positions.check_judged(piece.topic, part.partition, judged_to)
         judged, too_late = self._judge(engine, part, pieces, done)
         progress = self.positions.progress(part.partition, part.wall_ms)
         accepted = await self._first_occurrences(part, judged, done)
@@ -219,8 +223,6 @@ class Pipeline:
         labels, limit = part.labels, self.settings.max_lateness_seconds
         for piece in pieces:
             index = self.topic_index[piece.topic]
-            if piece.events[0].message.offset <= engine.meta.read_to[index]:
-                self.positions.check_judged(piece.topic, part.partition, engine.meta.read_to[index])
             items = [
                 Item(d.event, index, d.message.offset, labels[d.event.store_id])
                 for d in piece.events

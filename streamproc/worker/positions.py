@@ -4,6 +4,7 @@ was read."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from streamproc.errors import TopicsChanged
@@ -16,6 +17,9 @@ State = Literal["ended", "backlog", "read"]
 
 class InputPositions:
     """The input partitions' read positions and known ends (a replay's or a backfill's)."""
+
+    JUDGED_CHECKS = 3
+    JUDGED_RECHECK_S = 0.5
 
     def __init__(
         self, topics: list[str], *, highwater: Highwater, read_from: ReadFrom, owned: Owned
@@ -124,22 +128,28 @@ class InputPositions:
                 )
                 self._check_end(topic, partition, self.highwater(topic, partition), done)
 
-    def check_judged(self, topic: str, partition: int, judged_to: int) -> None:
+    async def check_judged(self, topic: str, partition: int, judged_to: int) -> None:
         """Before events at or below ``judged_to`` (the last offset the stored state judged)
-        are skipped as read again: raise TopicsChanged when the partition ends at or before it.
-        The state was written for other records than these: the topic was deleted and created
-        again (or its broker lost its data) while the state's changelog survived."""
-        high = self.highwater(topic, partition)
-        if high is not None and high <= judged_to:
-            raise TopicsChanged(
-                f"{topic}[{partition}] ends at offset {high}, but the stored state of partition "
-                f"{partition} has judged its events up to offset {judged_to}: the topic was "
-                "deleted and created again (or its broker lost its data) while the state's "
-                "changelog survived. Stopping rather than skip these events as read before. "
-                "To count the new topic from its beginning, delete the state's changelog too "
-                "(topic <STREAMPROC_NAMESPACE>-worker-state-changelog) or run under a new "
-                "STREAMPROC_NAMESPACE."
-            )
+        are skipped as read again: raise TopicsChanged when the partition ends at or before it,
+        in ``JUDGED_CHECKS`` readings ``JUDGED_RECHECK_S`` apart (a new leader's high watermark
+        can lag for a moment). The state was written for other records than these: the topic
+        was deleted and created again (or its broker lost its data) while the state's changelog
+        survived."""
+        for check in range(self.JUDGED_CHECKS):
+            high = self.highwater(topic, partition)
+            if high is None or high > judged_to:
+                return
+            if check < self.JUDGED_CHECKS - 1:
+                await asyncio.sleep(self.JUDGED_RECHECK_S)
+        raise TopicsChanged(
+            f"{topic}[{partition}] ends at offset {high}, but the stored state of partition "
+            f"{partition} has judged its events up to offset {judged_to}: the topic was "
+            "deleted and created again (or its broker lost its data) while the state's "
+            "changelog survived. Stopping rather than skip these events as read before. "
+            "To count the new topic from its beginning, delete the state's changelog too "
+            "(topic <STREAMPROC_NAMESPACE>-worker-state-changelog) or run under a new "
+            "STREAMPROC_NAMESPACE."
+        )
 
     def _check_end(self, topic: str, partition: int, high: int | None, done: int) -> None:
         key = (topic, partition)

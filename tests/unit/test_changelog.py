@@ -14,6 +14,7 @@ from aiokafka.errors import UnknownError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamproc.errors import BrokerError
 from streamproc.worker.changelog import ChangelogWriter, Record, record_size
 
 
@@ -187,3 +188,48 @@ def test_the_changelog_is_always_the_state_after_some_prefix_of_the_records(
     for upto in range(len(log.batches) + 1):
         assert log.state(upto) in prefixes
     assert log.state() == prefixes[-1]
+
+
+async def test_a_cancelled_drain_leaves_the_sends_going() -> None:
+    log = Log(manual=True)
+    writer = ChangelogWriter(log.send, batch_bytes=1 << 20)
+    written = writer.write(0, [(b"a", b"1")])
+    drained = asyncio.ensure_future(writer.drain([0]))
+    await settle()
+    drained.cancel()
+    await settle()
+    log.answer()
+    await asyncio.wait_for(written, 1)
+    assert log.batches == [[(b"a", b"1")]]
+
+
+async def test_a_writer_stopped_mid_send_fails_what_waits_and_takes_nothing_more() -> None:
+    """A cancellation (a shutdown) must not let later writes go after a gap, and must reach the
+    waiters as an error they stop on (``Holding`` stops on an Exception, not a cancellation)."""
+    log = Log(manual=True)
+    writer = ChangelogWriter(log.send, batch_bytes=1 << 20)
+    first = writer.write(0, [(b"a", b"1")])
+    await settle()
+    second = writer.write(0, [(b"a", b"2")])
+    task = writer.lanes[0].task
+    assert task is not None
+    task.cancel()
+    await settle()
+    for future in (first, second, writer.write(0, [(b"a", b"3")])):
+        with pytest.raises(BrokerError, match="stopped"):
+            await future
+    await writer.drain([0])
+    assert 0 in writer.lanes  # a failed lane is kept: it takes nothing more
+
+
+async def test_a_writer_cancelled_before_it_began_starts_again_with_the_next_write() -> None:
+    log = Log()
+    writer = ChangelogWriter(log.send, batch_bytes=1 << 20)
+    first = writer.write(0, [(b"a", b"1")])
+    task = writer.lanes[0].task
+    assert task is not None
+    task.cancel()  # before its first step: it never ran
+    await settle()
+    second = writer.write(0, [(b"a", b"2")])
+    await asyncio.wait_for(asyncio.gather(first, second), 1)
+    assert log.batches == [[(b"a", b"2")]]
