@@ -318,6 +318,17 @@ class PartitionEngine:
         if self.scheduled.get(key) != when:
             self.scheduled[key] = when
             heapq.heappush(self.heap, (when, key))
+            if len(self.heap) > len(self.scheduled) * 5 // 4 + 1024:
+                self._compact()
+
+    def _compact(self) -> None:
+        """The heap again without its superseded entries. A record is scheduled anew at nearly
+        every batch that touches it (its session's end moves on), and its earlier entries stay
+        until their time comes: with a worker's batches, half a heap and more was those, about
+        100 bytes each. Rebuilt once it holds as many again as are due, which costs a push O(1)
+        more, amortised."""
+        self.heap = [(when, key) for key, when in self.scheduled.items()]
+        heapq.heapify(self.heap)
 
     # --- the batch --------------------------------------------------------------------------
 

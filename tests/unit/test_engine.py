@@ -173,6 +173,24 @@ def test_once_the_input_has_ended_records_are_not_looked_at_again() -> None:
     assert again.writes == [(engine.prefix + "m", encode(engine.meta))] and not again.cells
 
 
+def test_superseded_schedule_entries_do_not_pile_up() -> None:
+    # Each batch that touches a session schedules it again (its end moved on); the entries it
+    # replaced stayed in the heap until their time, ~170 bytes each, more than the live ones.
+    store = MemoryState()
+    engine = PartitionEngine(0, SETTINGS, store)
+    sessions, batches = 200, 40
+    for b in range(batches):
+        items = [
+            Item(_event("page_view", T0 + b * 1000, f"e{b}-{s}", session_id=f"s{s}"), 0, o, "x")
+            for s, o in enumerate(range(b * sessions, (b + 1) * sessions))
+        ]
+        engine.read(items, Progress())
+        store.apply(engine.apply(items, Progress(), store).writes)
+        assert len(engine.heap) <= len(engine.scheduled) * 5 // 4 + 1024
+    assert len(engine.scheduled) == sessions
+    assert {key for _, key in engine.heap} == set(engine.scheduled)  # none lost
+
+
 def test_a_new_engine_is_not_idle_before_an_idle_timeout_has_passed() -> None:
     # A worker's first tick can come before its first fetch: no backlog is known yet, and a
     # backlog of old events must not be judged against a wall-clock watermark.
