@@ -128,6 +128,13 @@ def counted(url: str) -> float | None:
     return sum(page.total(name) for name in COUNTED)
 
 
+def batch_messages(url: str) -> tuple[float, float]:
+    """(messages, batches) a worker has processed, per topic summed: a run that holds messages of
+    two topics counts as two batches (``streamproc_batch_events``)."""
+    page = metrics.scrape(url, timeout=2.0)
+    return page.total("streamproc_batch_events_sum"), page.total("streamproc_batch_events_count")
+
+
 # --- CPU and memory ----------------------------------------------------------------------
 
 

@@ -272,6 +272,7 @@ async def worker_row(run: Run, workers: int) -> dict[str, Any]:
             if run.info.redis_pid is not None:
                 probe.watch("redis", run.info.redis_pid)
             points = await _follow(run, procs, urls, probe, redis, store, on_first=profile)
+            batches = [harness.batch_messages(url) for url in urls]
         for profiler in profilers.values():
             profiler.wait(60)
         profiles = {path.name: harness.py_spy_top(path) for path in profilers}
@@ -282,7 +283,12 @@ async def worker_row(run: Run, workers: int) -> dict[str, Any]:
         await store.drop()
         await store.aclose()
         await redis.aclose()
-    return {**_worker_figures(run, started, points, changelog), "py_spy": profiles}
+    messages, count = (sum(column) for column in zip(*batches, strict=True))
+    return {
+        **_worker_figures(run, started, points, changelog),
+        "messages_per_batch": messages / count if count else None,
+        "py_spy": profiles,
+    }
 
 
 async def _follow(
@@ -383,6 +389,7 @@ COLUMNS = (
     ("chlog msg/ev", "changelog_msgs_per_event", "{:.3f}"),
     ("chlog B/ev", "changelog_bytes_per_event", "{:.1f}"),
     ("Redis cmd/ev", "redis_cmds_per_event", "{:.2f}"),
+    ("msg/batch", "messages_per_batch", "{:,.0f}"),
 )
 
 
