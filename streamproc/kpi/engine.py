@@ -215,9 +215,11 @@ class PartitionEngine:
     # --- loading ----------------------------------------------------------------------------
 
     def _load(self, state: State) -> None:
+        # The state's key of each record (the partition's prefix and its key: the string the
+        # state holds, not one more per record) -> when to look at the record again.
         self.scheduled: dict[str, int] = {}
         frozen: dict[c.CellKey, Frozen] = {}
-        records: list[tuple[str, Record]] = []
+        records: list[tuple[str, str, Record]] = []
         for full in state.scan():
             if not full.startswith(self.prefix):
                 continue
@@ -231,7 +233,7 @@ class PartitionEngine:
                 _, minute, cell_store = key.split(":", 2)
                 frozen[(int(minute), cell_store)] = decode_frozen(raw)
             else:
-                records.append((key, _decode(key, raw)))
+                records.append((full, key, _decode(key, raw)))
         self.applied_watermark = self.meta.watermark
         for cell, value in frozen.items():
             c.add_cells(self.sums, {cell: value.counters})
@@ -239,7 +241,7 @@ class PartitionEngine:
         self.frozen_cursor = {cell: (f.cursor_t, f.cursor_key) for cell, f in frozen.items()}
         # A record whose eviction was cut short by a crash is already in some frozen sums.
         self.half_evicted: dict[str, set[c.CellKey]] = {}
-        for key, record in records:
+        for full, key, record in records:
             contrib = self.contribution(key, record, self.meta.watermark)
             deadline = self.deadline(key, record)
             cursor = (deadline, key)
@@ -249,7 +251,7 @@ class PartitionEngine:
             if frozen_in:
                 self.half_evicted[key] = frozen_in
             self._count(contrib, +1, frozen_in)
-            self._schedule(key, contrib, deadline)
+            self._schedule(full, contrib, deadline)
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -311,13 +313,13 @@ class PartitionEngine:
             self._count(Contribution(open_tickets=before.open_tickets), -1)
             self._count(Contribution(open_tickets=after.open_tickets), +1)
 
-    def _schedule(self, key: str, contrib: Contribution, deadline: int) -> None:
-        """Look at the record again when its contribution changes or it may be evicted (at its
-        ``deadline``)."""
+    def _schedule(self, full: str, contrib: Contribution, deadline: int) -> None:
+        """Look at the record (its state key ``full``) again when its contribution changes or
+        it may be evicted (at its ``deadline``)."""
         when = min(contrib.next_change, deadline)
-        if self.scheduled.get(key) != when:
-            self.scheduled[key] = when
-            heapq.heappush(self.heap, (when, key))
+        if self.scheduled.get(full) != when:
+            self.scheduled[full] = when
+            heapq.heappush(self.heap, (when, full))
             if len(self.heap) > len(self.scheduled) * 5 // 4 + 1024:
                 self._compact()
 
@@ -327,7 +329,7 @@ class PartitionEngine:
         until their time comes: with a worker's batches, half a heap and more was those, about
         100 bytes each. Rebuilt once it holds as many again as are due, which costs a push O(1)
         more, amortised."""
-        self.heap = [(when, key) for key, when in self.scheduled.items()]
+        self.heap = [(when, full) for full, when in self.scheduled.items()]
         heapq.heapify(self.heap)
 
     # --- the batch --------------------------------------------------------------------------
@@ -406,11 +408,13 @@ class PartitionEngine:
             off[topic] = item.offset
             self._absorb(opened[0], item)
         watermark = self._advance(progress)
+        cut = len(self.prefix)
         while self.heap and self.heap[0][0] <= watermark:
-            when, key = heapq.heappop(self.heap)
-            if self.scheduled.get(key) != when:
+            when, full = heapq.heappop(self.heap)
+            if self.scheduled.get(full) != when:
                 continue  # superseded by a later schedule
-            del self.scheduled[key]
+            del self.scheduled[full]
+            key = full[cut:]
             if key not in work:
                 opened = self._open(state, key, previous, create=False)
                 if opened[0] is not None:
@@ -456,17 +460,18 @@ class PartitionEngine:
             self._recount(before, after, changed, frozen_in)
             outcome.presence |= after.presence - before.presence
             deadline = self.deadline(key, record)
+            full = self.prefix + key  # one string for the write and the schedule
             # The end of the input (NEVER) decides everything but is no reason to forget.
             if deadline < previous and watermark < NEVER:
                 evictions.append((deadline, key, after))
-                deletes.append((self.prefix + key, None))
-                self.scheduled.pop(key, None)
+                deletes.append((full, None))
+                self.scheduled.pop(full, None)
             else:
-                records.append((self.prefix + key, encode(record)))
+                records.append((full, encode(record)))
                 if watermark < NEVER:
-                    self._schedule(key, after, deadline)
+                    self._schedule(full, after, deadline)
                 else:  # the input has ended: nothing can change it, never look at it again
-                    self.scheduled.pop(key, None)
+                    self.scheduled.pop(full, None)
         for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
             self._freeze(state, frozen, key, deadline, after)  # in cursor order
         outcome.evicted = len(evictions)
