@@ -326,9 +326,9 @@ class PartitionEngine:
     def _compact(self) -> None:
         """The heap again without its superseded entries. A record is scheduled anew at nearly
         every batch that touches it (its session's end moves on), and its earlier entries stay
-        until their time comes: with a worker's batches, half a heap and more was those, about
-        100 bytes each. Rebuilt once it holds as many again as are due, which costs a push O(1)
-        more, amortised."""
+        until their time comes: with a worker's batches, nearly half a heap was those, about
+        170 bytes each. Rebuilt once it holds a quarter more entries than are due, which costs
+        a push O(1) more, amortised."""
         self.heap = [(when, full) for full, when in self.scheduled.items()]
         heapq.heapify(self.heap)
 
