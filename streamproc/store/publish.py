@@ -3,6 +3,7 @@ key retention set no more often than needed."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections import defaultdict
@@ -82,9 +83,9 @@ class PublishCommands:
         keys: list[str] = []
         args: list[int | str] = [self.exact.per_minute, self.retention_s, int(exact)]
         # A visitor is in several sketches of a publish (its store's and ``all``, per
-        # dimension): hashed once. (A process-wide cache of 65,536 took 15 MB, 150 bytes per
-        # session of a worker holding 100 k.)
-        hashes: dict[str, int] = {}
+        # dimension): hashed once per publish. (A process-wide cache of 65,536 took 15 MB, 150
+        # bytes per session of a worker holding 100 k.)
+        hash_of = functools.cache(visitor_hash)
         for where, visitors in sketches.items():
             key = self.key("hll", *where)
             keys.append(key)
@@ -92,10 +93,7 @@ class PublishCommands:
             args += visitors
             if exact:
                 keys.append(self.key("vis", *where))
-                for visitor in visitors:
-                    if visitor not in hashes:
-                        hashes[visitor] = visitor_hash(visitor)
-                args += map(hashes.__getitem__, visitors)
+                args += map(hash_of, visitors)
         pipe.evalsha(self.add_visitors_sha, len(keys), *keys, *args)
 
     def cells(self, pipe: Any, partition: int, cells: Mapping[c.CellKey, c.Counters]) -> None:
