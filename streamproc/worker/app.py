@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, cast
 
@@ -111,6 +111,12 @@ def _app_id(settings: Settings) -> str:
     return f"{settings.namespace}-worker"
 
 
+def _partitions(settings: Settings, tps: Iterable[TP]) -> set[int]:
+    """The input partitions among ``tps`` (the input topics are co-partitioned: one stands for
+    all)."""
+    return {tp.partition for tp in tps if tp.topic == settings.topic_clickstream}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -153,7 +159,7 @@ def create_app(
     watch_topics(app, pipeline, dict.fromkeys(watched, partitions))
 
     async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        gone = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
+        gone = _partitions(settings, revoked)
         pipeline.forget(gone)
         # their state reaches the changelog before another worker can recover it from there
         await state.changelog.drain(gone)
@@ -167,7 +173,7 @@ def create_app(
 
     async def assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         metrics.rebalances.inc()
-        kept = {tp.partition for tp in assigned if tp.topic == settings.topic_clickstream}
+        kept = _partitions(settings, assigned)
         # Only a partition whose changelog position Faust's recovery forgot is read whole when
         # it comes back; a rebalance overtaken by the next one leaves the positions as they were.
         recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager's, untyped
@@ -240,8 +246,7 @@ def _pipeline(
         return cast(Consumer, app.consumer).placed_at.get(TP(topic, partition))
 
     def owned() -> set[int]:
-        assignment = app.consumer.assignment()
-        return {tp.partition for tp in assignment if tp.topic == settings.topic_clickstream}
+        return _partitions(settings, app.consumer.assignment())
 
     return Pipeline(
         settings,
