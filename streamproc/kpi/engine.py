@@ -133,6 +133,12 @@ def record_key(item: Item) -> str:
     return f"v:{event.customer_id or event.event_id}"
 
 
+def key_partition(key: str) -> int:
+    """The partition whose state holds ``key``: every state key starts with its engine's
+    ``prefix``."""
+    return int(key.split("|", 1)[0])
+
+
 def _latest_mark(marks: dict[str, int]) -> int:
     """The end of the latest minute with a marked event (absorb.mark), NONE without any: no
     event a record absorbed may outlive it."""
@@ -167,7 +173,7 @@ class PartitionEngine:
         self.partition = partition
         self.settings = settings
         self.timeouts = settings.timeouts  # made once: contribution() runs for every record
-        self.prefix = f"{partition}|"
+        self.prefix = f"{partition}|"  # every state key of the partition: key_partition reads it
         self.meta = Meta([NONE] * TOPICS)
         self.sums: dict[c.CellKey, c.Counters] = {}
         self.refs: dict[c.CellKey, int] = {}

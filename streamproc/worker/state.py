@@ -15,6 +15,7 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaError
 
+from streamproc.kpi.engine import key_partition
 from streamproc.worker.changelog import ChangelogWriter, Record
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class TableState:
         recovered itself, and those not before the next recovery.)"""
         store: Any = self.table.data  # faust.stores.memory.Store
         data, recovered = store.data, store._key_partition
-        gone = [key for key in data if int(key.split("|", 1)[0]) not in partitions]
+        gone = [key for key in data if key_partition(key) not in partitions]
         for key in gone:
             del data[key]
             recovered.pop(key, None)
