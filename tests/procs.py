@@ -82,11 +82,15 @@ def live_env(namespace: str, stack: StackInfo, **extra: object) -> LiveEnv:
 
 
 class StreamprocProcess:
-    """``python -m streamproc ARGS`` with its output in a log file; stopped on exit."""
+    """``python -m streamproc ARGS`` with its output in a log file; stopped on exit. It runs in
+    ``cwd`` when given, else in this process's directory."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None
+    ) -> None:
         self.args = args
         self.log_path = log_path
+        self.cwd = cwd
         self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self._log: IO[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -96,6 +100,7 @@ class StreamprocProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamproc", *self.args],
             env=self._env,
+            cwd=self.cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

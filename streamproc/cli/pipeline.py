@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -69,15 +70,19 @@ def worker_command(
     )
     server = metrics.serve(registry, bind=loaded.bind, port=loaded.worker_port)
     log.info("worker metrics on http://%s:%d/metrics", loaded.bind, server.port)
-    faust_app = worker_app.create_app(
-        loaded,
-        kafka=kafka,
-        partitions=partitions,
-        decoder=decoder_from_settings(loaded),
-        store=store,
-        metrics=worker_metrics,
-    )
-    _run_worker(faust_app, loglevel=loaded.log_level)
+    # Faust makes a data directory at start and writes nothing to it (the state table is in
+    # memory): a scratch one, removed when the worker stops, not one left in the current directory.
+    with tempfile.TemporaryDirectory(prefix="streamproc-worker-") as datadir:
+        faust_app = worker_app.create_app(
+            loaded,
+            kafka=kafka,
+            partitions=partitions,
+            decoder=decoder_from_settings(loaded),
+            store=store,
+            metrics=worker_metrics,
+            datadir=Path(datadir),
+        )
+        _run_worker(faust_app, loglevel=loaded.log_level)
 
 
 def _run_worker(faust_app: faust.App, *, loglevel: str) -> None:

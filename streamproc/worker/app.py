@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -125,11 +126,17 @@ def create_app(
     decoder: EventDecoder,
     store: KpiStore,
     metrics: WorkerMetrics,
+    datadir: Path,
     clock: Callable[[], float] = time.time,
 ) -> faust.App:
-    """Build the worker app: topics, the state table, the batch processor, ticks and timers."""
+    """Build the worker app: topics, the state table, the batch processor, ticks and timers.
+
+    ``datadir`` is the directory Faust makes at start for table stores kept on disk. Ours is in
+    memory (and on its changelog), so nothing is written there; Faust's default would be
+    ``<app id>-data`` in the current directory.
+    """
     connection = KafkaConnection.of(kafka)
-    app = _faust_app(settings, kafka=connection, partitions=partitions)
+    app = _faust_app(settings, kafka=connection, partitions=partitions, datadir=datadir)
     batches = app.FlowControlQueue(maxsize=QUEUED_BATCHES, clear_on_resume=True)
     consumer = type(
         "AppConsumer",
@@ -187,9 +194,12 @@ def create_app(
     return app
 
 
-def _faust_app(settings: Settings, *, kafka: KafkaConnection, partitions: int) -> faust.App:
+def _faust_app(
+    settings: Settings, *, kafka: KafkaConnection, partitions: int, datadir: Path
+) -> faust.App:
     return faust.App(
         _app_id(settings),
+        datadir=datadir,
         broker=faust_broker_url(kafka.servers),
         broker_credentials=faust_credentials(kafka),
         store="memory://",

@@ -83,13 +83,17 @@ def test_an_input_topic_created_again_under_kept_state_stops_the_worker(
 
     asyncio.run(broker.ensure_topics(servers, {topic: 4}))
     asyncio.run(clicks(0, 10))
-    with StreamprocProcess(["worker"], env, tmp_path / "first.log") as worker:
+    first = tmp_path / "first"
+    first.mkdir()
+    with StreamprocProcess(["worker"], env, first / "worker.log", cwd=first) as worker:
         worker.wait_for_log("worker metrics on", timeout=60)
         deadline = time.monotonic() + 60
         while asyncio.run(accepted()) < 10:
             assert time.monotonic() < deadline, worker.log[-3000:]
             time.sleep(0.2)
         time.sleep(3)  # its state on the changelog (delivered within milliseconds)
+    # Faust's data directory (empty: the state is in memory) is not left where it ran
+    assert sorted(p.name for p in first.iterdir()) == ["worker.log"]
     asyncio.run(broker.delete_topics(servers, [topic]))
     asyncio.run(broker.ensure_topics(servers, {topic: 4}))
     asyncio.run(clicks(100, 3))

@@ -441,7 +441,7 @@ def test_reports_read_redis_with_a_long_socket_timeout_unless_the_url_sets_one()
     assert batch_url("redis://h/0?socket_timeout=3") == "redis://h/0?socket_timeout=3"
 
 
-def test_the_names_a_backfill_derives_are_the_ones_its_workers_use() -> None:
+def test_the_names_a_backfill_derives_are_the_ones_its_workers_use(tmp_path: Path) -> None:
     """Group and changelog names are committed to and sealed by the backfill before its workers
     start: they must be what ``app.create_app`` makes of the namespace."""
     from prometheus_client import CollectorRegistry
@@ -461,6 +461,7 @@ def test_the_names_a_backfill_derives_are_the_ones_its_workers_use() -> None:
         decoder=EventDecoder(),
         store=None,  # type: ignore[arg-type]  # not used to build the app
         metrics=metrics,
+        datadir=tmp_path,
     )
     assert app.conf.id == consumer_group("bf-x")
     assert app.tables["state"].changelog_topic.get_topic_name() == changelog_topic("bf-x")
