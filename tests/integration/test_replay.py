@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,29 @@ def agree(engine: list[dict[str, Any]], lines: list[bytes]) -> None:
     assert not differences, "\n".join(differences)
 
 
+# What a worker log says about ownership and verdicts: enough to tell a lost partition, a
+# rebalance at the wrong moment or events judged too late apart, when a report disagrees.
+_STORY = re.compile(
+    r"\[(WARNING|ERROR|CRITICAL)\]|assigned|revoked|rebalanc|state loaded|dropped|judged|"
+    r"too_late|heartbeat|every value is final|Signal received",
+    re.IGNORECASE,
+)
+
+
+def worker_story(logs: Path, per_log: int = 80) -> str:
+    """The lines of each worker log under ``logs`` that ``_STORY`` picks, the last
+    ``per_log`` of each."""
+    parts = []
+    for path in sorted(logs.glob("*.log")):
+        picked = [
+            line for line in path.read_text(errors="replace").splitlines() if _STORY.search(line)
+        ]
+        parts.append(
+            f"--- {path.name} ({len(picked)} lines picked)\n" + "\n".join(picked[-per_log:])
+        )
+    return "\n".join(parts)
+
+
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[bytes]]:
     path = tmp_path_factory.mktemp("replay") / "events.jsonl"
@@ -146,7 +170,10 @@ async def test_workers_killed_at_random_and_restarted(
                 store, 4, timeout_s=240, on_progress=lambda *_: None, check=running.check
             )
             rows = await replay.report(store, run, [900_000, 3_600_000, 86_400_000])
-        agree(rows, lines)
+        try:
+            agree(rows, lines)
+        except AssertionError as exc:  # seen once, under load: what the workers went through
+            raise AssertionError(f"{exc}\n{worker_story(tmp_path / 'logs')}") from None
         if static:  # aiokafka names a static member after its instance id
             logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
             assert "with member_id worker-0-" in logs
