@@ -114,9 +114,11 @@ def test_demo_command_runs_and_shuts_down_on_ctrl_c(tmp_path: Path) -> None:
     try:  # the worker's Faust shutdown is slow on a loaded machine: allow for it
         output, _ = proc.communicate(timeout=150)
     except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)  # the demo prints every thread's stack
+        time.sleep(2)
         os.killpg(proc.pid, signal.SIGKILL)  # no process left behind for the next test
         output, _ = proc.communicate()
-        pytest.fail(f"the demo did not stop within 150 s of Ctrl-C:\n{output[-3000:]}")
+        pytest.fail(f"the demo did not stop within 150 s of Ctrl-C:\n{output[-6000:]}")
     assert proc.returncode == 0, output
     assert "demo stopped" in output
     counts = [
