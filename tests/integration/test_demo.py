@@ -116,8 +116,11 @@ def test_demo_command_runs_and_shuts_down_on_ctrl_c(tmp_path: Path) -> None:
     except subprocess.TimeoutExpired:
         os.kill(proc.pid, signal.SIGUSR1)  # the demo prints every thread's stack
         time.sleep(2)
-        os.killpg(proc.pid, signal.SIGKILL)  # no process left behind for the next test
+        os.killpg(proc.pid, signal.SIGKILL)
         output, _ = proc.communicate()
+        for pid in re.findall(r"started \w+ \(pid (\d+)\)", output):  # own sessions each
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)  # no process left behind for the next test
         pytest.fail(f"the demo did not stop within 150 s of Ctrl-C:\n{output[-6000:]}")
     assert proc.returncode == 0, output
     assert "demo stopped" in output
