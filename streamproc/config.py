@@ -291,7 +291,10 @@ class Settings(BaseSettings):
         default=10,
         ge=3,
         description="Kafka consumer-group session timeout: how fast a dead worker's partitions "
-        "move to the others.",
+        "move to the others. A worker writes state only while a heartbeat accepted within this "
+        "(or the rebalance timeout, if smaller; less a margin of up to 3 s) says it is still a "
+        "member: one that stalled longer waits for the next, and drops the batch in hand, "
+        "unacked, once the group has moved on without it.",
     )
     group_heartbeat_interval_seconds: int = Field(
         default=1, ge=1, description="Consumer-group heartbeat interval."

@@ -72,6 +72,12 @@ class BrokerError(StreamprocError):
     retriable = True
 
 
+class Fenced(StreamprocError):
+    """This worker may no longer own the partition it was writing (its consumer-group membership
+    lapsed while it was stalled): the write is dropped, and its batch is read again by the
+    partition's owner."""
+
+
 class ReplayError(StreamprocError):
     """A replay could not finish."""
 

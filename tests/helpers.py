@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+from streamproc.errors import Fenced
 from streamproc.events import models as m
 from streamproc.events.models import FAMILY_OF_TYPE, MONEY_FIELDS, Family
 from streamproc.events.parse import EventDecoder
@@ -190,3 +191,21 @@ def anomalous_traffic(
     out = io.BytesIO()
     write_jsonl(simulate(config), out)
     return out.getvalue().splitlines()
+
+
+class Lease:
+    """A worker's lease on its partitions (``worker.contracts.Lease``) for pipelines run without
+    a consumer group: generation 0, held, until ``fence_after`` more confirms have passed (then
+    each raises ``Fenced``, as when the group moved on)."""
+
+    def __init__(self, fence_after: int | None = None) -> None:
+        self.fence_after = fence_after
+        self.confirmed: list[str] = []
+
+    def generation(self) -> int:
+        return 0
+
+    async def confirm(self, what: str, generation: int) -> None:
+        if self.fence_after is not None and len(self.confirmed) >= self.fence_after:
+            raise Fenced(f"{what} is dropped: the group moved on")
+        self.confirmed.append(what)

@@ -10,7 +10,9 @@ Crash safety does not rest on Faust's own ordering: a batch is acked only once t
 dead-letter messages it sent are delivered (``state.Deliveries``); a changelog partition gets its
 writes one record batch at a time, so it always holds a prefix of them (``changelog.py``); and
 the consumer keeps the input partitions paused through Faust's post-recovery seek, which would
-otherwise drop what was fetched meanwhile (``Consumer.perform_seek``).
+otherwise drop what was fetched meanwhile (``Consumer.perform_seek``). A worker writes state only
+while its group membership is known to hold (``membership.py``): one that stalled past its
+session does not write over the partitions' new owner when it wakes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from streamproc.ingest import BatchDecoder, Message
 from streamproc.metrics import WorkerMetrics
 from streamproc.store import KpiStore
 from streamproc.worker.consumer import Consumer
+from streamproc.worker.contracts import Lease
+from streamproc.worker.membership import Membership
 from streamproc.worker.pipeline import Pipeline
 from streamproc.worker.state import Deliveries, StateTable, TableManager, TableState
 from streamproc.worker.tasks import Holding, watch_topics, wire_batches, wire_ticks
@@ -138,6 +142,12 @@ def create_app(
     connection = KafkaConnection.of(kafka)
     app = _faust_app(settings, kafka=connection, partitions=partitions, datadir=datadir)
     batches = app.FlowControlQueue(maxsize=QUEUED_BATCHES, clear_on_resume=True)
+    membership = Membership(
+        session_timeout_s=settings.group_session_timeout_seconds,
+        rebalance_timeout_s=settings.group_rebalance_timeout_seconds,
+        heartbeat_interval_s=settings.group_heartbeat_interval_seconds,
+        generation=lambda: app.consumer_generation_id,
+    )
     consumer = type(
         "AppConsumer",
         (Consumer,),
@@ -145,6 +155,7 @@ def create_app(
             "kafka": connection,
             "batched": frozenset(settings.input_topics),
             "batches": batches,
+            "membership": membership,
             "fetch_max_wait_ms": settings.batch_max_wait_ms,
         },
     )
@@ -156,8 +167,8 @@ def create_app(
         StateTable, app.Table(STATE_TABLE, key_type=str, value_type=bytes, partitions=partitions)
     )
     deliveries = table.deliveries = Deliveries()
-    state = TableState(table, batch_bytes=PRODUCER_BATCH_BYTES)
-    pipeline = _pipeline(app, settings, state, decoder, store, clock)
+    state = TableState(table, batch_bytes=PRODUCER_BATCH_BYTES, lease=membership)
+    pipeline = _pipeline(app, settings, state, decoder, store, clock, membership)
     hold = Holding(metrics)
     wire_batches(app, batches, pipeline, metrics, deliveries, hold)
     ticks = app.topic(f"{_app_id(settings)}-ticks", partitions=partitions, internal=True, **_RAW)
@@ -170,6 +181,20 @@ def create_app(
         pipeline.forget(gone)
         # their state reaches the changelog before another worker can recover it from there
         await state.changelog.drain(gone)
+        if fenced := state.changelog.take_fenced():
+            # writes dropped on their way to the changelog: the memory is ahead of it, so the
+            # state of these partitions is read from the changelog again, whole
+            recovery = app.tables.recovery  # type: ignore[attr-defined]  # untyped
+            changelog = table.changelog_topic.get_topic_name()
+            for partition in fenced:
+                recovery.revoke(TP(changelog, partition))
+            logger.warning(
+                "state writes of partitions %s were dropped (this worker may have lost them "
+                "while it stalled): %d keys forgotten, read from the changelog again if they "
+                "come back",
+                sorted(fenced),
+                state.forget(fenced),
+            )
         for partition in gone:  # another worker reports them now: no frozen series here
             for gauge in (metrics.watermark, metrics.event_lag):
                 with contextlib.suppress(KeyError):
@@ -229,6 +254,7 @@ def _pipeline(
     decoder: EventDecoder,
     store: KpiStore,
     clock: Callable[[], float],
+    lease: Lease,
 ) -> Pipeline:
     deliveries = state.table.deliveries
     assert deliveries is not None
@@ -270,5 +296,6 @@ def _pipeline(
         highwater=highwater,
         read_from=read_from,
         owned=owned,
+        lease=lease,
         clock=clock,
     )

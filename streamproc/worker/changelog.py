@@ -27,7 +27,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from streamproc.errors import BrokerError
+from streamproc.errors import BrokerError, Fenced
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class ChangelogWriter:
         self.send = send
         self.limit = batch_bytes - _BATCH_HEADER
         self.lanes: dict[int, _Lane] = {}
+        self.fenced: set[int] = set()  # partitions whose queued writes were dropped (Fenced)
 
     def write(self, partition: int, records: list[Record]) -> asyncio.Future[None]:
         """Queue a write's records, in order, for changelog partition ``partition``."""
@@ -100,6 +101,11 @@ class ChangelogWriter:
             if self.lanes.get(partition) is lane and lane.task is None and lane.error is None:
                 del self.lanes[partition]
 
+    def take_fenced(self) -> set[int]:
+        """The partitions whose writes were dropped since the last call (``Fenced``)."""
+        fenced, self.fenced = self.fenced, set()
+        return fenced
+
     async def _run(self, partition: int, lane: _Lane) -> None:
         completes: list[asyncio.Future[None]] = []
         try:
@@ -112,13 +118,18 @@ class ChangelogWriter:
                 completes = []
         except BaseException as exc:
             # Cancelled (a shutdown): what was queued is not sent, so nothing after it may go
-            # either; its waiters get an error they stop on, not a cancellation.
+            # either; its waiters get an error they stop on, not a cancellation. Fenced (the
+            # partition may have moved to another worker): what was queued is dropped with it,
+            # and the lane takes the writes of a later assignment.
             error = (
                 exc
                 if isinstance(exc, Exception)
                 else BrokerError(f"the changelog writer of partition {partition} was stopped")
             )
-            lane.error = error
+            if isinstance(exc, Fenced):
+                self.fenced.add(partition)
+            else:
+                lane.error = error
             waiting = completes + [done for _, done in lane.queue]
             lane.queue.clear()
             for done in waiting:

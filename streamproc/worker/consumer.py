@@ -30,6 +30,7 @@ from mode.utils.futures import notify
 from streamproc.broker import OffsetReader
 from streamproc.connection import KafkaConnection
 from streamproc.worker import recovery
+from streamproc.worker.membership import Membership
 
 # How long a stopping worker waits for the batch in hand (it may be held by a Redis outage: its
 # offsets then stay uncommitted and it is processed again after the restart).
@@ -50,7 +51,8 @@ class Consumer(faust_aiokafka.Consumer):
 
     ``batched``: the topics handed over in batches (the input topics); ``batches``: the queue
     they go to (an ``app.FlowControlQueue``); ``kafka``: the connection of the worker's own
-    offset reads; all set by ``app.create_app``. ``busy`` is True
+    offset reads; ``membership``: the lease its heartbeats renew; all set by
+    ``app.create_app``. ``busy`` is True
     while the worker processes a batch, and ``acking`` holds the processed batches whose messages
     are not delivered yet: a rebalance waits for both (``wait_empty``), as Faust waits for the
     messages its streams hold, so no state write of this worker reaches a changelog partition
@@ -62,6 +64,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     batched: frozenset[str] = frozenset()
     batches: Any = None
+    membership: Membership | None = None
     kafka: KafkaConnection = KafkaConnection("127.0.0.1:9092")
     fetch_max_wait_ms = 1500  # Faust's fixed value
     HELD_WAIT_S = 0.05  # longest wait for fetched records while the input is held (1 s: Faust's)
@@ -280,7 +283,14 @@ class Consumer(faust_aiokafka.Consumer):
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the consumer's ``fetch_max_wait_ms`` (Faust fixes 1.5 s:
-    how long a fetch may wait for data; the broker answers at once when it has some)."""
+    how long a fetch may wait for data; the broker answers at once when it has some), and its
+    group coordinator's heartbeats renewing the worker's ``Membership``."""
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        membership = cast(Consumer, self.consumer).membership
+        if membership is not None and self._consumer is not None:
+            membership.watch(self._consumer._coordinator)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

@@ -31,3 +31,17 @@ Highwater = Callable[[str, int], int | None]  # (topic, partition) -> next offse
 # an earlier owner, whose state this worker recovered: it is read, though never delivered here.
 ReadFrom = Callable[[str, int], int | None]
 Owned = Callable[[], set[int]]  # the input partitions this worker is assigned
+
+
+class Lease(Protocol):
+    """Whether this worker still owns its partitions (``membership.Membership``)."""
+
+    def generation(self) -> int:
+        """The consumer-group generation its partitions were assigned in."""
+        ...
+
+    async def confirm(self, what: str, generation: int) -> None:
+        """Return while the partitions of ``generation`` are known to be this worker's; wait
+        while that is not known; raise ``errors.Fenced`` once they may have moved. Awaited
+        before every write of state (``what``, for the log)."""
+        ...

@@ -34,7 +34,14 @@ from streamproc.kpi.engine import (
     PartitionEngine,
 )
 from streamproc.store import PartitionStatus, PipelineStore
-from streamproc.worker.contracts import DeadLetterSink, Highwater, Owned, ReadFrom, StateTable
+from streamproc.worker.contracts import (
+    DeadLetterSink,
+    Highwater,
+    Lease,
+    Owned,
+    ReadFrom,
+    StateTable,
+)
 from streamproc.worker.positions import InputPositions
 from streamproc.worker.runs import (
     BatchCounts,
@@ -76,14 +83,17 @@ class Pipeline:
         highwater: Highwater,
         read_from: ReadFrom,
         owned: Owned,
+        lease: Lease,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``lease`` is confirmed before every write of state (``membership.py``)."""
         self.settings = settings
         self.store = store
         self.table = table
         self.decoders = decoders
         self.dead_letter = dead_letter
         self.owned = owned
+        self.lease = lease
         self.clock = clock
         self.engine_settings = engine_settings(settings)
         self.topics = [settings.topics_by_family[f] for f in FAMILY_INDEX]  # by topic index
@@ -153,6 +163,7 @@ class Pipeline:
         judged before a restart are skipped when read again.
         """
         wall_ms = int(self.clock() * 1000)
+        generation = self.lease.generation()
         async with self.lock:
             if not self.positions.ends_loaded:
                 await self.refresh_ends()
@@ -170,7 +181,7 @@ class Pipeline:
                 cap=self.settings.max_stores,
             )
             for partition, pieces in sorted(runs.items()):
-                part = Part(partition, labels, wall_ms)
+                part = Part(partition, labels, wall_ms, generation)
                 try:
                     done = await self._run(part, pieces)
                 except BaseException as exc:
@@ -202,7 +213,7 @@ class Pipeline:
         accepted = await self._first_occurrences(part, judged, done)
         outcome = engine.apply(accepted, progress, self.table)
         done.of(pieces[-1]).evicted += outcome.evicted
-        await self._settle(engine, outcome, part.wall_ms, too_late)
+        await self._settle(engine, outcome, part, too_late)
         for index, _, letter in too_late:
             done.counts[index].dead_letter(letter.reason)
         if done.again:
@@ -323,7 +334,7 @@ class Pipeline:
             outcome = engine.apply(
                 [], self.positions.progress(part.partition, part.wall_ms), self.table
             )
-            await self._settle(engine, outcome, part.wall_ms)
+            await self._settle(engine, outcome, part)
         except BaseException:
             self.forget([part.partition])
             raise
@@ -333,13 +344,14 @@ class Pipeline:
         if partition not in self.owned():
             return None  # a tick for a partition another worker owns
         wall_ms = int(self.clock() * 1000)
+        part = Part(partition, {}, wall_ms, self.lease.generation())
         async with self.lock:
             if not self.positions.ends_loaded:
                 await self.refresh_ends()
             engine = self.engine(partition)
             try:
                 outcome = engine.apply([], self.positions.progress(partition, wall_ms), self.table)
-                await self._settle(engine, outcome, wall_ms)
+                await self._settle(engine, outcome, part)
             except BaseException:
                 self.forget([partition])  # memory may be ahead of the table: rebuild it
                 raise
@@ -359,19 +371,23 @@ class Pipeline:
         self,
         engine: PartitionEngine,
         outcome: Outcome,
-        wall_ms: int,
+        part: Part,
         letters: Letters | None = None,
     ) -> None:
-        """Publish the outcome, then store it: the outcome's dead letters (events judged too
-        late) are delivered in between, before the meta that records them as judged (a restart
-        skips those events, ``PartitionEngine.read``)."""
+        """Publish the outcome, then store it, each once the lease of the run's generation is
+        confirmed (a worker that stalled past its group session may have lost the partition:
+        its writes would land over the new owner's). The outcome's dead letters (events judged
+        too late) are delivered in between, before the meta that records them as judged (a
+        restart skips those events, ``PartitionEngine.read``)."""
+        what = f"partition {outcome.partition}'s state"
+        await self.lease.confirm(what, part.generation)
         if outcome.watermark >= NEVER and outcome.partition not in self.finished:
             self.finished.add(outcome.partition)
             logger.info(
                 "partition %d: input read to its end, every value is final", outcome.partition
             )
         status = PartitionStatus(
-            outcome.partition, outcome.watermark, list(engine.meta.max_ts), wall_ms
+            outcome.partition, outcome.watermark, list(engine.meta.max_ts), part.wall_ms
         )
         await self.store.publish(
             outcome.partition,
@@ -382,4 +398,5 @@ class Pipeline:
         )
         if letters:
             await self._deliver([(message, letter) for _, message, letter in letters])
+        await self.lease.confirm(what, part.generation)
         await self.table.write(outcome.writes, outcome.partition)

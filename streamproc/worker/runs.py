@@ -45,6 +45,7 @@ class Part:
     partition: int
     labels: dict[str, str]
     wall_ms: int
+    generation: int  # the consumer-group generation the run began in
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from streamproc.kpi.engine import key_partition
 from streamproc.worker.changelog import ChangelogWriter, Record
+from streamproc.worker.contracts import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +128,12 @@ class TableState:
     Each write's delivery joins ``deliveries``.
     """
 
-    def __init__(self, table: StateTable, *, batch_bytes: int) -> None:
+    def __init__(self, table: StateTable, *, batch_bytes: int, lease: Lease) -> None:
+        """``lease`` is confirmed before each record batch is sent. (The batches of revoked
+        partitions are sent, or dropped, before a rebalance goes on: ``ChangelogWriter.drain``.
+        So a batch goes in the generation it was written in.)"""
         self.table = table
+        self.lease = lease
         self.changelog = ChangelogWriter(self._send, batch_bytes=batch_bytes)
 
     @property
@@ -143,6 +148,12 @@ class TableState:
     def scan(self) -> Iterable[str]:
         return list(self.store.keys())
 
+    def forget(self, partitions: set[int]) -> int:
+        """Drop the state of ``partitions`` from memory (writes of a batch whose changelog
+        records were dropped, ``Fenced``: memory may be ahead of the changelog); how many keys
+        went. Faust reads their changelog whole when they are assigned again."""
+        return self._drop(lambda partition: partition in partitions)
+
     def keep_only(self, partitions: set[int]) -> int:
         """Forget the state of other partitions than ``partitions`` (they moved to another
         worker); how many keys went. Faust's recovery forgets where it was in the changelog of a
@@ -150,9 +161,12 @@ class TableState:
         their keys held memory for nothing, and one whose tombstone was compacted away meanwhile
         would have come back from the dead. (Faust's memory store forgets only keys it
         recovered itself, and those not before the next recovery.)"""
+        return self._drop(lambda partition: partition not in partitions)
+
+    def _drop(self, gone_from: Callable[[int], bool]) -> int:
         store: Any = self.table.data  # faust.stores.memory.Store
         data, recovered = store.data, store._key_partition
-        gone = [key for key in data if key_partition(key) not in partitions]
+        gone = [key for key in data if gone_from(key_partition(key))]
         for key in gone:
             del data[key]
             recovered.pop(key, None)
@@ -177,6 +191,8 @@ class TableState:
 
     async def _send(self, partition: int, records: list[Record]) -> asyncio.Future[Any]:
         """One record batch to changelog partition ``partition``: its delivery."""
+        lease = self.lease
+        await lease.confirm(f"a state write to changelog partition {partition}", lease.generation())
         table = self.table
         producer = table.app.producer._ensure_producer()  # type: ignore[attr-defined]
         batch = producer.create_batch()

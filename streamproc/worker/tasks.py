@@ -1,8 +1,9 @@
 """What the worker runs inside Faust: the batch processor, the ticks, and the topic watch.
 
-Every Redis call goes through one retry path (``Holding``); any other error stops the worker at
-once (``exit_now``): a batch is acked only once it is processed and its messages delivered, so a
-restart processes it again and nothing is lost.
+Every Redis call goes through one retry path (``Holding``); work whose writes were fenced (the
+worker may have lost its partitions, ``membership.py``) is dropped unacked; any other error stops
+the worker at once (``exit_now``): a batch is acked only once it is processed and its messages
+delivered, so a restart processes it again and nothing is lost.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import faust
 
-from streamproc.errors import ConfigError, StoreUnavailable, TopicsChanged
+from streamproc.errors import ConfigError, Fenced, StoreUnavailable, TopicsChanged
 from streamproc.ingest import Message
 from streamproc.metrics import WorkerMetrics
 from streamproc.worker.align import Aligner, Slice
@@ -77,6 +78,8 @@ class Holding:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.MAX_DELAY_S)
                 continue
+            except Fenced:
+                raise  # the work is dropped: see ``dropped``
             except TopicsChanged as exc:
                 exit_now(TopicsChanged.EXIT_CODE, "%s", exc)
             except ConfigError as exc:  # Redis refused the password or its certificate
@@ -91,6 +94,11 @@ class Holding:
                 )
                 self.since = None
             return result
+
+
+def dropped(what: str, exc: Fenced) -> None:
+    """Work whose writes were fenced: it is not acked, so the partition's owner reads it again."""
+    logger.warning("%s: %s; not acked, the partition's owner processes it", what, exc)
 
 
 def exit_now(code: int, message: str, *args: object) -> NoReturn:
@@ -127,7 +135,11 @@ def wire_batches(
             for piece in run
         ]
         what = f"a batch of partition {run[0].tp.partition}"
-        counts = await hold(partial(pipeline.on_slices, slices), what)
+        try:
+            counts = await hold(partial(pipeline.on_slices, slices), what)
+        except Fenced as exc:
+            dropped(what, exc)
+            return
         sizes = [len(messages) for _, messages in slices]
         count(metrics, counts, sizes, time.perf_counter() - started)
         # Acked once the state of the run is on the broker; the next runs go on meanwhile.
@@ -135,7 +147,11 @@ def wire_batches(
         sent = deliveries.sent()
 
         async def ack() -> None:
-            await hold(partial(deliveries.wait, sent), what)
+            try:
+                await hold(partial(deliveries.wait, sent), what)
+            except Fenced as exc:
+                dropped(what, exc)
+                return
             for piece in run:
                 consumer.ack_range(piece.tp, piece.first, piece.last)
 
@@ -217,8 +233,13 @@ def wire_ticks(
     async def tick(stream: Any) -> None:
         async for event in stream.events():
             partition = event.message.partition
-            outcome = await hold(partial(pipeline.on_tick, partition), f"tick {partition}")
-            await hold(deliveries.wait, f"tick {partition}")
+            what = f"tick {partition}"
+            try:
+                outcome = await hold(partial(pipeline.on_tick, partition), what)
+                await hold(deliveries.wait, what)
+            except Fenced as exc:
+                dropped(what, exc)
+                outcome = None
             await stream.ack(event)  # else the last tick holds up shutdowns and rebalances
             if outcome is not None:
                 metrics.evicted.inc(outcome.evicted)

@@ -180,3 +180,60 @@ async def test_workers_killed_at_random_and_restarted(
     finally:
         await store.drop()
         await store.aclose()
+
+
+async def test_a_worker_stalled_past_its_session_writes_nothing_over_the_new_owner(
+    simulated: tuple[Path, list[bytes]], stack: Any, tmp_path: Path
+) -> None:
+    """Each of two workers in turn is stopped (SIGSTOP) longer than the group session, while the
+    input arrives in steps, so its partitions move to the other; then it goes on (SIGCONT) with
+    whatever it held. The report still agrees: the woken worker does not write its stale state
+    over the new owner's, in Redis or in the changelog (``worker/membership.py``)."""
+    _, lines = simulated
+    settings = load_settings(env_file=None, partitions=4, fx_rates={"EUR": Decimal("1.08")})
+    run = replay.replay_settings(settings)
+    env = run.env(*TOPIC_FIELDS)
+    env.update(env_for(stack), **env)
+    session_s = int(env.get("STREAMPROC_GROUP_SESSION_TIMEOUT_SECONDS", "10"))
+    store = KpiStore.connect(stack.redis_url, run.namespace)
+    rng = random.Random(11)
+    try:
+        with replay.Workers(env, 2, tmp_path / "logs") as running:
+
+            async def stall() -> None:
+                await asyncio.sleep(rng.uniform(6.0, 9.0))
+                for turn in range(3):
+                    victim = running.procs[turn % 2].proc
+                    os.killpg(victim.pid, signal.SIGSTOP)
+                    await asyncio.sleep(session_s + 4)
+                    os.killpg(victim.pid, signal.SIGCONT)
+                    await asyncio.sleep(rng.uniform(1.0, 5.0))
+
+            stalls = asyncio.ensure_future(stall())
+            ends: dict[tuple[str, int], int] = {}
+            step = len(lines) // 40 + 1
+            for start in range(0, len(lines), step):
+                _, _, sent = await replay.produce(
+                    lines[start : start + step],
+                    run,
+                    kafka=stack.bootstrap_servers,
+                    on_sent=lambda _: None,
+                )
+                for tp, end in sent.items():
+                    ends[tp] = max(ends.get(tp, 0), end)
+                await asyncio.sleep(1.5)
+            await stalls
+            await store.set_end_offsets(ends)
+            await replay.wait_until_done(
+                store, 4, timeout_s=240, on_progress=lambda *_: None, check=running.check
+            )
+            rows = await replay.report(store, run, [900_000, 3_600_000, 86_400_000])
+        logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+        assert "local member_id was not recognized" in logs  # a stalled worker lost the group
+        try:
+            agree(rows, lines)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{worker_story(tmp_path / 'logs')}") from None
+    finally:
+        await store.drop()
+        await store.aclose()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from helpers import T0_MS, dumps, make_event
+from helpers import T0_MS, Lease, dumps, make_event
 
 from streamproc.config import load_settings
 from streamproc.deadletter import DeadLetter
@@ -78,6 +78,7 @@ def pipeline(
         highwater=highwater,
         read_from=read_from,
         owned=lambda: {0},
+        lease=Lease(),
         clock=lambda: T0_MS / 1000 + 60,
     )
 

@@ -14,7 +14,7 @@ from aiokafka.errors import UnknownError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamproc.errors import BrokerError
+from streamproc.errors import BrokerError, Fenced
 from streamproc.worker.changelog import ChangelogWriter, Record, record_size
 
 
@@ -233,3 +233,27 @@ async def test_a_writer_cancelled_before_it_began_starts_again_with_the_next_wri
     second = writer.write(0, [(b"a", b"2")])
     await asyncio.wait_for(asyncio.gather(first, second), 1)
     assert log.batches == [[(b"a", b"2")]]
+
+
+async def test_fenced_writes_are_dropped_and_the_lane_takes_a_later_assignment() -> None:
+    """A send refused by the lease (the worker may have lost the partition) drops what waits
+    on the partition, says which partition, and does not stop the lane for good."""
+    log, fenced = Log(), True
+
+    async def send(partition: int, records: list[Record]) -> asyncio.Future[None]:
+        if fenced:
+            raise Fenced("the group moved on")
+        return await log.send(partition, records)
+
+    writer = ChangelogWriter(send, batch_bytes=1 << 20)
+    dropped = [writer.write(1, [(b"a", b"1")]), writer.write(1, [(b"a", b"2")])]
+    for future in dropped:
+        with pytest.raises(Fenced):
+            await future
+    await writer.drain([1])
+    assert writer.take_fenced() == {1}
+    assert writer.take_fenced() == set()
+    assert 1 not in writer.lanes  # forgotten with the drain, unlike a failed lane
+    fenced = False
+    await writer.write(1, [(b"a", b"3")])
+    assert log.batches == [[(b"a", b"3")]]

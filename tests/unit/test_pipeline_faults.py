@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers import T0_MS, dumps, make_event
+from helpers import T0_MS, Lease, dumps, make_event
 
 from streamproc.config import load_settings
 from streamproc.deadletter import DeadLetter
-from streamproc.errors import BrokerError, StoreUnavailable, TopicsChanged
+from streamproc.errors import BrokerError, Fenced, StoreUnavailable, TopicsChanged
 from streamproc.events.parse import EventDecoder, Reason
 from streamproc.ingest import BatchDecoder, Message
 from streamproc.worker.contracts import Highwater
@@ -89,6 +89,7 @@ def make_pipeline(
     *,
     highwater: Highwater | None = None,
     delivered: Callable[[], Awaitable[None]] | None = None,
+    lease: Lease | None = None,
 ) -> Pipeline:
     async def dead_letter(message: Message, letter: DeadLetter) -> Awaitable[None] | None:
         letters.append(letter)
@@ -104,6 +105,7 @@ def make_pipeline(
         highwater=highwater or (lambda topic, partition: None),
         read_from=lambda topic, partition: None,
         owned=lambda: {0},
+        lease=lease or Lease(),
         clock=lambda: T0_MS / 1000 + 60,
     )
 
@@ -221,6 +223,28 @@ async def test_a_redis_outage_leaves_the_batch_whole_and_its_dead_letters_unsent
     assert [letter.reason for letter in letters] == ["not_json"]
     assert counts.dead_letters == {"not_json": 1}
     assert store.published == 1
+
+
+@pytest.mark.parametrize("fenced_at", [0, 1], ids=["before-publish", "before-store"])
+async def test_a_fenced_batch_writes_nothing_more_and_its_partition_is_rebuilt(
+    fenced_at: int,
+) -> None:
+    """A worker that may have lost its partition (its lease is fenced) writes nothing more of the
+    batch: neither Redis, fenced before the publish, nor the state, fenced after it. What it
+    kept in memory of the partition is rebuilt from the state table for the next batch."""
+    store, table, letters = Store(), Table(), []
+    lease = Lease(fence_after=fenced_at)
+    pipe = make_pipeline(store, table, letters, lease=lease)
+    with pytest.raises(Fenced, match="partition 0's state is dropped"):
+        await pipe.on_batch(CLICKS, batch(["s1", "s2"]))
+    assert store.published == fenced_at  # the publish comes between the two confirms
+    assert table.written == []
+    assert 0 not in pipe.engines
+    lease.fence_after = None  # held again (a later assignment): the batch is read again
+    counts = await pipe.on_batch(CLICKS, batch(["s1", "s2"]))
+    assert sum(counts.valid.values()) == 2
+    assert lease.confirmed == ["partition 0's state"] * (fenced_at + 2)
+    assert table.written
 
 
 async def test_a_partition_that_ends_before_what_was_read_stops_the_worker() -> None:
