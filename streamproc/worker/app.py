@@ -188,6 +188,7 @@ def create_app(
             changelog = table.changelog_topic.get_topic_name()
             for partition in fenced:
                 recovery.revoke(TP(changelog, partition))
+            pipeline.forget(fenced)
             logger.warning(
                 "state writes of partitions %s were dropped (this worker may have lost them "
                 "while it stalled): %d keys forgotten, read from the changelog again if they "
