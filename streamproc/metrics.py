@@ -58,6 +58,7 @@ class WorkerMetrics(NamedTuple):
     watermark: Gauge
     event_lag: Gauge
     redis_retries: Counter
+    fenced: Counter
     consumer_lag: Gauge
     rebalances: Counter
     recovery_remaining: Gauge
@@ -131,6 +132,13 @@ class WorkerMetrics(NamedTuple):
                 "streamproc_redis_retries",
                 "Redis calls that failed with a transient error and were retried; the worker "
                 "holds its batch (and commits nothing) meanwhile.",
+                registry=registry,
+            ),
+            fenced=Counter(
+                "streamproc_fenced_work",
+                "Batches, deliveries and ticks dropped unacked because their partition may have "
+                "moved to another worker (this one stalled past its group session); the "
+                "partition's owner processes them.",
                 registry=registry,
             ),
             consumer_lag=Gauge(

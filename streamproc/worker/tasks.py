@@ -96,8 +96,9 @@ class Holding:
             return result
 
 
-def dropped(what: str, exc: Fenced) -> None:
+def dropped(metrics: WorkerMetrics, what: str, exc: Fenced) -> None:
     """Work whose writes were fenced: it is not acked, so the partition's owner reads it again."""
+    metrics.fenced.inc()
     logger.warning("%s: %s; not acked, the partition's owner processes it", what, exc)
 
 
@@ -138,7 +139,7 @@ def wire_batches(
         try:
             counts = await hold(partial(pipeline.on_slices, slices), what)
         except Fenced as exc:
-            dropped(what, exc)
+            dropped(metrics, what, exc)
             return
         sizes = [len(messages) for _, messages in slices]
         count(metrics, counts, sizes, time.perf_counter() - started)
@@ -150,7 +151,7 @@ def wire_batches(
             try:
                 await hold(partial(deliveries.wait, sent), what)
             except Fenced as exc:
-                dropped(what, exc)
+                dropped(metrics, what, exc)
                 return
             for piece in run:
                 consumer.ack_range(piece.tp, piece.first, piece.last)
@@ -238,7 +239,7 @@ def wire_ticks(
                 outcome = await hold(partial(pipeline.on_tick, partition), what)
                 await hold(deliveries.wait, what)
             except Fenced as exc:
-                dropped(what, exc)
+                dropped(metrics, what, exc)
                 outcome = None
             await stream.ack(event)  # else the last tick holds up shutdowns and rebalances
             if outcome is not None:
