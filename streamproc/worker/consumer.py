@@ -52,11 +52,10 @@ class Consumer(faust_aiokafka.Consumer):
     ``batched``: the topics handed over in batches (the input topics); ``batches``: the queue
     they go to (an ``app.FlowControlQueue``); ``kafka``: the connection of the worker's own
     offset reads; ``membership``: the lease its heartbeats renew; all set by
-    ``app.create_app``. ``busy`` is True
-    while the worker processes a batch, and ``acking`` holds the processed batches whose messages
-    are not delivered yet: a rebalance waits for both (``wait_empty``), as Faust waits for the
-    messages its streams hold, so no state write of this worker reaches a changelog partition
-    after its next owner has read it.
+    ``app.create_app``. ``busy`` is True while the worker processes a batch, and ``acking`` holds
+    the processed batches whose messages are not delivered yet: a rebalance waits for both
+    (``wait_empty``), as Faust waits for the messages its streams hold, so no state write of this
+    worker reaches a changelog partition after its next owner has read it.
 
     ``placed_at`` keeps what ``seek_to_committed`` (Faust's seek after every assignment) found:
     where this worker's reading of each partition starts.
