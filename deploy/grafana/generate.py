@@ -539,6 +539,14 @@ PIPELINE_PROCESSES = [
                             "{{instance}}")),
     Spec("Worker memory", "Resident memory of each worker process.", "bytes",
          one(by("instance", "process_resident_memory_bytes", WORKER_PROCESS), "{{instance}}")),
+    Spec("Held and dropped work",
+         "Redis calls retried while a worker holds its batch (Redis down or slow), and work a "
+         "worker dropped unacked because it stalled past its group session (its partitions' "
+         "owner processes it).", "ops",
+         (Target(rate("instance", "streamproc_redis_retries_total", WORKER_PROCESS),
+                 "Redis retries {{instance}}"),
+          Target(rate("instance", "streamproc_fenced_work_total", WORKER_PROCESS),
+                 "fenced {{instance}}"))),
 ]  # fmt: skip
 
 
