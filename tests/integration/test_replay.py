@@ -11,12 +11,15 @@ import re
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import PrivateRedis
 from helpers import anomalous_traffic
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
@@ -185,55 +188,65 @@ async def test_workers_killed_at_random_and_restarted(
 async def test_a_worker_stalled_past_its_session_writes_nothing_over_the_new_owner(
     simulated: tuple[Path, list[bytes]], stack: Any, tmp_path: Path
 ) -> None:
-    """Each of two workers in turn is stopped (SIGSTOP) longer than the group session, while the
-    input arrives in steps, so its partitions move to the other; then it goes on (SIGCONT) with
-    whatever it held. The report still agrees: the woken worker does not write its stale state
-    over the new owner's, in Redis or in the changelog (``worker/membership.py``)."""
+    """A worker stalls (SIGSTOP) with a batch in hand past its group session: its Redis is
+    frozen first, so the batch is caught waiting on it. A second worker takes the partitions
+    over and processes the rest of the input to its end. Then the first goes on (SIGCONT): it
+    must not write its stale state over the new owner's, in Redis or in the changelog
+    (``worker/membership.py``), and the report agrees with the reference."""
     _, lines = simulated
     settings = load_settings(env_file=None, partitions=4, fx_rates={"EUR": Decimal("1.08")})
     run = replay.replay_settings(settings)
-    env = run.env(*TOPIC_FIELDS)
-    env.update(env_for(stack), **env)
-    session_s = int(env.get("STREAMPROC_GROUP_SESSION_TIMEOUT_SECONDS", "10"))
-    store = KpiStore.connect(stack.redis_url, run.namespace)
-    rng = random.Random(11)
-    try:
-        with replay.Workers(env, 2, tmp_path / "logs") as running:
+    with PrivateRedis(tmp_path / "redis") as redis_server:
+        env = run.env(*TOPIC_FIELDS)
+        env.update(env_for(stack, STREAMPROC_REDIS_URL=redis_server.url), **env)
+        store = KpiStore.connect(redis_server.url, run.namespace)
+        half = len(lines) // 2
+        ends: dict[tuple[str, int], int] = {}
 
-            async def stall() -> None:
-                await asyncio.sleep(rng.uniform(6.0, 9.0))
-                for turn in range(3):
-                    victim = running.procs[turn % 2].proc
-                    os.killpg(victim.pid, signal.SIGSTOP)
-                    await asyncio.sleep(session_s + 4)
-                    os.killpg(victim.pid, signal.SIGCONT)
-                    await asyncio.sleep(rng.uniform(1.0, 5.0))
-
-            stalls = asyncio.ensure_future(stall())
-            ends: dict[tuple[str, int], int] = {}
-            step = len(lines) // 40 + 1
-            for start in range(0, len(lines), step):
-                _, _, sent = await replay.produce(
-                    lines[start : start + step],
-                    run,
-                    kafka=stack.bootstrap_servers,
-                    on_sent=lambda _: None,
-                )
-                for tp, end in sent.items():
-                    ends[tp] = max(ends.get(tp, 0), end)
-                await asyncio.sleep(1.5)
-            await stalls
-            await store.set_end_offsets(ends)
-            await replay.wait_until_done(
-                store, 4, timeout_s=240, on_progress=lambda *_: None, check=running.check
+        async def produce(part: list[bytes]) -> None:
+            _, _, sent = await replay.produce(
+                part, run, kafka=stack.bootstrap_servers, on_sent=lambda _: None
             )
-            rows = await replay.report(store, run, [900_000, 3_600_000, 86_400_000])
-        logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
-        assert "local member_id was not recognized" in logs  # a stalled worker lost the group
+            for tp, end in sent.items():
+                ends[tp] = max(ends.get(tp, 0), end)
+
         try:
-            agree(rows, lines)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{worker_story(tmp_path / 'logs')}") from None
-    finally:
-        await store.drop()
-        await store.aclose()
+            await produce(lines[:half])
+            with replay.Workers(env, 1, tmp_path / "logs") as running:
+                stalled = running.procs[0].proc
+                await _until(lambda: _logged(tmp_path / "logs", "state loaded") >= 4, 60)
+                await asyncio.sleep(2)  # the first half is processed
+                redis_server.freeze()
+                await produce(lines[half:])
+                await asyncio.sleep(3)  # the worker waits on Redis with the second half's batch
+                os.killpg(stalled.pid, signal.SIGSTOP)
+                redis_server.thaw()
+                await store.set_end_offsets(ends)
+                running.start(1)  # takes the partitions once the stalled one's session ends
+                await replay.wait_until_done(
+                    store, 4, timeout_s=120, on_progress=lambda *_: None, check=running.check
+                )
+                os.killpg(stalled.pid, signal.SIGCONT)
+                await _until(lambda: _logged(tmp_path / "logs", "not recognized") >= 1, 30)
+                await asyncio.sleep(5)  # what the woken worker does, it has done
+                await replay.wait_until_done(
+                    store, 4, timeout_s=120, on_progress=lambda *_: None, check=running.check
+                )
+                rows = await replay.report(store, run, [900_000, 3_600_000, 86_400_000])
+            try:
+                agree(rows, lines)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{worker_story(tmp_path / 'logs')}") from None
+        finally:
+            await store.aclose()
+
+
+def _logged(logs: Path, text: str) -> int:
+    return sum(p.read_text(errors="replace").count(text) for p in logs.glob("*.log"))
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
