@@ -297,7 +297,10 @@ class Settings(BaseSettings):
         "unacked, once the group has moved on without it.",
     )
     group_heartbeat_interval_seconds: int = Field(
-        default=1, ge=1, description="Consumer-group heartbeat interval."
+        default=1,
+        ge=1,
+        description="Consumer-group heartbeat interval; less than half of the session and "
+        "rebalance timeouts.",
     )
     group_rebalance_timeout_seconds: int = Field(
         default=10, ge=1, description="How long a rebalance waits for members to rejoin."
@@ -421,6 +424,22 @@ class Settings(BaseSettings):
             raise ValueError(f"{', '.join(unused)} set, but {protocol} does not use TLS")
         if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
             raise ValueError("STREAMPROC_KAFKA_SSL_KEYFILE needs STREAMPROC_KAFKA_SSL_CERTFILE")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> Settings:
+        """A worker writes state only while a heartbeat accepted within the smaller group
+        timeout says it is still a member (``worker/membership.py``): two must fit in it."""
+        window = min(self.group_session_timeout_seconds, self.group_rebalance_timeout_seconds)
+        if 2 * self.group_heartbeat_interval_seconds >= window:
+            raise ValueError(
+                f"STREAMPROC_GROUP_HEARTBEAT_INTERVAL_SECONDS={self.group_heartbeat_interval_seconds}"
+                " must be less than half of STREAMPROC_GROUP_SESSION_TIMEOUT_SECONDS "
+                f"({self.group_session_timeout_seconds}) and of "
+                f"STREAMPROC_GROUP_REBALANCE_TIMEOUT_SECONDS "
+                f"({self.group_rebalance_timeout_seconds}): a worker writes its state only while "
+                "a recent heartbeat shows it still owns its partitions"
+            )
         return self
 
     def env(self, *fields: str) -> dict[str, str]:

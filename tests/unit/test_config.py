@@ -60,6 +60,7 @@ def test_env_file(tmp_path: Path) -> None:
         ("STREAMPROC_REPORTING_CURRENCY", "usd", "pattern"),
         ("STREAMPROC_NAMESPACE", "has space", "pattern"),
         ("STREAMPROC_LOG_LEVEL", "loud", "debug"),
+        ("STREAMPROC_GROUP_HEARTBEAT_INTERVAL_SECONDS", "5", "less than half"),
     ],
 )
 def test_errors_name_the_variable(
