@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -209,3 +211,11 @@ class Lease:
         if self.fence_after is not None and len(self.confirmed) >= self.fence_after:
             raise Fenced(f"{what} is dropped: the group moved on")
         self.confirmed.append(what)
+
+
+async def until(check: Callable[[], bool], *, timeout_s: float = 5.0, poll_s: float = 0.02) -> None:
+    """Wait until ``check()`` is true; fail after ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(poll_s)

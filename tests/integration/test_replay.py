@@ -11,8 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import pytest
 from faults import PrivateRedis
-from helpers import anomalous_traffic
+from helpers import anomalous_traffic, until
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
 from reference.report import compare_reports
@@ -78,14 +76,17 @@ VISITORS_TOLERANCE = 0.02
 VISITORS_SLACK = 0
 
 
-def agree(engine: list[dict[str, Any]], lines: list[bytes]) -> None:
+def agree(engine: list[dict[str, Any]], lines: list[bytes], logs: Path | None = None) -> None:
+    """The engine's report is the reference's; a disagreement says what the workers whose logs
+    are under ``logs`` went through (``worker_story``)."""
     differences = compare_reports(
         engine,
         reference_report(lines, REFERENCE),
         visitors_rel_tol=VISITORS_TOLERANCE,
         visitors_abs_tol=VISITORS_SLACK,
     )
-    assert not differences, "\n".join(differences)
+    story = [worker_story(logs)] if differences and logs is not None else []
+    assert not differences, "\n".join(differences + story)
 
 
 # What a worker log says about ownership and verdicts: enough to tell a lost partition, a
@@ -173,13 +174,9 @@ async def test_workers_killed_at_random_and_restarted(
                 store, 4, timeout_s=240, on_progress=lambda *_: None, check=running.check
             )
             rows = await replay.report(store, run, [900_000, 3_600_000, 86_400_000])
-        try:
-            agree(rows, lines)
-        except AssertionError as exc:  # seen once, under load: what the workers went through
-            raise AssertionError(f"{exc}\n{worker_story(tmp_path / 'logs')}") from None
+        agree(rows, lines, tmp_path / "logs")  # failed once, under load: with the story
         if static:  # aiokafka names a static member after its instance id
-            logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
-            assert "with member_id worker-0-" in logs
+            assert _logged(tmp_path / "logs", "with member_id worker-0-")
     finally:
         await store.drop()
         await store.aclose()
@@ -214,7 +211,11 @@ async def test_a_worker_stalled_past_its_session_writes_nothing_over_the_new_own
             await produce(lines[:half])
             with replay.Workers(env, 1, tmp_path / "logs") as running:
                 stalled = running.procs[0].proc
-                await _until(lambda: _logged(tmp_path / "logs", "state loaded") >= 4, 60)
+                await until(
+                    lambda: _logged(tmp_path / "logs", "state loaded") >= 4,
+                    timeout_s=60,
+                    poll_s=0.1,
+                )
                 await asyncio.sleep(2)  # the first half is processed
                 redis_server.freeze()
                 await produce(lines[half:])
@@ -227,26 +228,20 @@ async def test_a_worker_stalled_past_its_session_writes_nothing_over_the_new_own
                     store, 4, timeout_s=120, on_progress=lambda *_: None, check=running.check
                 )
                 os.killpg(stalled.pid, signal.SIGCONT)
-                await _until(lambda: _logged(tmp_path / "logs", "not recognized") >= 1, 30)
+                await until(
+                    lambda: _logged(tmp_path / "logs", "not recognized") >= 1,
+                    timeout_s=30,
+                    poll_s=0.1,
+                )
                 await asyncio.sleep(5)  # what the woken worker does, it has done
                 await replay.wait_until_done(
                     store, 4, timeout_s=120, on_progress=lambda *_: None, check=running.check
                 )
                 rows = await replay.report(store, run, [900_000, 3_600_000, 86_400_000])
-            try:
-                agree(rows, lines)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{worker_story(tmp_path / 'logs')}") from None
+            agree(rows, lines, tmp_path / "logs")
         finally:
             await store.aclose()
 
 
 def _logged(logs: Path, text: str) -> int:
     return sum(p.read_text(errors="replace").count(text) for p in logs.glob("*.log"))
-
-
-async def _until(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
