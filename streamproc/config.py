@@ -430,15 +430,17 @@ class Settings(BaseSettings):
     def _heartbeats_fit(self) -> Settings:
         """A worker writes state only while a heartbeat accepted within the smaller group
         timeout says it is still a member (``worker/membership.py``): two must fit in it."""
-        window = min(self.group_session_timeout_seconds, self.group_rebalance_timeout_seconds)
-        if 2 * self.group_heartbeat_interval_seconds >= window:
+        heartbeat = self.group_heartbeat_interval_seconds
+        session, rebalance = (
+            self.group_session_timeout_seconds,
+            self.group_rebalance_timeout_seconds,
+        )
+        if 2 * heartbeat >= min(session, rebalance):
             raise ValueError(
-                f"STREAMPROC_GROUP_HEARTBEAT_INTERVAL_SECONDS={self.group_heartbeat_interval_seconds}"
-                " must be less than half of STREAMPROC_GROUP_SESSION_TIMEOUT_SECONDS "
-                f"({self.group_session_timeout_seconds}) and of "
-                f"STREAMPROC_GROUP_REBALANCE_TIMEOUT_SECONDS "
-                f"({self.group_rebalance_timeout_seconds}): a worker writes its state only while "
-                "a recent heartbeat shows it still owns its partitions"
+                f"{env_name('group_heartbeat_interval_seconds')}={heartbeat} must be less than "
+                f"half of {env_name('group_session_timeout_seconds')} ({session}) and of "
+                f"{env_name('group_rebalance_timeout_seconds')} ({rebalance}): a worker writes "
+                "its state only while a recent heartbeat shows it still owns its partitions"
             )
         return self
 
