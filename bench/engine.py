@@ -5,10 +5,9 @@
 Simulator traffic (as ``bench/throughput.py`` makes it: 5 stores, 1 % duplicates, 2 % out of
 order, 0.5 % malformed) is decoded and cut up first into the runs a worker processes (per
 partition, slices of a minute of event time of one topic, judged one by one and absorbed
-together: ``worker/align.py``). Only the engine's work is timed: judging, deduplicating (an
-in-memory first-seen map, where the worker asks Redis), absorbing, re-evaluating and evicting,
-and storing each plan's writes in a dict. The garbage collector is set as in a worker
-(``STREAMPROC_GC_GEN0_THRESHOLD``'s default).
+together: ``worker/align.py``). Only the engine's work is timed: judging, dropping duplicates,
+absorbing, re-evaluating and evicting, and storing each plan's writes in a dict. The garbage
+collector is set as in a worker (``STREAMPROC_GC_GEN0_THRESHOLD``'s default).
 ``--profile`` prints the functions taking the most time under cProfile (slower; for finding
 where time goes, not for the figure). The machine is shared and noisy: compare ratios in one
 run, best of ``--repeat``.
@@ -106,19 +105,12 @@ def run(work: list[Run], partitions: int) -> None:
     store = MemoryState()
     settings = EngineSettings()
     engines = {p: PartitionEngine(p, settings, store) for p in range(partitions)}
-    seen: dict[str, tuple[int, int, int]] = {}
     for p, slices in work:
         engine = engines[p]
-        accepted = []
-        for topic, items, progress in slices:
-            verdicts = engine.read(items, progress)
-            accepted += [
-                item
-                for item in verdicts.on_time
-                if seen.setdefault(item.event.event_id, (p, topic, item.offset))
-                == (p, topic, item.offset)
-            ]
-        store.apply(engine.apply(accepted, progress, store).writes)
+        on_time = []
+        for _, items, progress in slices:
+            on_time += engine.read(items, progress).on_time
+        store.apply(engine.apply(on_time, progress, store).writes)
     for engine in engines.values():
         store.apply(engine.apply([], Progress(ended=frozenset(range(4))), store).writes)
 

@@ -191,11 +191,6 @@ class Settings(BaseSettings):
         ge=60,
         description="A cart with no order this long after its last event is abandoned.",
     )
-    dedup_horizon_seconds: int = Field(
-        default=86400,
-        ge=60,
-        description="A repeated `event_id` within this horizon is dropped as a duplicate.",
-    )
     order_retention_seconds: int = Field(
         default=7 * 86400,
         ge=3600,

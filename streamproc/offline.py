@@ -1,4 +1,4 @@
-"""The engine run in-process over an events file: partitions, batches per topic, dedup, store caps.
+"""The engine run in-process over an events file: partitions, batches per topic, store caps.
 
 It behaves like the worker (same engine, same batching per topic and partition, Kafka's default
 partitioner) without Kafka, Redis or Faust. Tests compare it with the reference; benchmarks use it
@@ -126,7 +126,6 @@ class OfflinePipeline:
         self.crash = crash
         self.rewind = rewind
         self.align_ms = align_ms
-        self.first_seen: dict[str, tuple[int, int, int]] = {}
 
     def run(self, lines: Iterable[bytes]) -> OfflineResult:
         """Each round takes the next ``batch`` records of every partition in arrival order and
@@ -210,14 +209,9 @@ class OfflinePipeline:
         verdicts = engine.read(items, progress)
         result.too_late += len(verdicts.too_late)
         result.late += verdicts.late
-        accepted = []
-        for item in verdicts.on_time:
-            here = (engine.partition, topic, item.offset)
-            if self.first_seen.setdefault(item.event.event_id, here) != here:
-                result.duplicates += 1
-            else:
-                accepted.append(item)
-        return engine.apply(accepted, progress, store)
+        outcome = engine.apply(verdicts.on_time, progress, store)
+        result.duplicates += len(outcome.duplicates)
+        return outcome
 
     @staticmethod
     def _publish(outcome: Outcome, store: MemoryState, result: OfflineResult) -> None:

@@ -394,7 +394,8 @@ def expected_counts(lines: Iterable[bytes], settings: ReferenceSettings = REFERE
 class Accounting:
     """Where every message went, as the pipeline left it in Redis and the dead-letter topic.
 
-    accepted: distinct accepted event ids (dedup keys in Redis); dead_letters: distinct source
+    accepted: events accepted, as the partitions' states count them (published with their
+    statuses: a restart neither loses nor repeats them); dead_letters: distinct source
     coordinates in the DLQ (``dlq_records`` counts the records, re-sends included); duplicates:
     as the reference counts them (the worker's own count lives and dies with its process).
     recovery: seconds from each fault's end until every partition made progress again.
@@ -525,11 +526,20 @@ class FaultRun:
         return replay.Workers(self.env, count, self.workdir / name)
 
     async def wait_accepting(self, *, at_least: int = 1, timeout_s: float = 60.0) -> None:
-        """Until the workers have accepted some events (their dedup keys appear)."""
+        """Until the workers have accepted some events (their partitions' statuses count them)."""
         deadline = time.monotonic() + timeout_s
-        while await self.store.count_keys("dedup") < at_least:
+        while (await self.store.judged())[0] < at_least:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {at_least} events accepted within {timeout_s:g} s")
+            await asyncio.sleep(0.2)
+
+    async def wait_new_minutes(self, minutes: int, *, timeout_s: float) -> None:
+        """Until the cells of more than ``minutes`` minutes are published: new input was read
+        (whatever the state's counts, which a broker that lost the changelog starts again)."""
+        deadline = time.monotonic() + timeout_s
+        while await self.store.count_keys("cells") <= minutes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no minute beyond the {minutes} published in {timeout_s:g} s")
             await asyncio.sleep(0.2)
 
     async def recovery(self, since: float, *, timeout_s: float, check: Callable[[], None]) -> float:
@@ -582,7 +592,7 @@ class FaultRun:
         expected = expected_counts(lines)
         return Accounting(
             events_in=self.sent,
-            accepted=await self.store.count_keys("dedup"),
+            accepted=(await self.store.judged())[0],
             dead_letters=len({(d.topic, d.partition, d.offset) for d in letters}),
             dlq_records=len(letters),
             duplicates=expected.duplicates,

@@ -305,7 +305,8 @@ class Backfill:
 
     async def summary(self, plan: Plan) -> Summary:
         """Events, dead letters by reason and duplicates of the whole range, from what lasts
-        across restarts: the dead-letter topic (each source message once) and the dedup keys."""
+        across restarts: the dead-letter topic (each source message once) and the partitions'
+        statuses (their state's count of accepted events)."""
         async with broker.OffsetReader(self.kafka) as reader:
             letters = await reader.dead_letters(dead_letter_topic(plan.name))
             stamps = await audit_stamps(
@@ -324,7 +325,7 @@ class Backfill:
                 reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
         store = self.store(plan.name)
         try:
-            accepted = await store.count_keys("dedup")
+            accepted, _ = await store.judged()
         finally:
             await store.aclose()
         duplicates = plan.records - len(seen) - accepted

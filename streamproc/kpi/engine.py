@@ -5,9 +5,9 @@ Per partition, persisted state is records (with per-topic offset markers), a met
 partials are a projection kept in memory: ``frozen + sum(contribute(record, watermark))``, rebuilt
 from the state after a restart or rebalance, so they are exact whatever was re-processed.
 
-One batch for one partition: ``verdicts = engine.read(...)``; the caller drops duplicates; then
-``outcome = engine.apply(...)`` computes everything; the caller publishes ``outcome`` (Redis)
-and then stores ``outcome.writes`` in order.
+One batch for one partition: ``verdicts = engine.read(...)``; then ``outcome =
+engine.apply(verdicts.on_time, ...)`` drops duplicates and computes everything; the caller
+publishes ``outcome`` (Redis) and then stores ``outcome.writes`` in order.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from streamproc.kpi.records import (
     decode_session,
     decode_ticket,
     encode,
+    event_hash,
     new_offsets,
 )
 
@@ -101,7 +102,7 @@ class Progress:
 class Verdicts:
     """What ``read`` made of a batch's events."""
 
-    on_time: list[Item]  # to absorb (after dedup), late ones included
+    on_time: list[Item]  # to apply (duplicates are dropped there), late ones included
     too_late: list[Item]  # beyond max_lateness: for the dead-letter topic
     late: int = 0  # of on_time, how many amend an already closed minute
     again: int = 0  # judged before a restart or rebalance (``Meta.read_to``): skipped
@@ -118,6 +119,7 @@ class Outcome:
     open_tickets: dict[tuple[str, str, str], int] | None = None  # whole gauge, when it changed
     watermark: int = NONE
     evicted: int = 0
+    duplicates: list[Item] = field(default_factory=list)  # of the events applied, in order
 
 
 def record_key(item: Item) -> str:
@@ -400,19 +402,41 @@ class PartitionEngine:
         return move
 
     def apply(self, items: list[Item], progress: Progress, state: State) -> Outcome:
-        """Absorb accepted events, advance the watermark, re-evaluate and evict: the outcome."""
+        """Absorb the events judged on time but for duplicates, advance the watermark,
+        re-evaluate and evict: the outcome.
+
+        A duplicate is an event whose id its record has seen (records.py: ``seen``). The
+        events of an outcome whose meta (with its ``read_to`` and counts) did not reach the
+        changelog are judged again after a restart; their record tells which were absorbed
+        (``off``: up to that offset, every message of the topic was judged) and which dropped
+        as duplicates (``repeats``). Each counts as it did, and changes nothing else.
+        """
         previous = self.applied_watermark  # the projection holds contributions at this one
         work: dict[str, tuple[Record, Contribution]] = {}
+        duplicates: list[Item] = []
         for item in items:
             key = record_key(item)
             opened = work.get(key)
             if opened is None:
                 opened = work[key] = self._open(state, key, previous, create=True)
-            off, topic = opened[0].off, item.topic
-            if off[topic] >= item.offset:
-                continue  # absorbed before a restart
-            off[topic] = item.offset
-            self._absorb(opened[0], item)
+            record, topic, offset = opened[0], item.topic, item.offset
+            seen, eid = record.seen, event_hash(item.event.event_id)
+            if eid not in seen:
+                seen.add(eid)
+                if record.off[topic] < offset:
+                    record.off[topic] = offset
+                    self._absorb(record, item)
+                # else absorbed before its record kept the ids of its events
+                continue
+            read_at = offset * TOPICS + topic  # where it was read (records.py)
+            if read_at in record.repeats:
+                duplicates.append(item)  # dropped before a restart too
+            elif offset > record.off[topic]:
+                record.repeats.append(read_at)
+                duplicates.append(item)
+            # else this very message, absorbed before a restart
+        self.meta.accepted += len(items) - len(duplicates)
+        self.meta.duplicates += len(duplicates)
         watermark = self._advance(progress)
         cut = len(self.prefix)
         while self.heap and self.heap[0][0] <= watermark:
@@ -425,7 +449,9 @@ class PartitionEngine:
                 opened = self._open(state, key, previous, create=False)
                 if opened[0] is not None:
                     work[key] = opened
-        return self._settle(work, watermark, previous, state)
+        outcome = self._settle(work, watermark, previous, state)
+        outcome.duplicates = duplicates
+        return outcome
 
     def _open(
         self, state: State, key: str, watermark: int, *, create: bool

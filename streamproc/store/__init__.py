@@ -1,11 +1,10 @@
-"""Redis: dedup, store labels, the published partials and sketches. The only package that
+"""Redis: store labels, the published partials and sketches. The only package that
 imports redis: ``client`` (the connection, redis-py's errors mapped to ours), ``scripts`` (Lua),
 ``contracts`` (what the worker and the exporter ask of it), ``publish`` (a publish's commands),
 ``kpistore`` (``KpiStore``).
 
 Keys, all under ``{namespace}:``::
 
-    dedup:{event_id}              first occurrence "topic:partition:offset" (SET NX, horizon TTL)
     stores                        the store ids that keep their own label (a capped set)
     cells:{minute}                hash "{store}|{partition}" -> msgpack counters of that partition
     changed                       sorted set: minute -> when it was last written (wall ms)
@@ -13,7 +12,8 @@ Keys, all under ``{namespace}:``::
     vis:{minute}:{store}:{dim}    the same visitors as an exact set of 64-bit hashes while small;
                                   {0} once it outgrew its cap (then only the HyperLogLog counts)
     open                          hash partition -> msgpack open-ticket gauge
-    status                        hash partition -> msgpack {watermark, max_ts, evicted, at}
+    status                        hash partition -> msgpack {watermark, max_ts, at, accepted,
+                                  duplicates}
     end                           hash "topic:partition" -> end offset (replay and backfill)
     backfill                      a backfill's plan (JSON, ``backfill/plan.py``)
 

@@ -5,7 +5,7 @@ last snapshot), ``StoreRefused`` for a password or certificate it refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,10 +23,16 @@ class ExactVisitors:
 
 @dataclass(frozen=True)
 class PartitionStatus:
+    """Where a partition stands, published with each of its outcomes. ``accepted`` and
+    ``duplicates`` count the events judged so since the partition's state began (they are in
+    its state, so a restart neither loses nor repeats them)."""
+
     partition: int
     watermark: int
     max_ts: list[int]
     at_ms: int
+    accepted: int = 0
+    duplicates: int = 0
 
 
 VisitorKey = tuple[tuple[int, ...], str, str | None]  # (minutes, store, dimension)
@@ -37,9 +43,6 @@ class PipelineStore(Protocol):
 
     async def input_ends(self) -> dict[tuple[str, int], int] | None: ...
     async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]: ...
-    async def first_occurrences(
-        self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
-    ) -> list[bool]: ...
     async def publish(
         self,
         partition: int,

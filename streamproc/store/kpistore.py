@@ -44,7 +44,6 @@ class KpiStore:
         self.ns = namespace
         self.retention_s = retention_s
         self.exact = exact_visitors or ExactVisitors()
-        self._dedup = client.register_script(scripts.DEDUP)
         self._stores = client.register_script(scripts.STORES)
         self._add_visitors = client.register_script(scripts.VISITORS_ADD)
         self._count_visitors = client.register_script(scripts.VISITORS_COUNT)
@@ -98,17 +97,6 @@ class KpiStore:
     # --- worker -----------------------------------------------------------------------------
 
     @mapped
-    async def first_occurrences(
-        self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
-    ) -> list[bool]:
-        """For each event id: whether this message is its first occurrence (or is it again)."""
-        if not ids:
-            return []
-        prefix = self.key("dedup", "")
-        result = await self._dedup(keys=[prefix + i for i in ids], args=[horizon_s, *coordinates])
-        return list(map(bool, result))
-
-    @mapped
     async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:
         """The label of each store id: its own while the cap allows, else ``other``."""
         unknown = sorted({s for s in stores if s not in self._labels})
@@ -154,7 +142,13 @@ class KpiStore:
                 gauge = [[s, ch, pr, n] for (s, ch, pr), n in open_tickets.items()]
                 pipe.hset(self.key("open"), str(partition), pack(gauge))
             if status is not None:
-                value = {"watermark": status.watermark, "max_ts": status.max_ts, "at": status.at_ms}
+                value = {
+                    "watermark": status.watermark,
+                    "max_ts": status.max_ts,
+                    "at": status.at_ms,
+                    "accepted": status.accepted,
+                    "duplicates": status.duplicates,
+                }
                 pipe.hset(self.key("status"), str(partition), pack(value))
 
         await self._run(commands)
@@ -285,6 +279,13 @@ class KpiStore:
         raw = await self.client.hgetall(self.key("status"))
         return {int(p): unpack(v) for p, v in raw.items()}
 
+    async def judged(self) -> tuple[int, int]:
+        """(accepted, duplicates): the events the partitions' workers judged so, as their
+        latest published statuses count them (``PartitionStatus``)."""
+        statuses = (await self.statuses()).values()
+        accepted = sum(s.get("accepted", 0) for s in statuses)
+        return accepted, sum(s.get("duplicates", 0) for s in statuses)
+
     # --- backfill ---------------------------------------------------------------------------
 
     @mapped
@@ -299,7 +300,7 @@ class KpiStore:
 
     @mapped
     async def count_keys(self, kind: str) -> int:
-        """How many keys of one kind the namespace holds (``dedup``: distinct accepted ids)."""
+        """How many keys of one kind the namespace holds (``cells``: minutes with cells)."""
         count = 0
         async for _ in self.client.scan_iter(match=self.key(kind, "*"), count=5000):
             count += 1

@@ -1,20 +1,5 @@
 """The Lua scripts KpiStore runs in Redis: each makes many keys' worth of work one round trip."""
 
-DEDUP = """
-local accepted = {}
-for i, key in ipairs(KEYS) do
-  local first = ARGV[i + 1]
-  if redis.call('SET', key, first, 'NX', 'EX', ARGV[1]) then
-    accepted[i] = 1
-  elseif redis.call('GET', key) == first then
-    accepted[i] = 1
-  else
-    accepted[i] = 0
-  end
-end
-return accepted
-"""
-
 STORES = """
 local labels = {}
 for i, store in ipairs(ARGV) do

@@ -5,7 +5,7 @@ the dead-letter sink and the consumer's high watermarks through small protocols.
 partition's consecutive slices, ``align.py``), under one lock (the engines and the table are
 shared by the run processor and the ticks):
 
-    decode -> dead-letter bad input -> store labels -> too late? -> duplicate? -> engine
+    decode -> dead-letter bad input -> store labels -> too late? -> engine (duplicate?)
     -> publish to Redis (absolute values, idempotent adds) -> write the state table
 
 Redis is written before the table, so a crash in between re-processes the batch into the same
@@ -15,7 +15,6 @@ values; the table's per-record offset markers make the re-processing change noth
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -199,7 +198,7 @@ class Pipeline:
         return counts
 
     async def _run(self, part: Part, pieces: list[Piece]) -> Done:
-        """One partition's events of a run: judged (slice by slice), deduplicated, absorbed,
+        """One partition's events of a run: judged (slice by slice), absorbed but for duplicates,
         published, stored; the dead letters of its events judged too late are delivered before
         the state is (``_settle``)."""
         done = Done()
@@ -210,9 +209,10 @@ class Pipeline:
                 await self.positions.check_judged(piece.topic, part.partition, judged_to)
         judged, too_late = self._judge(engine, part, pieces, done)
         progress = self.positions.progress(part.partition, part.wall_ms)
-        accepted = await self._first_occurrences(part, judged, done)
-        outcome = engine.apply(accepted, progress, self.table)
+        on_time = [item for _, items in judged for item in items]
+        outcome = engine.apply(on_time, progress, self.table)
         done.of(pieces[-1]).evicted += outcome.evicted
+        self._count_duplicates(judged, outcome.duplicates, done)
         await self._settle(engine, outcome, part, too_late)
         for index, _, letter in too_late:
             done.counts[index].dead_letter(letter.reason)
@@ -257,27 +257,15 @@ class Pipeline:
             judged.append((piece, verdicts.on_time))
         return judged, too_late
 
-    async def _first_occurrences(
-        self, part: Part, judged: list[tuple[Piece, list[Item]]], done: Done
-    ) -> list[Item]:
-        """The judged events that are no duplicates, in order; ``done`` counts the others."""
-        ids: list[str] = []
-        coordinates: list[str] = []  # each message's "topic:partition:offset"
-        for piece, items in judged:
-            prefix = f"{piece.topic}:{part.partition}:"
-            ids += [item.event.event_id for item in items]
-            coordinates += [f"{prefix}{item.offset}" for item in items]
-        first = await self.store.first_occurrences(
-            ids, coordinates, horizon_s=self.settings.dedup_horizon_seconds
-        )
-        accepted: list[Item] = []
-        at = 0
-        for piece, items in judged:
-            flags = first[at : at + len(items)]
-            at += len(items)
-            accepted += itertools.compress(items, flags)
-            done.of(piece).duplicates += len(items) - sum(flags)
-        return accepted
+    def _count_duplicates(
+        self, judged: list[tuple[Piece, list[Item]]], duplicates: list[Item], done: Done
+    ) -> None:
+        """``done`` counts each duplicate in the slice it came in."""
+        for item in duplicates:
+            for piece, items in judged:
+                if items and items[0].topic == item.topic and item.offset <= items[-1].offset:
+                    done.of(piece).duplicates += 1
+                    break
 
     async def _one_by_one(self, part: Part, pieces: list[Piece], error: BaseException) -> Done:
         """A partition's run raised (not a Redis outage): its events are processed one at a
@@ -386,8 +374,14 @@ class Pipeline:
             logger.info(
                 "partition %d: input read to its end, every value is final", outcome.partition
             )
+        meta = engine.meta
         status = PartitionStatus(
-            outcome.partition, outcome.watermark, list(engine.meta.max_ts), part.wall_ms
+            outcome.partition,
+            outcome.watermark,
+            list(meta.max_ts),
+            part.wall_ms,
+            accepted=meta.accepted,
+            duplicates=meta.duplicates,
         )
         await self.store.publish(
             outcome.partition,

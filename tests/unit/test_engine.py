@@ -265,6 +265,67 @@ def test_a_meta_written_before_read_to_decodes_with_nothing_judged() -> None:
     old = msgspec.msgpack.encode([[T0, NONE, NONE, NONE], T0 - 120_000, NONE, ""])
     meta = decode_meta(old)
     assert meta.watermark == T0 - 120_000 and meta.read_to == [NONE] * TOPICS
+    assert meta.accepted == meta.duplicates == 0
+
+
+def _views(engine: PartitionEngine) -> int:
+    return sum(counters.get(c.PAGE_VIEWS, 0) for counters in engine.sums.values())
+
+
+def test_a_repeated_event_id_is_dropped_in_its_batch_and_in_later_ones() -> None:
+    store = MemoryState()
+    engine = PartitionEngine(0, SETTINGS, store)
+    first = [
+        Item(_event("page_view", T0, "e1"), 0, 0, "store-01"),
+        Item(_event("page_view", T0, "e1"), 0, 1, "store-01"),  # sent twice by its tracker
+        Item(_event("page_view", T0 + 1000, "e2"), 0, 2, "store-01"),
+    ]
+    plan = engine.apply(engine.read(first, Progress()).on_time, Progress(), store)
+    store.apply(plan.writes)
+    assert plan.duplicates == [first[1]] and _views(engine) == 2
+    # later, out of order and on another topic's offsets: still the same events
+    again = [
+        Item(_event("page_view", T0, "e2"), 0, 7, "store-01"),
+        Item(_event("add_to_cart", T0, "e1", cart_id="c1", quantity=1), 1, 1, "store-01"),
+        Item(_event("page_view", T0 + 2000, "e3"), 0, 8, "store-01"),
+    ]
+    plan = engine.apply(engine.read(again, Progress()).on_time, Progress(), store)
+    assert plan.duplicates == again[:2] and _views(engine) == 3
+    assert (engine.meta.accepted, engine.meta.duplicates) == (3, 3)
+
+
+def test_a_message_read_again_after_a_lost_meta_is_not_its_own_duplicate() -> None:
+    """A kill after a plan's records reached the changelog but not its meta: the restarted
+    engine judges the batch again. Each message is recognised as itself (counted accepted once
+    more, since the count was in the lost meta), the repeat as a duplicate again."""
+    store = MemoryState()
+    engine = PartitionEngine(0, SETTINGS, store)
+    items = [
+        Item(_event("page_view", T0, "e1"), 0, 0, "store-01"),
+        Item(_event("page_view", T0, "e1"), 0, 1, "store-01"),
+        Item(_event("page_view", T0 + 1000, "e2"), 0, 2, "store-01"),  # absorbed past the repeat
+    ]
+    plan = engine.apply(engine.read(items, Progress()).on_time, Progress(), store)
+    store.apply([w for w in plan.writes if w[0] != f"{engine.prefix}m"])
+    restarted = PartitionEngine(0, SETTINGS, store)
+    verdicts = restarted.read(items, Progress())
+    assert verdicts.again == 0 and verdicts.on_time == items
+    plan = restarted.apply(verdicts.on_time, Progress(), store)
+    assert plan.duplicates == [items[1]] and _views(restarted) == 2
+    assert (restarted.meta.accepted, restarted.meta.duplicates) == (2, 1)
+
+
+def test_a_record_written_before_seen_decodes_and_keeps_skipping_what_it_absorbed() -> None:
+    store = MemoryState()
+    engine = PartitionEngine(0, SETTINGS, store)
+    item = Item(_event("page_view", T0, "e1"), 0, 0, "store-01")
+    store.apply(engine.apply(engine.read([item], Progress()).on_time, Progress(), store).writes)
+    key = f"{engine.prefix}s:s1"
+    store[key] = msgspec.msgpack.encode(msgspec.msgpack.decode(store[key])[:-1])  # no ``seen``
+    restarted = PartitionEngine(0, SETTINGS, store)
+    restarted.meta.read_to = [NONE] * TOPICS  # a meta lost as well: the event is judged again
+    plan = restarted.apply(restarted.read([item], Progress()).on_time, Progress(), store)
+    assert plan.duplicates == [] and _views(restarted) == 1  # absorbed already (``off``)
 
 
 def test_store_label_cap_folds_later_stores_into_other() -> None:

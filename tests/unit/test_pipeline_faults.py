@@ -6,7 +6,7 @@ several slices (``align.Aligner.next_run``) gives what its slices give one by on
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,11 +40,6 @@ class Store:
 
     async def labels(self, stores: Iterable[str], *, cap: int) -> dict[str, str]:
         return {store: store for store in stores}
-
-    async def first_occurrences(
-        self, ids: Sequence[str], coordinates: Sequence[str], *, horizon_s: int
-    ) -> list[bool]:
-        return [True] * len(ids)
 
     async def publish(self, partition: int, **parts: Any) -> None:
         if self.fail:

@@ -77,7 +77,6 @@ async def test_mapped_keeps_the_method_and_maps_what_it_raises() -> None:
 def _calls(store: KpiStore) -> dict[str, Callable[[], Awaitable[object]]]:
     """One call of every public async method of KpiStore."""
     return {
-        "first_occurrences": lambda: store.first_occurrences(["e1"], ["t:0:1"], horizon_s=60),
         "labels": lambda: store.labels(["s1"], cap=10),
         "publish": lambda: store.publish(
             0, cells={}, presence=[], open_tickets={("s1", "web", "p1"): 1}, status=None
@@ -93,9 +92,10 @@ def _calls(store: KpiStore) -> dict[str, Callable[[], Awaitable[object]]]:
         "open_tickets": store.open_tickets,
         "drop": store.drop,
         "statuses": store.statuses,
+        "judged": store.judged,
         "backfill_plan": store.backfill_plan,
         "set_backfill_plan": lambda: store.set_backfill_plan(b"{}"),
-        "count_keys": lambda: store.count_keys("dedup"),
+        "count_keys": lambda: store.count_keys("cells"),
     }
 
 
