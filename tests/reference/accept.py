@@ -3,7 +3,7 @@
 In arrival (file) order: a line is sent to Kafka as the file tools do (``events/routing.py``), it
 is *valid* when the engine's decoder accepts it, *too late* when its time is more than
 ``allowed_lateness + max_lateness`` behind the highest time accepted so far, and a *duplicate*
-when an earlier accepted event had its ``event_id``.
+when an earlier accepted event of the same owner (``owner``) had its ``event_id``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def accepted_events(lines: Iterable[bytes], settings: ReferenceSettings) -> list
     )
     budget_ms = settings.allowed_lateness_ms + settings.max_lateness_ms
     accepted: list[Event] = []
-    seen_ids: set[str] = set()
+    seen_ids: set[tuple[tuple[str, str], str]] = set()
     highest_ms: int | None = None
     for line in lines:
         message = read_message(line)
@@ -63,12 +63,27 @@ def accepted_events(lines: Iterable[bytes], settings: ReferenceSettings) -> list
         time_ms = event_time_ms(event["event_time"])
         if highest_ms is not None and time_ms < highest_ms - budget_ms:
             continue  # too late
-        if event["event_id"] in seen_ids:
+        seen = (owner(event, message.family), event["event_id"])
+        if seen in seen_ids:
             continue  # duplicate
-        seen_ids.add(event["event_id"])
+        seen_ids.add(seen)
         highest_ms = time_ms if highest_ms is None else max(highest_ms, time_ms)
         accepted.append(normalise(event, message.key, settings))
     return accepted
+
+
+def owner(event: dict[str, Any], family: Family) -> tuple[str, str]:
+    """What an event belongs to, among whose events a repeated ``event_id`` is a duplicate
+    (docs/semantics.md, "Accepted events"): its session; without one, its order or ticket; a
+    survey without a ticket, its customer, else itself."""
+    session = event.get("session_id")
+    if family in (Family.CLICKSTREAM, Family.CART) or (family is Family.ORDERS and session):
+        return "session", str(session)
+    if family is Family.ORDERS:
+        return "order", str(event["order_id"])
+    if event.get("ticket_id"):
+        return "ticket", str(event["ticket_id"])
+    return "customer", str(event.get("customer_id") or event["event_id"])
 
 
 def read_message(line: bytes) -> Message | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from reference.builders import HOUR_12, order, value, web
 from reference.common import ReferenceSettings
 from reference.kpis import reference_report
 from reference.report import compare_reports
@@ -60,3 +62,23 @@ def test_days_of_sparse_traffic_with_crashes() -> None:
     )  # fmt: skip
     crashes = {3: 0, 50: 2, 90: 5, 140: 1}
     assert_agree(lines, partitions=6, batch=400, crash=crashes.get, rewind=300)
+
+
+def test_a_repeated_event_id_is_a_duplicate_only_within_its_owner() -> None:
+    """docs/semantics.md, "duplicate": the same id in another session (or order) is another
+    event; both the engine and the reference count it."""
+    events = [
+        web("page_view", 120, "1", event_id="e-1"),
+        web("page_view", 120, "1", event_id="e-1"),  # sent twice: dropped
+        web("page_view", 121, "2", event_id="e-1"),  # another session's: counts
+        order("o-1", 122, 1000, event_id="e-9"),
+        order("o-2", 123, 2000, event_id="e-9"),  # another order's: counts
+        order("o-1", 122, 1000, event_id="e-9"),  # sent twice: dropped
+    ]
+    lines = [json.dumps(event).encode() for event in events]
+    expected = reference_report(lines, REFERENCE)
+    assert value(expected, "page_views", start=HOUR_12) == 2
+    assert value(expected, "orders", start=HOUR_12) == 2
+    assert value(expected, "revenue", start=HOUR_12) == 30.0
+    differences = compare_reports(engine_rows(lines), expected)
+    assert not differences, "\n".join(differences)
