@@ -44,6 +44,7 @@ from streamproc.kpi.records import (
     decode_ticket,
     encode,
     event_hash,
+    has_seen,
     new_offsets,
 )
 
@@ -420,9 +421,9 @@ class PartitionEngine:
             if opened is None:
                 opened = work[key] = self._open(state, key, previous, create=True)
             record, topic, offset = opened[0], item.topic, item.offset
-            seen, eid = record.seen, event_hash(item.event.event_id)
-            if eid not in seen:
-                seen.add(eid)
+            digest = event_hash(item.event.event_id)
+            if not has_seen(record.seen, digest):
+                record.seen += digest
                 if record.off[topic] < offset:
                     record.off[topic] = offset
                     self._absorb(record, item)

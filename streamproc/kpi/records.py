@@ -108,7 +108,7 @@ class SessionRecord(Struct, array_like=True, gc=False):
     refunds: list[Refund] = []
     visits: list[Visit] = []
     marks: dict[str, int] = {}  # "minute|store" -> accepted orders events (absorb.mark)
-    seen: set[int] = msgspec.field(default_factory=set)  # event_hash of the events absorbed
+    seen: bytes = b""  # event_hash of each event absorbed, 8 bytes each (``has_seen``)
     repeats: list[int] = []  # offset * TOPICS + topic of the messages dropped as duplicates
 
 
@@ -140,7 +140,7 @@ class TicketRecord(Struct, array_like=True, gc=False):
     surveys: list[Survey] = []
     visits: list[Visit] = []
     marks: dict[str, int] = {}  # "minute|store" -> accepted events (absorb.mark)
-    seen: set[int] = msgspec.field(default_factory=set)  # event_hash of the events absorbed
+    seen: bytes = b""  # event_hash of each event absorbed, 8 bytes each (``has_seen``)
     repeats: list[int] = []  # offset * TOPICS + topic of the messages dropped as duplicates
 
 
@@ -188,9 +188,19 @@ def new_offsets() -> list[int]:
     return [NONE] * TOPICS
 
 
-def event_hash(event_id: str) -> int:
-    """A signed 64-bit hash of an event id: a record keeps 9 bytes per event, whatever the id's
-    length (up to 128 characters). Two ids of one record collide with a chance of n²/2⁶⁵ for n
-    events: 3·10⁻¹⁶ for a session of 100."""
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+def event_hash(event_id: str) -> bytes:
+    """A 64-bit hash of an event id: a record keeps 8 bytes per event, whatever the id's length
+    (up to 128 characters). Two ids of one record collide with a chance of n²/2⁶⁵ for n events:
+    3·10⁻¹⁶ for a session of 100."""
+    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+
+
+def has_seen(seen: bytes, digest: bytes) -> bool:
+    """Whether ``digest`` is one of the 8-byte hashes packed in ``seen``. (One bytes object per
+    record, searched in C: a set of ints cost a Python object per event at every decode.)"""
+    at = seen.find(digest)
+    while at >= 0:
+        if at % 8 == 0:
+            return True
+        at = seen.find(digest, at + 1)  # straddles two hashes: look further
+    return False

@@ -17,7 +17,7 @@ from streamproc.events.parse import EventDecoder
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
-from streamproc.kpi.records import NONE, TOPICS, decode_meta, encode
+from streamproc.kpi.records import NONE, TOPICS, decode_meta, encode, event_hash, has_seen
 from streamproc.offline import MemoryState, OfflinePipeline
 from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
@@ -321,11 +321,23 @@ def test_a_record_written_before_seen_decodes_and_keeps_skipping_what_it_absorbe
     item = Item(_event("page_view", T0, "e1"), 0, 0, "store-01")
     store.apply(engine.apply(engine.read([item], Progress()).on_time, Progress(), store).writes)
     key = f"{engine.prefix}s:s1"
-    store[key] = msgspec.msgpack.encode(msgspec.msgpack.decode(store[key])[:-1])  # no ``seen``
+    written = msgspec.msgpack.decode(store[key])
+    assert written[-2:] == [event_hash("e1"), []]  # ``seen`` and ``repeats`` come last
+    store[key] = msgspec.msgpack.encode(written[:-2])  # as written before they were
     restarted = PartitionEngine(0, SETTINGS, store)
     restarted.meta.read_to = [NONE] * TOPICS  # a meta lost as well: the event is judged again
     plan = restarted.apply(restarted.read([item], Progress()).on_time, Progress(), store)
     assert plan.duplicates == [] and _views(restarted) == 1  # absorbed already (``off``)
+
+
+def test_an_event_hash_is_found_only_where_one_was_packed() -> None:
+    first, second = event_hash("e1"), event_hash("e2")
+    seen = first + second
+    assert has_seen(seen, first) and has_seen(seen, second)
+    straddling = first[4:] + second[:4]
+    assert not has_seen(seen, straddling)  # in the bytes, but across two hashes
+    assert has_seen(seen + straddling, straddling)  # found past the straddling match
+    assert not has_seen(b"", first) and not has_seen(seen, event_hash("e3"))
 
 
 def test_store_label_cap_folds_later_stores_into_other() -> None:
