@@ -44,7 +44,7 @@ from streamproc.kpi.records import (
     decode_ticket,
     encode,
     event_hash,
-    has_seen,
+    first_sight,
     new_offsets,
 )
 
@@ -415,15 +415,14 @@ class PartitionEngine:
         previous = self.applied_watermark  # the projection holds contributions at this one
         work: dict[str, tuple[Record, Contribution]] = {}
         duplicates: list[Item] = []
+        sets: dict[int, set[bytes]] = {}  # the event hashes of big records (first_sight)
         for item in items:
             key = record_key(item)
             opened = work.get(key)
             if opened is None:
                 opened = work[key] = self._open(state, key, previous, create=True)
             record, topic, offset = opened[0], item.topic, item.offset
-            digest = event_hash(item.event.event_id)
-            if not has_seen(record.seen, digest):
-                record.seen += digest
+            if first_sight(record.seen, event_hash(item.event.event_id), sets):
                 if record.off[topic] < offset:
                     record.off[topic] = offset
                     self._absorb(record, item)

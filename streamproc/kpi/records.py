@@ -108,7 +108,7 @@ class SessionRecord(Struct, array_like=True, gc=False):
     refunds: list[Refund] = []
     visits: list[Visit] = []
     marks: dict[str, int] = {}  # "minute|store" -> accepted orders events (absorb.mark)
-    seen: bytes = b""  # event_hash of each event absorbed, 8 bytes each (``has_seen``)
+    seen: bytearray = msgspec.field(default_factory=bytearray)  # event hashes (first_sight)
     repeats: list[int] = []  # offset * TOPICS + topic of the messages dropped as duplicates
 
 
@@ -140,7 +140,7 @@ class TicketRecord(Struct, array_like=True, gc=False):
     surveys: list[Survey] = []
     visits: list[Visit] = []
     marks: dict[str, int] = {}  # "minute|store" -> accepted events (absorb.mark)
-    seen: bytes = b""  # event_hash of each event absorbed, 8 bytes each (``has_seen``)
+    seen: bytearray = msgspec.field(default_factory=bytearray)  # event hashes (first_sight)
     repeats: list[int] = []  # offset * TOPICS + topic of the messages dropped as duplicates
 
 
@@ -195,12 +195,37 @@ def event_hash(event_id: str) -> bytes:
     return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
 
 
-def has_seen(seen: bytes, digest: bytes) -> bool:
-    """Whether ``digest`` is one of the 8-byte hashes packed in ``seen``. (One bytes object per
-    record, searched in C: a set of ints cost a Python object per event at every decode.)"""
+def has_seen(seen: bytes | bytearray, digest: bytes) -> bool:
+    """Whether ``digest`` is one of the 8-byte hashes packed in ``seen``."""
     at = seen.find(digest)
     while at >= 0:
         if at % 8 == 0:
             return True
         at = seen.find(digest, at + 1)  # straddles two hashes: look further
     return False
+
+
+# Records with more hashes than this are looked up in a set (one per batch) instead of scanned.
+SCAN_BYTES = 1024
+
+
+def first_sight(seen: bytearray, digest: bytes, sets: dict[int, set[bytes]]) -> bool:
+    """Whether ``digest`` is new to a record's ``seen``; packed into it if so.
+
+    The hashes are one bytes object per record, searched in C: a set of ints cost a Python
+    object per event at every decode of the record. A record past ``SCAN_BYTES`` (a crawler's
+    session) is looked up in a set instead, made once per batch and kept in ``sets`` (by the
+    ``seen`` object's id): scanned, each of its events would cost a pass over all of them.
+    """
+    if len(seen) < SCAN_BYTES:
+        if has_seen(seen, digest):
+            return False
+    else:
+        known = sets.get(id(seen))
+        if known is None:
+            known = sets[id(seen)] = {bytes(seen[i : i + 8]) for i in range(0, len(seen), 8)}
+        if digest in known:
+            return False
+        known.add(digest)
+    seen += digest
+    return True

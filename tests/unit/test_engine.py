@@ -17,7 +17,16 @@ from streamproc.events.parse import EventDecoder
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import NEVER
 from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
-from streamproc.kpi.records import NONE, TOPICS, decode_meta, encode, event_hash, has_seen
+from streamproc.kpi.records import (
+    NONE,
+    SCAN_BYTES,
+    TOPICS,
+    decode_meta,
+    encode,
+    event_hash,
+    first_sight,
+    has_seen,
+)
 from streamproc.offline import MemoryState, OfflinePipeline
 from streamproc.simulate import Anomalies, SimConfig, TimeRange, simulate, write_jsonl
 
@@ -338,6 +347,18 @@ def test_an_event_hash_is_found_only_where_one_was_packed() -> None:
     assert not has_seen(seen, straddling)  # in the bytes, but across two hashes
     assert has_seen(seen + straddling, straddling)  # found past the straddling match
     assert not has_seen(b"", first) and not has_seen(seen, event_hash("e3"))
+
+
+@pytest.mark.parametrize("events", [3, SCAN_BYTES // 8 - 1, SCAN_BYTES // 8, 3 * SCAN_BYTES])
+def test_first_sight_packs_each_hash_once_whatever_the_records_size(events: int) -> None:
+    seen, sets = bytearray(), {}
+    digests = [event_hash(f"e{n}") for n in range(events)]
+    assert all(first_sight(seen, digest, sets) for digest in digests)
+    assert len(seen) == 8 * events and bytes(seen[-8:]) == digests[-1]
+    assert not any(first_sight(seen, digest, sets) for digest in (digests[0], digests[-1]))
+    assert first_sight(seen, event_hash("new"), sets) and len(seen) == 8 * events + 8
+    assert not first_sight(seen, event_hash("new"), sets)
+    assert bool(sets) == (len(seen) >= SCAN_BYTES)  # big records are looked up in a set
 
 
 def test_store_label_cap_folds_later_stores_into_other() -> None:
