@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import (
     AliasChoices,
     Field,
@@ -499,6 +501,25 @@ def _env_value(value: Any) -> str:
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
     return f"{ENV_PREFIX}{field.upper()}"
+
+
+# Settings that no longer exist, and why: still set, each is named in a warning at start-up
+# instead of being ignored without a word.
+RETIRED = {
+    f"{ENV_PREFIX}DEDUP_HORIZON_SECONDS": "duplicates are dropped by the state of the session "
+    "(order, ticket) they belong to, for as long as any of its events can count "
+    "(docs/semantics.md)",
+}
+
+
+def retired_settings(environ: Mapping[str, str], env_file: str | Path | None = ".env") -> list[str]:
+    """A warning for each retired setting set in ``environ`` or ``env_file``."""
+    named = set(environ)
+    if env_file is not None and Path(env_file).is_file():
+        named |= {name for name in dotenv_values(env_file) if name}
+    return [
+        f"{name} is set but no longer used: {why}" for name, why in RETIRED.items() if name in named
+    ]
 
 
 SECRETS_DIR = Path("/run/secrets")  # where Docker and Compose mount secrets

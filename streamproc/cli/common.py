@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -20,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from streamproc import devstack, logs
-from streamproc.config import Settings, load_settings
+from streamproc.config import Settings, load_settings, retired_settings
 from streamproc.connection import KafkaConnection
 from streamproc.errors import ConfigError
 
@@ -56,6 +57,8 @@ def configure_logging(level: str) -> None:
 def settings() -> Settings:
     loaded = load_settings()
     configure_logging(loaded.log_level)
+    for warning in retired_settings(os.environ):
+        log.warning("%s", warning)
     return loaded
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamproc.config import load_settings
+from streamproc.config import load_settings, retired_settings
 from streamproc.errors import ConfigError
 from streamproc.times import parse_duration_seconds
 
@@ -45,6 +45,17 @@ def test_env_file(tmp_path: Path) -> None:
     env_file.write_text("STREAMPROC_NAMESPACE=from-file\nSTREAMPROC_MAX_STORES=7\n")
     settings = load_settings(env_file=env_file)
     assert (settings.namespace, settings.max_stores) == ("from-file", 7)
+
+
+def test_a_retired_setting_is_named_with_why(tmp_path: Path) -> None:
+    name = "STREAMPROC_DEDUP_HORIZON_SECONDS"
+    assert retired_settings({"STREAMPROC_NAMESPACE": "x"}, env_file=None) == []
+    (warning,) = retired_settings({name: "3600"}, env_file=None)
+    assert warning.startswith(f"{name} is set but no longer used: duplicates are dropped")
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"{name}=3600\n")
+    assert len(retired_settings({}, env_file=env_file)) == 1
+    assert load_settings(env_file=env_file).namespace  # still starts
 
 
 @pytest.mark.parametrize(
