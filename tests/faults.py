@@ -394,10 +394,10 @@ def expected_counts(lines: Iterable[bytes], settings: ReferenceSettings = REFERE
 class Accounting:
     """Where every message went, as the pipeline left it in Redis and the dead-letter topic.
 
-    accepted: events accepted, as the partitions' states count them (published with their
-    statuses: a restart neither loses nor repeats them); dead_letters: distinct source
-    coordinates in the DLQ (``dlq_records`` counts the records, re-sends included); duplicates:
-    as the reference counts them (the worker's own count lives and dies with its process).
+    accepted and duplicates: events judged so, as the partitions' states count them (published
+    with their statuses: a restart neither loses nor repeats them); dead_letters: distinct source
+    coordinates in the DLQ (``dlq_records`` counts the records, re-sends included). What the
+    reference makes of the file is in ``expected``.
     recovery: seconds from each fault's end until every partition made progress again.
     """
 
@@ -424,7 +424,8 @@ class Accounting:
             f"FAULT {what}: events in {self.events_in} / accounted for {self.accounted} "
             f"(accepted {self.accepted} + dead letters {self.dead_letters} + duplicates "
             f"{self.duplicates}) / duplicates {self.duplicates} / lost {self.lost} / recovery "
-            f"{recovery} [expected: accepted {self.expected.accepted}, dead letters "
+            f"{recovery} [expected: accepted {self.expected.accepted}, duplicates "
+            f"{self.expected.duplicates}, dead letters "
             f"{self.expected.invalid + self.expected.too_late}; DLQ re-sends {resent}]"
         )
 
@@ -590,12 +591,13 @@ class FaultRun:
         run produced (add what a test sends by other means)."""
         letters = await self.dead_letters()
         expected = expected_counts(lines)
+        accepted, duplicates = await self.store.judged()
         return Accounting(
             events_in=self.sent,
-            accepted=(await self.store.judged())[0],
+            accepted=accepted,
             dead_letters=len({(d.topic, d.partition, d.offset) for d in letters}),
             dlq_records=len(letters),
-            duplicates=expected.duplicates,
+            duplicates=duplicates,
             expected=expected,
             recovery=recovery,
         )
