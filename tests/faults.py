@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import importlib.util
 import json
 import math
@@ -36,7 +37,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -528,20 +529,18 @@ class FaultRun:
 
     async def wait_accepting(self, *, at_least: int = 1, timeout_s: float = 60.0) -> None:
         """Until the workers have accepted some events (their partitions' statuses count them)."""
-        deadline = time.monotonic() + timeout_s
-        while (await self.store.judged())[0] < at_least:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {at_least} events accepted within {timeout_s:g} s")
-            await asyncio.sleep(0.2)
+
+        async def accepted() -> int:
+            return (await self.store.judged())[0]
+
+        await _wait_count(accepted, at_least, f"{at_least} events accepted", timeout_s)
 
     async def wait_new_minutes(self, minutes: int, *, timeout_s: float) -> None:
         """Until the cells of more than ``minutes`` minutes are published: new input was read
         (whatever the state's counts, which a broker that lost the changelog starts again)."""
-        deadline = time.monotonic() + timeout_s
-        while await self.store.count_keys("cells") <= minutes:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no minute beyond the {minutes} published in {timeout_s:g} s")
-            await asyncio.sleep(0.2)
+        published = functools.partial(self.store.count_keys, "cells")
+        beyond = f"minute beyond the {minutes} published"
+        await _wait_count(published, minutes + 1, beyond, timeout_s)
 
     async def recovery(self, since: float, *, timeout_s: float, check: Callable[[], None]) -> float:
         """Seconds from ``since`` (wall clock, the fault's end) until every partition publishes
@@ -604,6 +603,18 @@ class FaultRun:
 
 
 Check = Callable[[], None]
+
+
+async def _wait_count(
+    count: Callable[[], Awaitable[int]], at_least: int, what: str, timeout_s: float
+) -> None:
+    """Until ``count()`` reaches ``at_least``, polled every 0.2 s; ``TimeoutError`` (no ``what``
+    within ``timeout_s``) if it does not."""
+    deadline = time.monotonic() + timeout_s
+    while await count() < at_least:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout_s:g} s")
+        await asyncio.sleep(0.2)
 
 
 @contextlib.contextmanager
