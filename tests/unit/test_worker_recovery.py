@@ -10,8 +10,11 @@ from typing import Any, NamedTuple, cast
 import faust
 import pytest
 from faust.types import TP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproc.worker import recovery
+from streamproc.worker.state import TableState
 
 
 class Record(NamedTuple):
@@ -113,3 +116,25 @@ class _Event:
         self.key = record.key.decode().strip('"')
         self.value = record.value
         self.message = record
+
+
+def test_the_changelog_keys_the_worker_writes_are_faust_s(app: faust.App) -> None:
+    """``TableState.changelog_key`` makes the bytes Faust's serializer would, its own way for
+    most keys: recovery (Faust's key decoding) reads them back."""
+    table = _table(app)
+    state = TableState(table, batch_bytes=1 << 20, lease=cast(Any, None))
+    loads_key = table.app.serializers.loads_key
+
+    @settings(max_examples=300)
+    @given(
+        key=st.one_of(
+            st.text(),
+            st.from_regex(r"\A[0-9]\|[sotm]:[ -~]{0,40}\Z"),  # engine keys, printable ASCII
+        )
+    )
+    def check(key: str) -> None:
+        written = state.changelog_key(key)
+        assert written == table.changelog_topic.prepare_key(key, table.key_serializer)[0]
+        assert loads_key(table.key_type, written, serializer=table.key_serializer) == key
+
+    check()
