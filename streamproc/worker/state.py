@@ -137,9 +137,12 @@ class TableState:
         self.changelog = ChangelogWriter(self._send, batch_bytes=batch_bytes)
 
     @property
-    def store(self) -> Any:
-        """The table's memory store: a dict-like without the table's write hooks."""
-        return self.table.data
+    def store(self) -> dict[str, bytes]:
+        """The dict of the table's memory store (``faust.stores.memory.Store.data``), without
+        the table's write hooks. Not the store itself: its mapping layers cost 2 % of a
+        worker's CPU with live traffic (and ``get`` of a missing key, every new session's, a
+        ``KeyError`` raised and caught inside)."""
+        return cast(dict[str, bytes], self.table.data.data)
 
     def get(self, key: str) -> bytes | None:
         value = self.store.get(key)
