@@ -1,13 +1,13 @@
 """The Faust floor of ``bench/throughput.py``: a plain agent that only counts events.
 
     BENCH_BOOTSTRAP=127.0.0.1:9092 BENCH_TOPICS=a,b BENCH_TOTAL=200000 BENCH_OUT=out.json \\
-        python bench/faust_counter.py worker -l info
+        python bench/faust_counter.py -L uvloop worker -l info
 
 One agent (``concurrency=1``, like the streamproc agents) iterates one stream over all the
 ``BENCH_TOPICS`` with ``async for event in stream`` and counts; values stay raw bytes and are
 JSON-decoded in the agent (msgspec, as the raw-consumer row does), so a malformed message counts
-like any other. Same runtime as the streamproc worker: stock asyncio loop (no ``-L uvloop``),
-``memory://`` store, the short group timeouts the embedded broker needs.
+like any other. Same runtime as the streamproc worker: uvloop (``-L uvloop``, a root option of
+Faust's command line), ``memory://`` store, the short group timeouts the embedded broker needs.
 
 The agent itself records when its first and last event arrived (wall clock) and its own CPU time
 at both, and writes them to ``BENCH_OUT`` as JSON once it has counted ``BENCH_TOTAL`` events

@@ -202,7 +202,7 @@ async def faust_row(run: Run) -> dict[str, Any]:
     workdir.mkdir()
     log = run.logs / "faust-counter.log"
     started = time.time()
-    argv = [sys.executable, str(HERE / "faust_counter.py"), "worker", "-l", "info"]
+    argv = [sys.executable, str(HERE / "faust_counter.py"), "-L", "uvloop", "worker", "-l", "info"]
     counter = children.spawn(argv, env=env, log=log, append=True, cwd=workdir)
     proc = counter.proc
     probe = harness.Probe()

@@ -270,6 +270,13 @@ class Settings(BaseSettings):
         "at 50,000 a tenth; its state is plain objects freed by reference counting. Higher "
         "trades a little memory for CPU.",
     )
+    # bench/throughput.py, 600 k events, alternating: see the README's performance section.
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The event loop a worker runs on: `uvloop` (libuv; less CPU per event in "
+        "the loop's own work: sockets, callbacks, timers) or Python's own `asyncio` loop. "
+        "Where uvloop is not installed (Windows), a worker uses `asyncio` and says so.",
+    )
     max_event_failures: int = Field(
         default=3,
         ge=1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.metadata
 import logging
 import tempfile
 import time
@@ -54,6 +55,7 @@ def worker_command(
     kafka = where.kafka
     worker_app.never_auto_create_topics()
     tune_gc(loaded.gc_gen0_threshold)
+    use_event_loop(loaded.event_loop)
     partitions = asyncio.run(ensure_topics(loaded, kafka))
     state = broker.ensure_state_topics(
         kafka,
@@ -90,6 +92,20 @@ def _run_worker(faust_app: faust.App, *, loglevel: str) -> None:
     worker_class()(
         faust_app, loglevel=loglevel, redirect_stdouts=False, quiet=True
     ).execute_from_commandline()
+
+
+def use_event_loop(name: str) -> None:
+    """Make the loops this process creates from now on (the worker's, and its consumer
+    thread's) uvloop's, or leave asyncio's (``STREAMPROC_EVENT_LOOP``)."""
+    if name != "uvloop":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("uvloop is not installed: the worker runs on asyncio's own event loop")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    log.info("event loop: uvloop %s", importlib.metadata.version("uvloop"))
 
 
 def tune_gc(gen0_threshold: int) -> None:
