@@ -270,7 +270,8 @@ class Settings(BaseSettings):
         "at 50,000 a tenth; its state is plain objects freed by reference counting. Higher "
         "trades a little memory for CPU.",
     )
-    # bench/throughput.py, 600 k events, alternating: see the README's performance section.
+    # bench/throughput.py, 600 k events, three alternating pairs against asyncio's loop: +2 to +5 %
+    # events/s, 3-5 % less CPU an event (2026-12-06; README, Performance).
     event_loop: Literal["uvloop", "asyncio"] = Field(
         default="uvloop",
         description="The event loop a worker runs on: `uvloop` (libuv; less CPU per event in "
