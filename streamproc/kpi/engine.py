@@ -324,20 +324,25 @@ class PartitionEngine:
 
     def _schedule(self, full: str, contrib: Contribution, deadline: int) -> None:
         """Look at the record (its state key ``full``) again when its contribution changes or
-        it may be evicted (at its ``deadline``)."""
+        it may be evicted (at its ``deadline``).
+
+        ``scheduled`` holds when; the heap holds, for every scheduled record, an entry at or
+        before that time (``apply`` queues it again when it comes too early). A record is
+        scheduled anew by nearly every run that touches it, nearly always later (its session's
+        end moves on): that needs no entry of its own, only one that moves it earlier does."""
         when = min(contrib.next_change, deadline)
-        if self.scheduled.get(full) != when:
+        current = self.scheduled.get(full)
+        if current != when:
             self.scheduled[full] = when
-            heapq.heappush(self.heap, (when, full))
-            if len(self.heap) > len(self.scheduled) * 5 // 4 + 1024:
-                self._compact()
+            if current is None or when < current:
+                heapq.heappush(self.heap, (when, full))
+                if len(self.heap) > len(self.scheduled) * 5 // 4 + 1024:
+                    self._compact()
 
     def _compact(self) -> None:
-        """The heap again without its superseded entries. A record is scheduled anew at nearly
-        every batch that touches it (its session's end moves on), and its earlier entries stay
-        until their time comes: with a worker's batches, nearly half a heap was those, about
-        170 bytes each. Rebuilt once it holds a quarter more entries than are due, which costs
-        a push O(1) more, amortised."""
+        """The heap again without its superseded entries (those of records scheduled earlier
+        since, or no longer): one entry per scheduled record, at its time. Rebuilt once it holds
+        a quarter more entries than records, which costs a push O(1) more, amortised."""
         self.heap = [(when, full) for full, when in self.scheduled.items()]
         heapq.heapify(self.heap)
 
@@ -439,10 +444,15 @@ class PartitionEngine:
         self.meta.duplicates += len(duplicates)
         watermark = self._advance(progress)
         cut = len(self.prefix)
-        while self.heap and self.heap[0][0] <= watermark:
-            when, full = heapq.heappop(self.heap)
-            if self.scheduled.get(full) != when:
-                continue  # superseded by a later schedule
+        heap = self.heap
+        while heap and heap[0][0] <= watermark:
+            when, full = heapq.heappop(heap)
+            due = self.scheduled.get(full)
+            if due is None or due < when:
+                continue  # no longer scheduled, or an earlier entry of it came first
+            if due > when:  # scheduled later since, without an entry of its own
+                heapq.heappush(heap, (due, full))
+                continue
             del self.scheduled[full]
             key = full[cut:]
             if key not in work:
