@@ -27,6 +27,7 @@ from streamproc.kpi.records import (
 )
 
 Presence = tuple[int, str, str, str]  # (minute, store, dimension or "", visitor)
+Dims = tuple[str, str, bool]  # (channel_group, device_type, known): ``_dims``
 NEVER = 2**62
 
 
@@ -45,7 +46,7 @@ class Timeouts:
     max_lateness_ms: int
 
 
-def _dims(segment: Segment, settled: bool) -> tuple[str, str, bool]:
+def _dims(segment: Segment, settled: bool) -> Dims:
     """(channel_group, device_type, known).
 
     Known = no later event can change them: a session_start with a device_type was seen, or the
@@ -68,7 +69,7 @@ def _present(
     minute: int,
     store: str,
     visitor: str,
-    dims: tuple[str, str, bool],
+    dims: Dims,
     labels: tuple[str, str] | None = None,
 ) -> None:
     """``visitor`` was seen in the cell; in its breakdowns too once ``dims`` are known.
@@ -86,7 +87,7 @@ def _present(
         presence.add((minute, store, device, visitor))
 
 
-def _labels(dims: tuple[str, str, bool]) -> tuple[str, str]:
+def _labels(dims: Dims) -> tuple[str, str]:
     return f"channel_group={dims[0]}", f"device_type={dims[1]}"
 
 
@@ -98,9 +99,17 @@ def _owner(segments: list[Segment], t: int, timeout_ms: int) -> int | None:
 
 
 def contribute_session(
-    record: SessionRecord, watermark: int, timeouts: Timeouts, *, sessionless: bool = False
+    record: SessionRecord,
+    watermark: int,
+    timeouts: Timeouts,
+    *,
+    sessionless: bool = False,
+    bodies: list[tuple[Segment, Dims]] | None = None,
 ) -> Contribution:
-    """A session id's record (or, ``sessionless``, an order id's: orders without a session)."""
+    """A session id's record (or, ``sessionless``, an order id's: orders without a session).
+
+    With ``bodies``, the segments' visitor cells are left out and each segment is appended to it
+    with its dimensions instead: the engine counts them by difference (bodies.py)."""
     out = Contribution()
     segments = record.segments
     placed = _placed(record.orders)
@@ -110,7 +119,7 @@ def contribute_session(
         if owner is not None:
             with_orders[owner] += 1
     dims = [
-        _session(out, segment, watermark, timeouts, with_orders[index])
+        _session(out, segment, watermark, timeouts, with_orders[index], bodies)
         for index, segment in enumerate(segments)
     ]
     for order in placed:  # a repeated order_placed is not an order, but its visitor is seen
@@ -157,8 +166,13 @@ def _placed(orders: list[Order]) -> list[Order]:
 
 
 def _session(
-    out: Contribution, segment: Segment, watermark: int, timeouts: Timeouts, orders: int
-) -> tuple[str, str, bool]:
+    out: Contribution,
+    segment: Segment,
+    watermark: int,
+    timeouts: Timeouts,
+    orders: int,
+    bodies: list[tuple[Segment, Dims]] | None,
+) -> Dims:
     """A segment's cells at ``watermark``; returns its dimensions (``_dims``)."""
     close_at = segment.end + timeouts.session_ms
     settle_at = close_at + timeouts.max_lateness_ms
@@ -168,6 +182,10 @@ def _session(
             out.next_change = moment
     dims = _dims(segment, watermark >= settle_at)
     _segment_cells(out, segment, dims, watermark >= close_at, orders)
+    if bodies is None:
+        _visitor_cells(out, segment.cells, names_of(dims[0], dims[1]), known=dims[2])
+    else:
+        bodies.append((segment, dims))
     return dims
 
 
@@ -197,7 +215,7 @@ class _Names(NamedTuple):
 _NAMES: dict[tuple[str, str], _Names] = {}  # bounded: both values are enums (events/models.py)
 
 
-def _names(channel: str, device: str) -> _Names:
+def names_of(channel: str, device: str) -> _Names:
     found = _NAMES.get((channel, device))
     if found is None:
         labels = f"channel_group={channel}", f"device_type={device}"
@@ -208,11 +226,11 @@ def _names(channel: str, device: str) -> _Names:
 
 
 def _segment_cells(
-    out: Contribution, segment: Segment, dims: tuple[str, str, bool], closed: bool, orders: int
+    out: Contribution, segment: Segment, dims: Dims, closed: bool, orders: int
 ) -> None:
     """A session's outcomes at its start cell (``c.add_dimensioned`` and ``c.bump`` inlined,
     in their order: this runs for every segment of every re-evaluated session)."""
-    names = _names(dims[0], dims[1])
+    names = names_of(dims[0], dims[1])
     key = (minute_of(segment.start), segment.first.store)
     cell = out.cells.get(key)
     if cell is None:
@@ -244,7 +262,6 @@ def _segment_cells(
                 cell[name] = get(name, 0) + amount
     else:
         cell[c.SESSIONS_OPEN] = get(c.SESSIONS_OPEN, 0) + 1
-    _visitor_cells(out, segment.cells, names, known=dims[2])
 
 
 def _visitor_cells(out: Contribution, seen: dict[str, int], names: _Names, *, known: bool) -> None:
@@ -257,7 +274,7 @@ def _visitor_cells(out: Contribution, seen: dict[str, int], names: _Names, *, kn
     views_name, marks_name = c.PAGE_VIEWS, c.VISITOR_MARKS
     views_channel, views_device = names.views_channel, names.views_device
     for key, views in seen.items():
-        minute, store, visitor = _cell_parts(key)
+        minute, store, visitor = cell_parts(key)
         counters = cells.get((minute, store))
         if counters is None:
             counters = cells[(minute, store)] = {}
@@ -274,13 +291,13 @@ def _visitor_cells(out: Contribution, seen: dict[str, int], names: _Names, *, kn
             presence.add((minute, store, device, visitor))
 
 
-def _cell_parts(key: str) -> tuple[int, str, str]:
+def cell_parts(key: str) -> tuple[int, str, str]:
     """``"minute|store|visitor"`` (absorb.cell_key) -> (minute, store, visitor)."""
     minute, store, visitor = key.split("|", 2)
     return int(minute), store, visitor
 
 
-def _order_cells(out: Contribution, order: Order, dims: tuple[str, str, bool]) -> None:
+def _order_cells(out: Contribution, order: Order, dims: Dims) -> None:
     placed = order.placed
     assert placed is not None
     minute = minute_of(placed.t)

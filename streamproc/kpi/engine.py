@@ -20,11 +20,12 @@ from typing import Protocol
 import msgspec
 
 from streamproc.events import models as m
-from streamproc.kpi import absorb
+from streamproc.kpi import absorb, bodies
 from streamproc.kpi import counters as c
 from streamproc.kpi.contrib import (
     NEVER,
     Contribution,
+    Dims,
     Presence,
     Timeouts,
     contribute_session,
@@ -36,6 +37,7 @@ from streamproc.kpi.records import (
     TOPICS,
     Frozen,
     Meta,
+    Segment,
     SessionRecord,
     TicketRecord,
     decode_frozen,
@@ -49,6 +51,8 @@ from streamproc.kpi.records import (
 )
 
 Record = SessionRecord | TicketRecord
+# A record being worked on: it, its head contribution and its bodies as counted (bodies.py).
+Opened = tuple[Record, Contribution, list[bodies.Body]]
 CLICKSTREAM, CART, ORDERS, TICKETS = range(TOPICS)
 ALL_TOPICS = frozenset(range(TOPICS))
 FAMILY_INDEX = {m.Family.CLICKSTREAM: 0, m.Family.CART: 1, m.Family.ORDERS: 2, m.Family.TICKETS: 3}
@@ -154,6 +158,7 @@ def _latest_mark(marks: dict[str, int]) -> int:
 # read). Most records of a batch are new: this saves four containers each, and their collection.
 _NOTHING = Contribution()
 _NO_CELLS: frozenset[c.CellKey] = frozenset()
+_NO_BODIES: list[bodies.Body] = []  # shared: never changed
 
 
 def _decode(key: str, raw: bytes) -> Record:
@@ -188,10 +193,29 @@ class PartitionEngine:
     # --- contributions --------------------------------------------------------------------
 
     def contribution(self, key: str, record: Record, watermark: int) -> Contribution:
+        """All a record adds to the partials at ``watermark``."""
         if isinstance(record, SessionRecord):
             sessionless = key.startswith("o:")
             return contribute_session(record, watermark, self.timeouts, sessionless=sessionless)
         return contribute_ticket(record)
+
+    def _head(
+        self, key: str, record: Record, watermark: int, segments: list[tuple[Segment, Dims]]
+    ) -> Contribution:
+        """The contribution but for the bodies of the record's segments, which go to
+        ``segments`` with their dimensions (bodies.py)."""
+        if isinstance(record, SessionRecord):
+            sessionless = key.startswith("o:")
+            return contribute_session(
+                record, watermark, self.timeouts, sessionless=sessionless, bodies=segments
+            )
+        return contribute_ticket(record)
+
+    def references(self, key: str, record: Record, watermark: int) -> dict[c.CellKey, int]:
+        """What the record adds to ``refs``: the pieces of it that hold each cell."""
+        segments: list[tuple[Segment, Dims]] = []
+        head = self._head(key, record, watermark, segments)
+        return bodies.references(head.cells, segments)
 
     def deadline(self, key: str, record: Record) -> int:
         """After this watermark no accepted event can change the record: it may be evicted."""
@@ -250,16 +274,25 @@ class PartitionEngine:
         self.frozen_cursor = {cell: (f.cursor_t, f.cursor_key) for cell, f in frozen.items()}
         # A record whose eviction was cut short by a crash is already in some frozen sums.
         self.half_evicted: dict[str, set[c.CellKey]] = {}
+        changed: set[c.CellKey] = set()
         for full, key, record in records:
-            contrib = self.contribution(key, record, self.meta.watermark)
+            segments: list[tuple[Segment, Dims]] = []
+            contrib = self._head(key, record, self.meta.watermark, segments)
             deadline = self.deadline(key, record)
-            cursor = (deadline, key)
-            frozen_in = {
-                cell for cell in contrib.cells if self.frozen_cursor.get(cell, (NONE, "")) >= cursor
-            }
+            frozen_in: set[c.CellKey] = set()
+            if self.frozen_cursor:
+                cursor = (deadline, key)
+                frozen_in = {
+                    cell
+                    for cell in bodies.references(contrib.cells, segments)
+                    if self.frozen_cursor.get(cell, (NONE, "")) >= cursor
+                }
             if frozen_in:
                 self.half_evicted[key] = frozen_in
             self._count(contrib, +1, frozen_in)
+            for segment, dims in segments:
+                body = (segment.cells, dims)
+                bodies.count(self.sums, self.refs, body, +1, changed=changed, without=frozen_in)
             self._schedule(full, contrib, deadline)
 
     # --- bookkeeping -----------------------------------------------------------------------
@@ -418,7 +451,7 @@ class PartitionEngine:
         as duplicates (``repeats``). Each counts as it did, and changes nothing else.
         """
         previous = self.applied_watermark  # the projection holds contributions at this one
-        work: dict[str, tuple[Record, Contribution]] = {}
+        work: dict[str, Opened] = {}
         duplicates: list[Item] = []
         sets: dict[int, set[bytes]] = {}  # the event hashes of big records (first_sight)
         for item in items:
@@ -463,18 +496,18 @@ class PartitionEngine:
         outcome.duplicates = duplicates
         return outcome
 
-    def _open(
-        self, state: State, key: str, watermark: int, *, create: bool
-    ) -> tuple[Record, Contribution]:
+    def _open(self, state: State, key: str, watermark: int, *, create: bool) -> Opened:
         raw = state.get(self.prefix + key)
         if raw is None:
-            return (_new(key) if create else None), _NOTHING  # type: ignore[return-value]
+            return (_new(key) if create else None), _NOTHING, _NO_BODIES  # type: ignore[return-value]
         record = _decode(key, raw)
-        return record, self.contribution(key, record, watermark)
+        segments: list[tuple[Segment, Dims]] = []
+        head = self._head(key, record, watermark, segments)
+        return record, head, bodies.snapshot(segments) if segments else _NO_BODIES
 
     def _settle(
         self,
-        work: dict[str, tuple[Record, Contribution]],
+        work: dict[str, Opened],
         watermark: int,
         previous: int,
         state: State,
@@ -494,18 +527,28 @@ class PartitionEngine:
         frozen: dict[c.CellKey, Frozen] = {}
         records, deletes = [], []
         open_before = dict(self.open_tickets)
-        evictions: list[tuple[int, str, Contribution]] = []
-        for key, (record, before) in sorted(work.items()):
-            after = self.contribution(key, record, watermark)
+        evictions: list[tuple[int, str, Record]] = []
+        for key, (record, before, counted) in sorted(work.items()):
+            segments: list[tuple[Segment, Dims]] = []
+            after = self._head(key, record, watermark, segments)
             # cells whose frozen sum already holds this record (an eviction cut short by a crash)
             frozen_in = self.half_evicted.pop(key, _NO_CELLS)
             self._recount(before, after, changed, frozen_in)
             outcome.presence |= after.presence - before.presence
+            bodies.recount(
+                self.sums,
+                self.refs,
+                counted,
+                segments,
+                changed=changed,
+                presence=outcome.presence,
+                without=frozen_in,
+            )
             deadline = self.deadline(key, record)
             full = self.prefix + key  # one string for the write and the schedule
             # The end of the input (NEVER) decides everything but is no reason to forget.
             if deadline < previous and watermark < NEVER:
-                evictions.append((deadline, key, after))
+                evictions.append((deadline, key, record))
                 deletes.append((full, None))
                 self.scheduled.pop(full, None)
             else:
@@ -514,8 +557,8 @@ class PartitionEngine:
                     self._schedule(full, after, deadline)
                 else:  # the input has ended: nothing can change it, never look at it again
                     self.scheduled.pop(full, None)
-        for deadline, key, after in sorted(evictions, key=lambda e: (e[0], e[1])):
-            self._freeze(state, frozen, key, deadline, after)  # in cursor order
+        for deadline, key, record in sorted(evictions, key=lambda e: (e[0], e[1])):
+            self._freeze(state, frozen, key, deadline, record)  # in cursor order
         outcome.evicted = len(evictions)
         outcome.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
         outcome.writes = [
@@ -533,9 +576,12 @@ class PartitionEngine:
         frozen: dict[c.CellKey, Frozen],
         key: str,
         deadline: int,
-        contrib: Contribution,
+        record: Record,
     ) -> None:
         """Move an evicted record's contribution from ``refs`` into the frozen sums."""
+        watermark = self.applied_watermark
+        contrib = self.contribution(key, record, watermark)
+        pieces = self.references(key, record, watermark)
         if self.meta.evicted_t == NONE or (deadline, key) > (
             self.meta.evicted_t,
             self.meta.evicted_key,
@@ -547,7 +593,7 @@ class PartitionEngine:
                 c.add_cells({cell: current.counters}, {cell: counters})
                 frozen[cell] = Frozen(deadline, key, current.counters)
                 self.frozen_cursor[cell] = (deadline, key)
-                self.refs[cell] = self.refs.get(cell, 0) - 1  # counted until now
+                self.refs[cell] = self.refs.get(cell, 0) - pieces[cell]  # counted until now
         self._count(Contribution(open_tickets=contrib.open_tickets), -1)
 
     def _read_frozen(self, state: State, cell: c.CellKey) -> Frozen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,6 +22,7 @@ from streamproc.kpi.records import (
     NONE,
     SCAN_BYTES,
     TOPICS,
+    decode_frozen,
     decode_meta,
     encode,
     event_hash,
@@ -73,12 +75,14 @@ def report(lines: list[bytes], **options: Any) -> list[dict[str, Any]]:
     return pipeline.run(lines).report([HOUR_MS, 24 * HOUR_MS])
 
 
+@pytest.mark.parametrize(("events", "batch"), [(12_000, 97), (None, 1999)])
 def test_projection_equals_recomputation_after_every_batch(
-    messy: list[bytes], monkeypatch: pytest.MonkeyPatch
+    messy: list[bytes], monkeypatch: pytest.MonkeyPatch, events: int | None, batch: int
 ) -> None:
-    """The in-memory partials always equal the contributions recomputed from the store."""
+    """The in-memory partials always equal the contributions recomputed from the store; over
+    the three hours, with records evicted too."""
     engines: dict[int, PartitionEngine] = {}
-    checked = 0
+    checked = evicted = 0
     real_init = PartitionEngine.__init__
 
     def remember(self: PartitionEngine, *args: Any) -> None:
@@ -86,19 +90,33 @@ def test_projection_equals_recomputation_after_every_batch(
         engines[self.partition] = self
 
     def publish(plan: Any, store: MemoryState, result: Any) -> None:
-        nonlocal checked
+        nonlocal checked, evicted
         real_publish(plan, store, result)
+        evicted += plan.evicted
         engine = engines[plan.partition]
         expected: dict[c.CellKey, c.Counters] = {}
+        references: Counter[c.CellKey] = Counter()
         for full in store.scan():
             p, _, key = full.partition("|")
+            if int(p) == plan.partition and key.startswith("f:"):
+                _, minute, cell_store = key.split(":", 2)
+                frozen = decode_frozen(store[full]).counters
+                c.add_cells(expected, {(int(minute), cell_store): frozen})
             if int(p) == plan.partition and key[0] in "sotv":
                 record = offline_decode(key, store[full])
-                c.add_cells(expected, engine.contribution(key, record, engine.meta.watermark).cells)
-        live = {cell: v for cell, v in engine.sums.items() if v and engine.refs.get(cell, 0) > 0}
-        assert live == {cell: v for cell, v in expected.items() if v}
-        # nothing due is left, and every scheduled record has a heap entry at or before its time
-        assert all(when > engine.meta.watermark for when in engine.scheduled.values())
+                watermark = engine.meta.watermark
+                c.add_cells(expected, engine.contribution(key, record, watermark).cells)
+                references.update(engine.references(key, record, watermark))
+        sums = {cell: v for cell, v in engine.sums.items() if v}
+        assert sums == {cell: v for cell, v in expected.items() if v}
+        # what holds a cell in memory: no leak, and nothing forgotten that a record still holds
+        assert {cell: n for cell, n in engine.refs.items() if n} == references
+        # nothing due is left but evictions (they come one batch after the deadline), and every
+        # scheduled record has a heap entry at or before its time
+        for full, when in engine.scheduled.items():
+            if when <= engine.meta.watermark:
+                key = full.partition("|")[2]
+                assert when == engine.deadline(key, offline_decode(key, store[full]))
         first: dict[str, int] = {}
         for when, full in engine.heap:
             first[full] = min(when, first.get(full, when))
@@ -110,8 +128,9 @@ def test_projection_equals_recomputation_after_every_batch(
     real_publish = OfflinePipeline._publish
     monkeypatch.setattr(PartitionEngine, "__init__", remember)
     monkeypatch.setattr(OfflinePipeline, "_publish", staticmethod(publish))
-    OfflinePipeline(SETTINGS, decoder=DECODER, batch=97).run(messy[:12_000])
+    OfflinePipeline(SETTINGS, decoder=DECODER, batch=batch).run(messy[:events])
     assert checked > 100
+    assert evicted > 1000 or events is not None
 
 
 def test_results_do_not_depend_on_batching_or_partitioning(messy: list[bytes]) -> None:
