@@ -112,6 +112,10 @@ def contribute_session(
     with its dimensions instead: the engine counts them by difference (bodies.py)."""
     out = Contribution()
     segments = record.segments
+    if not (record.orders or record.refunds or record.visits or record.marks or record.carts):
+        for segment in segments:  # most records: a session's page views, nothing else
+            _session(out, segment, watermark, timeouts, 0, bodies)
+        return out
     placed = _placed(record.orders)
     owners = [_owner(segments, o.placed.t, timeouts.session_ms) for o in placed]  # type: ignore[union-attr]
     with_orders = [0] * len(segments)
