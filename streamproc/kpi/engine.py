@@ -478,6 +478,7 @@ class PartitionEngine:
         watermark = self._advance(progress)
         cut = len(self.prefix)
         heap = self.heap
+        unchanged: set[str] = set()  # records due, not touched: the state holds them as they are
         while heap and heap[0][0] <= watermark:
             when, full = heapq.heappop(heap)
             due = self.scheduled.get(full)
@@ -492,7 +493,8 @@ class PartitionEngine:
                 opened = self._open(state, key, previous, create=False)
                 if opened[0] is not None:
                     work[key] = opened
-        outcome = self._settle(work, watermark, previous, state)
+                    unchanged.add(key)
+        outcome = self._settle(work, watermark, previous, state, unchanged)
         outcome.duplicates = duplicates
         return outcome
 
@@ -511,8 +513,10 @@ class PartitionEngine:
         watermark: int,
         previous: int,
         state: State,
+        unchanged: Set[str] = frozenset(),
     ) -> Outcome:
-        """Re-evaluate the records in ``work`` at ``watermark``; the writes to make.
+        """Re-evaluate the records in ``work`` at ``watermark``; the writes to make. A record
+        ``unchanged`` (due, not touched by an event) is not written again: the state holds it.
 
         Records leave the state (and cells memory) only once ``previous``, the watermark of the
         outcome before, has passed their deadline: that watermark is in the changelog before any
@@ -552,7 +556,8 @@ class PartitionEngine:
                 deletes.append((full, None))
                 self.scheduled.pop(full, None)
             else:
-                records.append((full, encode(record)))
+                if key not in unchanged:
+                    records.append((full, encode(record)))
                 if watermark < NEVER:
                     self._schedule(full, after, deadline)
                 else:  # the input has ended: nothing can change it, never look at it again
