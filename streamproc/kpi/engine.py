@@ -532,7 +532,7 @@ class PartitionEngine:
         records, deletes = [], []
         open_before = dict(self.open_tickets)
         evictions: list[tuple[int, str, Record]] = []
-        for key, (record, before, counted) in sorted(work.items()):
+        for key, (record, before, counted) in work.items():
             segments: list[tuple[Segment, Dims]] = []
             after = self._head(key, record, watermark, segments)
             # cells whose frozen sum already holds this record (an eviction cut short by a crash)
