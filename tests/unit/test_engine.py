@@ -240,6 +240,26 @@ def test_a_new_engine_is_not_idle_before_an_idle_timeout_has_passed() -> None:
     assert len(refused.too_late) == 1  # truly idle for a timeout: the wall clock counts
 
 
+def test_a_record_only_due_is_re_evaluated_but_not_written_again() -> None:
+    """A session closing changes its cells, not its record: the state holds it as it is."""
+    store = MemoryState()
+    engine = PartitionEngine(0, SETTINGS, store)
+    first = [Item(_event("page_view", T0, "a"), 0, 0, "store-01")]
+    engine.read(first, Progress())
+    store.apply(engine.apply(first, Progress(), store).writes)
+    written = store.get(f"{engine.prefix}s:s1")
+    assert written is not None
+    ahead = T0 + SETTINGS.session_timeout_ms + SETTINGS.allowed_lateness_ms + 60_000
+    later = [Item(_event("page_view", ahead, "b", session_id="s2"), 0, 1, "store-01")]
+    engine.read(later, Progress())
+    plan = engine.apply(later, Progress(), store)
+    assert plan.cells[(T0 - T0 % 60_000, "store-01")][c.SESSIONS_CLOSED] == 1
+    keys = [key for key, _ in plan.writes]
+    assert f"{engine.prefix}s:s2" in keys and f"{engine.prefix}s:s1" not in keys
+    store.apply(plan.writes)
+    assert store.get(f"{engine.prefix}s:s1") == written
+
+
 def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
     store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
