@@ -126,7 +126,20 @@ def recount(
     without: Set[c.CellKey],
 ) -> None:
     """Replace a record's bodies ``before`` (as counted) by its segments ``after`` (with their
-    dimensions now); adds the presence that is new to ``presence``."""
+    dimensions now); adds the presence that is new to ``presence``.
+
+    The two common cases first, without the containers of the general one (per record touched,
+    they cost time and left the allocator's arenas fuller after a burst): a new record, and
+    the same segments in the same order with the same dimensions."""
+    if not before:
+        for segment, dims in after:
+            body = (segment.cells, dims)
+            count(sums, refs, body, +1, changed=changed, presence=presence, without=without)
+        return
+    if not without and _same_shape(before, after):
+        for counted, (segment, _) in zip(before, after, strict=True):
+            advance(sums, refs, segment.cells, counted, changed=changed, presence=presence)
+        return
     kept: dict[int, Body] = {}
     if not without:  # (an eviction cut short by a crash: counted whole, but for those cells)
         kept = {id(body[0]): body for body in before}
@@ -147,6 +160,16 @@ def recount(
                 sums, refs, (old_cells, dims), -1, changed=changed, presence=gone, without=without
             )
     presence |= fresh - gone
+
+
+def _same_shape(before: list[Body], after: list[tuple[Segment, Dims]]) -> bool:
+    """The same segments (objects), in the same order, with the same dimensions."""
+    if len(before) != len(after):
+        return False
+    for (old, _, old_dims), (segment, dims) in zip(before, after, strict=True):
+        if old is not segment or old_dims != dims:
+            return False
+    return True
 
 
 def snapshot(segments: list[tuple[Segment, Dims]]) -> list[Body]:
