@@ -128,9 +128,8 @@ def recount(
     """Replace a record's bodies ``before`` (as counted) by its segments ``after`` (with their
     dimensions now); adds the presence that is new to ``presence``.
 
-    The two common cases first, without the containers of the general one (per record touched,
-    they cost time and left the allocator's arenas fuller after a burst): a new record, and
-    the same segments in the same order with the same dimensions."""
+    The two common cases first, without the containers the general one builds per record: a
+    new record, and the same segments in the same order with the same dimensions."""
     if not before:
         for segment, dims in after:
             body = (segment.cells, dims)
