@@ -187,10 +187,15 @@ def _session(
     dims = _dims(segment, watermark >= settle_at)
     _segment_cells(out, segment, dims, watermark >= close_at, orders)
     if bodies is None:
-        _visitor_cells(out, segment.cells, names_of(dims[0], dims[1]), known=dims[2])
+        add_body(out, segment, dims)
     else:
         bodies.append((segment, dims))
     return dims
+
+
+def add_body(out: Contribution, segment: Segment, dims: Dims) -> None:
+    """A segment's body (its visitor cells, bodies.py) into ``out``."""
+    _visitor_cells(out, segment.cells, names_of(dims[0], dims[1]), known=dims[2])
 
 
 def _marks(out: Contribution, marks: dict[str, int]) -> None:
@@ -205,7 +210,7 @@ def _order_key(order: Order) -> tuple[int, str]:
     return order.placed.t, order.placed.eid
 
 
-class _Names(NamedTuple):
+class Names(NamedTuple):
     """The counter names and labels of one (channel_group, device_type) pair."""
 
     channel: str  # "channel_group=<channel>"
@@ -216,16 +221,16 @@ class _Names(NamedTuple):
     views_device: str
 
 
-_NAMES: dict[tuple[str, str], _Names] = {}  # bounded: both values are enums (events/models.py)
+_NAMES: dict[tuple[str, str], Names] = {}  # bounded: both values are enums (events/models.py)
 
 
-def names_of(channel: str, device: str) -> _Names:
+def names_of(channel: str, device: str) -> Names:
     found = _NAMES.get((channel, device))
     if found is None:
         labels = f"channel_group={channel}", f"device_type={device}"
         bases = (c.SESSIONS, c.PAGE_VIEWS)
         dimensioned = (c.dim(name, label) for name in bases for label in labels)
-        found = _NAMES[(channel, device)] = _Names(*labels, *dimensioned)
+        found = _NAMES[(channel, device)] = Names(*labels, *dimensioned)
     return found
 
 
@@ -268,7 +273,7 @@ def _segment_cells(
         cell[c.SESSIONS_OPEN] = get(c.SESSIONS_OPEN, 0) + 1
 
 
-def _visitor_cells(out: Contribution, seen: dict[str, int], names: _Names, *, known: bool) -> None:
+def _visitor_cells(out: Contribution, seen: dict[str, int], names: Names, *, known: bool) -> None:
     """A segment's "minute|store|visitor" cells: page views (ch/dev) and visitor presence.
 
     ``c.add_dimensioned`` and ``_present`` inlined: this loop runs for every cell of every

@@ -28,6 +28,7 @@ from streamproc.kpi.contrib import (
     Dims,
     Presence,
     Timeouts,
+    add_body,
     contribute_session,
     contribute_ticket,
 )
@@ -194,10 +195,11 @@ class PartitionEngine:
 
     def contribution(self, key: str, record: Record, watermark: int) -> Contribution:
         """All a record adds to the partials at ``watermark``."""
-        if isinstance(record, SessionRecord):
-            sessionless = key.startswith("o:")
-            return contribute_session(record, watermark, self.timeouts, sessionless=sessionless)
-        return contribute_ticket(record)
+        segments: list[tuple[Segment, Dims]] = []
+        out = self._head(key, record, watermark, segments)
+        for segment, dims in segments:
+            add_body(out, segment, dims)
+        return out
 
     def _head(
         self, key: str, record: Record, watermark: int, segments: list[tuple[Segment, Dims]]
@@ -531,7 +533,7 @@ class PartitionEngine:
         frozen: dict[c.CellKey, Frozen] = {}
         records, deletes = [], []
         open_before = dict(self.open_tickets)
-        evictions: list[tuple[int, str, Record]] = []
+        evictions: list[tuple[int, str, Contribution, list[tuple[Segment, Dims]]]] = []
         for key, (record, before, counted) in work.items():
             segments: list[tuple[Segment, Dims]] = []
             after = self._head(key, record, watermark, segments)
@@ -552,7 +554,7 @@ class PartitionEngine:
             full = self.prefix + key  # one string for the write and the schedule
             # The end of the input (NEVER) decides everything but is no reason to forget.
             if deadline < previous and watermark < NEVER:
-                evictions.append((deadline, key, record))
+                evictions.append((deadline, key, after, segments))
                 deletes.append((full, None))
                 self.scheduled.pop(full, None)
             else:
@@ -562,8 +564,8 @@ class PartitionEngine:
                     self._schedule(full, after, deadline)
                 else:  # the input has ended: nothing can change it, never look at it again
                     self.scheduled.pop(full, None)
-        for deadline, key, record in sorted(evictions, key=lambda e: (e[0], e[1])):
-            self._freeze(state, frozen, key, deadline, record)  # in cursor order
+        for deadline, key, after, segments in sorted(evictions, key=lambda e: (e[0], e[1])):
+            self._freeze(state, frozen, key, deadline, after, segments)  # in cursor order
         outcome.evicted = len(evictions)
         outcome.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
         outcome.writes = [
@@ -581,12 +583,14 @@ class PartitionEngine:
         frozen: dict[c.CellKey, Frozen],
         key: str,
         deadline: int,
-        record: Record,
+        contrib: Contribution,
+        segments: list[tuple[Segment, Dims]],
     ) -> None:
-        """Move an evicted record's contribution from ``refs`` into the frozen sums."""
-        watermark = self.applied_watermark
-        contrib = self.contribution(key, record, watermark)
-        pieces = self.references(key, record, watermark)
+        """Move an evicted record's contribution (its head ``contrib`` and the bodies of its
+        ``segments``, added to the head here) from ``refs`` into the frozen sums."""
+        pieces = bodies.references(contrib.cells, segments)
+        for segment, dims in segments:
+            add_body(contrib, segment, dims)
         if self.meta.evicted_t == NONE or (deadline, key) > (
             self.meta.evicted_t,
             self.meta.evicted_key,
