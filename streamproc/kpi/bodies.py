@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Set
 
 from streamproc.kpi import counters as c
-from streamproc.kpi.contrib import Dims, Presence, cell_parts, names_of
+from streamproc.kpi.contrib import Dims, Names, Presence, cell_parts, names_of
 from streamproc.kpi.records import Segment
 
 Body = tuple[Segment, dict[str, int], Dims]  # a segment, its cells and dimensions when counted
@@ -30,6 +30,22 @@ def _add(counters: c.Counters, name: str, amount: int) -> None:
         counters[name] = total
     else:
         counters.pop(name, None)
+
+
+def _views(counters: c.Counters, names: Names, amount: int) -> None:
+    """Page views of a cell, and by its segment's channel and device."""
+    _add(counters, c.PAGE_VIEWS, amount)
+    _add(counters, names.views_channel, amount)
+    _add(counters, names.views_device, amount)
+
+
+def _see(presence: set[Presence], cell: c.CellKey, visitor: str, names: Names, known: bool) -> None:
+    """The visitor's presence in the cell, and in its breakdowns once the dimensions are known."""
+    minute, store = cell
+    presence.add((minute, store, "", visitor))
+    if known:
+        presence.add((minute, store, names.channel, visitor))
+        presence.add((minute, store, names.device, visitor))
 
 
 def count(
@@ -58,17 +74,11 @@ def count(
         if counters is None:
             counters = sums[cell] = {}
         if views:
-            amount = sign * views
-            _add(counters, c.PAGE_VIEWS, amount)
-            _add(counters, names.views_channel, amount)
-            _add(counters, names.views_device, amount)
+            _views(counters, names, sign * views)
         if visitor:
             _add(counters, c.VISITOR_MARKS, sign)
             if presence is not None:
-                presence.add((minute, store, "", visitor))
-                if known:
-                    presence.add((minute, store, names.channel, visitor))
-                    presence.add((minute, store, names.device, visitor))
+                _see(presence, cell, visitor, names, known)
         changed.add(cell)
 
 
@@ -85,7 +95,7 @@ def advance(
     the keys that are new or changed. Keys never leave a segment (absorb.py adds, merges make a
     new segment), so the difference is theirs alone."""
     _, old_cells, (channel, device, known) = before
-    names = None
+    names = names_of(channel, device)
     for key, views in cells.items():
         old = old_cells.get(key)
         if old == views:
@@ -95,23 +105,15 @@ def advance(
         counters = sums.get(cell)
         if counters is None:
             counters = sums[cell] = {}
-        if names is None:
-            names = names_of(channel, device)
         if old is None:
             refs[cell] = refs.get(cell, 0) + 1
             old = 0
             if visitor:
                 _add(counters, c.VISITOR_MARKS, 1)
-                presence.add((minute, store, "", visitor))
-                if known:
-                    presence.add((minute, store, names.channel, visitor))
-                    presence.add((minute, store, names.device, visitor))
+                _see(presence, cell, visitor, names, known)
                 changed.add(cell)
         if views != old:
-            amount = views - old
-            _add(counters, c.PAGE_VIEWS, amount)
-            _add(counters, names.views_channel, amount)
-            _add(counters, names.views_device, amount)
+            _views(counters, names, views - old)
             changed.add(cell)
 
 
