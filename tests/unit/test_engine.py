@@ -168,6 +168,14 @@ def _event(kind: str, t: int, eid: str, **fields: Any) -> Any:
 T0 = 1_790_000_000_000
 
 
+def _feed(engine: PartitionEngine, store: MemoryState, items: list[Item]) -> Any:
+    """Judge and apply ``items`` as one batch, and store the outcome's writes; the outcome."""
+    engine.read(items, Progress())
+    outcome = engine.apply(items, Progress(), store)
+    store.apply(outcome.writes)
+    return outcome
+
+
 def test_sessions_and_carts_close_when_traffic_stops() -> None:
     store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
@@ -196,8 +204,7 @@ def test_once_the_input_has_ended_records_are_not_looked_at_again() -> None:
         Item(_event("page_view", T0 + n * 1000, f"e{n}", session_id=f"s{n}"), 0, n, "store-01")
         for n in range(5)
     ]
-    engine.read(items, Progress())
-    store.apply(engine.apply(items, Progress(), store).writes)
+    _feed(engine, store, items)
     ended = Progress(ended=frozenset(range(4)))
     final = engine.apply([], ended, store)
     store.apply(final.writes)
@@ -218,8 +225,7 @@ def test_superseded_schedule_entries_do_not_pile_up() -> None:
             Item(_event("page_view", T0 + b * 1000, f"e{b}-{s}", session_id=f"s{s}"), 0, o, "x")
             for s, o in enumerate(range(b * sessions, (b + 1) * sessions))
         ]
-        engine.read(items, Progress())
-        store.apply(engine.apply(items, Progress(), store).writes)
+        _feed(engine, store, items)
         # each is scheduled later than before: its first entry stands for it
         assert len(engine.heap) == len(engine.scheduled)
     assert len(engine.scheduled) == sessions
@@ -244,32 +250,25 @@ def test_a_record_only_due_is_re_evaluated_but_not_written_again() -> None:
     """A session closing changes its cells, not its record: the state holds it as it is."""
     store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
-    first = [Item(_event("page_view", T0, "a"), 0, 0, "store-01")]
-    engine.read(first, Progress())
-    store.apply(engine.apply(first, Progress(), store).writes)
+    _feed(engine, store, [Item(_event("page_view", T0, "a"), 0, 0, "store-01")])
     written = store.get(f"{engine.prefix}s:s1")
     assert written is not None
     ahead = T0 + SETTINGS.session_timeout_ms + SETTINGS.allowed_lateness_ms + 60_000
     later = [Item(_event("page_view", ahead, "b", session_id="s2"), 0, 1, "store-01")]
-    engine.read(later, Progress())
-    plan = engine.apply(later, Progress(), store)
+    plan = _feed(engine, store, later)
     assert plan.cells[(T0 - T0 % 60_000, "store-01")][c.SESSIONS_CLOSED] == 1
     keys = [key for key, _ in plan.writes]
     assert f"{engine.prefix}s:s2" in keys and f"{engine.prefix}s:s1" not in keys
-    store.apply(plan.writes)
     assert store.get(f"{engine.prefix}s:s1") == written
 
 
 def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
     store = MemoryState()
     engine = PartitionEngine(0, SETTINGS, store)
-    first = [Item(_event("page_view", T0, "a"), 0, 0, "store-01")]
-    engine.read(first, Progress())
-    store.apply(engine.apply(first, Progress(), store).writes)
+    _feed(engine, store, [Item(_event("page_view", T0, "a"), 0, 0, "store-01")])
     ahead = [Item(_event("page_view", T0 + 2 * HOUR_MS, "b", session_id="s2"), 0, 1, "store-01")]
-    engine.read(ahead, Progress())
-    store.apply(engine.apply(ahead, Progress(), store).writes)
-    store.apply(engine.apply([], Progress(), store).writes)  # evictions come one plan later
+    _feed(engine, store, ahead)
+    _feed(engine, store, [])  # evictions come one plan later
     minute = T0 - T0 % 60_000
     late = Item(
         _event("page_view", T0 + HOUR_MS + 10 * 60_000, "c", session_id="s3"), 0, 2, "store-01"
