@@ -8,12 +8,14 @@ sum over records of their contributions, so a changed record changes the partial
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import ClassVar, NamedTuple
 
 from streamproc.kpi import counters as c
 from streamproc.kpi.absorb import mark_cell
-from streamproc.kpi.epoch import minute_of
+from streamproc.kpi.epoch import MINUTE_MS, minute_of
 from streamproc.kpi.histogram import bucket_of
 from streamproc.kpi.records import (
     CHECKOUT,
@@ -37,6 +39,9 @@ class Contribution:
     presence: set[Presence] = field(default_factory=set)
     open_tickets: dict[tuple[str, str, str], int] = field(default_factory=dict)
     next_change: int = NEVER  # the watermark at which this contribution next changes
+
+    def contribution(self) -> Contribution:
+        return self
 
 
 @dataclass(frozen=True)
@@ -98,34 +103,46 @@ def _owner(segments: list[Segment], t: int, timeout_ms: int) -> int | None:
     return None
 
 
-def contribute_session(
+def session_head(
     record: SessionRecord,
     watermark: int,
     timeouts: Timeouts,
     *,
-    sessionless: bool = False,
-    bodies: list[tuple[Segment, Dims]] | None = None,
-) -> Contribution:
-    """A session id's record (or, ``sessionless``, an order id's: orders without a session).
-
-    With ``bodies``, the segments' visitor cells are left out and each segment is appended to it
-    with its dimensions instead: the engine counts them by difference (bodies.py)."""
-    out = Contribution()
+    sessionless: bool,
+    bodies: list[tuple[Segment, Dims]],
+) -> Head:
+    """A session id's record (or, ``sessionless``, an order id's: orders without a session)
+    without its segments' bodies: each segment goes to ``bodies`` with its dimensions instead,
+    for the engine to count by difference (bodies.py). A record with nothing but segments (nine
+    in ten) gives its head as ``Shapes``."""
     segments = record.segments
     if not (record.orders or record.refunds or record.visits or record.marks or record.carts):
-        for segment in segments:  # most records: a session's page views, nothing else
-            _session(out, segment, watermark, timeouts, 0, bodies)
-        return out
+        shapes: list[Shape] = []
+        next_change = NEVER
+        for segment in segments:
+            shape, segment_dims, moment = _segment_head(segment, watermark, timeouts, 0)
+            shapes.append(shape)
+            bodies.append((segment, segment_dims))
+            if moment < next_change:
+                next_change = moment
+        return Shapes(shapes, next_change)
+    out = Contribution()
     placed = _placed(record.orders)
     owners = [_owner(segments, o.placed.t, timeouts.session_ms) for o in placed]  # type: ignore[union-attr]
     with_orders = [0] * len(segments)
     for owner in owners:
         if owner is not None:
             with_orders[owner] += 1
-    dims = [
-        _session(out, segment, watermark, timeouts, with_orders[index], bodies)
-        for index, segment in enumerate(segments)
-    ]
+    dims: list[Dims] = []
+    for index, segment in enumerate(segments):
+        shape, segment_dims, moment = _segment_head(
+            segment, watermark, timeouts, with_orders[index]
+        )
+        _add_shape(out.cells, shape)
+        bodies.append((segment, segment_dims))
+        dims.append(segment_dims)
+        if moment < out.next_change:
+            out.next_change = moment
     for order in placed:  # a repeated order_placed is not an order, but its visitor is seen
         for repeat in order.repeats:
             at = _owner(segments, repeat.t, timeouts.session_ms)
@@ -162,6 +179,18 @@ def contribute_session(
     return out
 
 
+def contribute_session(
+    record: SessionRecord, watermark: int, timeouts: Timeouts, *, sessionless: bool = False
+) -> Contribution:
+    """All a session id's record (or, ``sessionless``, an order id's) adds at ``watermark``."""
+    segments: list[tuple[Segment, Dims]] = []
+    head = session_head(record, watermark, timeouts, sessionless=sessionless, bodies=segments)
+    out = head.contribution()
+    for segment, dims in segments:
+        add_body(out, segment, dims)
+    return out
+
+
 def _placed(orders: list[Order]) -> list[Order]:
     """The placed orders, in time order (most session records have none)."""
     if not orders:
@@ -169,28 +198,21 @@ def _placed(orders: list[Order]) -> list[Order]:
     return sorted((o for o in orders if o.placed is not None), key=_order_key)
 
 
-def _session(
-    out: Contribution,
-    segment: Segment,
-    watermark: int,
-    timeouts: Timeouts,
-    orders: int,
-    bodies: list[tuple[Segment, Dims]] | None,
-) -> Dims:
-    """A segment's cells at ``watermark``; returns its dimensions (``_dims``)."""
+def _segment_head(
+    segment: Segment, watermark: int, timeouts: Timeouts, orders: int
+) -> tuple[Shape, Dims, int]:
+    """A segment's start cell at ``watermark`` (its shape), its dimensions (``_dims``), and the
+    watermark at which either next changes (NEVER: settled, they never will)."""
     close_at = segment.end + timeouts.session_ms
     settle_at = close_at + timeouts.max_lateness_ms
-    if watermark < settle_at:
-        moment = close_at if watermark < close_at else settle_at
-        if moment < out.next_change:
-            out.next_change = moment
-    dims = _dims(segment, watermark >= settle_at)
-    _segment_cells(out, segment, dims, watermark >= close_at, orders)
-    if bodies is None:
-        add_body(out, segment, dims)
+    if watermark < close_at:
+        moment = close_at
+    elif watermark < settle_at:
+        moment = settle_at
     else:
-        bodies.append((segment, dims))
-    return dims
+        moment = NEVER
+    dims = _dims(segment, watermark >= settle_at)
+    return _shape(segment, dims, watermark >= close_at, orders), dims, moment
 
 
 def add_body(out: Contribution, segment: Segment, dims: Dims) -> None:
@@ -234,43 +256,98 @@ def names_of(channel: str, device: str) -> Names:
     return found
 
 
-def _segment_cells(
-    out: Contribution, segment: Segment, dims: Dims, closed: bool, orders: int
-) -> None:
-    """A session's outcomes at its start cell (``c.add_dimensioned`` and ``c.bump`` inlined,
-    in their order: this runs for every segment of every re-evaluated session)."""
-    names = names_of(dims[0], dims[1])
-    key = (minute_of(segment.start), segment.first.store)
-    cell = out.cells.get(key)
-    if cell is None:
-        cell = out.cells[key] = {}
-    get = cell.get
-    for name in (c.SESSIONS, names.sessions_channel, names.sessions_device):
-        cell[name] = get(name, 0) + 1
-    start_event = segment.start_event
-    index = start_event.number if start_event is not None else NONE
-    flags = (
-        (c.SESSIONS_WITH_ORDER, orders > 0),
-        (c.SESSIONS_WITH_CART, segment.adds > 0),
-        (c.SESSIONS_WITH_INDEX, index != NONE),
-        (c.SESSIONS_NEW_VISITOR, index == 1),
-    )
-    for name, flag in flags:
-        if flag:
-            cell[name] = get(name, 0) + 1
+# A segment's outcomes in its start cell: (minute, store, the counters it adds there but for
+# two amounts, page views and duration, which only a closed session adds). The counters are
+# one of few dicts (``_template``): shapes compare in C, by identity mostly.
+Shape = tuple[int, str, dict[str, int], int, int]
+
+# (channel, device, flags) -> the counters: bounded, both values are enums (events/models.py)
+_TEMPLATES: dict[tuple[str, str, int], dict[str, int]] = {}
+_WITH_ORDER, _WITH_CART, _WITH_INDEX, _NEW_VISITOR, _CLOSED, _BOUNCED = 1, 2, 4, 8, 16, 32
+_FLAGGED = (
+    (_WITH_ORDER, c.SESSIONS_WITH_ORDER),
+    (_WITH_CART, c.SESSIONS_WITH_CART),
+    (_WITH_INDEX, c.SESSIONS_WITH_INDEX),
+    (_NEW_VISITOR, c.SESSIONS_NEW_VISITOR),
+    (_CLOSED, c.SESSIONS_CLOSED),
+    (_BOUNCED, c.SESSIONS_BOUNCED),
+)
+
+
+def _shape(segment: Segment, dims: Dims, closed: bool, orders: int) -> Shape:
+    start_event, start = segment.start_event, segment.start
+    flags = _WITH_ORDER if orders else 0
+    if segment.adds:
+        flags |= _WITH_CART
+    if start_event is not None and start_event.number != NONE:
+        flags |= _WITH_INDEX | _NEW_VISITOR if start_event.number == 1 else _WITH_INDEX
+    views = duration = 0
     if closed:
-        views = segment.page_views
-        bounced = views == 1 and segment.others + orders == 0
-        for name, amount in (
-            (c.SESSIONS_CLOSED, 1),
-            (c.SESSIONS_CLOSED_PAGE_VIEWS, views),
-            (c.SESSIONS_BOUNCED, int(bounced)),
-            (c.SESSIONS_DURATION, segment.end - segment.start),
-        ):
-            if amount:
-                cell[name] = get(name, 0) + amount
+        views, duration = segment.page_views, segment.end - start
+        flags |= _CLOSED | _BOUNCED if views == 1 and segment.others + orders == 0 else _CLOSED
+    kind = (dims[0], dims[1], flags)
+    found = _TEMPLATES.get(kind)
+    if found is None:
+        found = _TEMPLATES[kind] = _template(*kind)
+    return start - start % MINUTE_MS, segment.first.store, found, views, duration
+
+
+def _template(channel: str, device: str, flags: int) -> dict[str, int]:
+    names = names_of(channel, device)
+    counters = {c.SESSIONS: 1, names.sessions_channel: 1, names.sessions_device: 1}
+    counters |= {name: 1 for flag, name in _FLAGGED if flags & flag}
+    if not flags & _CLOSED:
+        counters[c.SESSIONS_OPEN] = 1
+    return counters
+
+
+def _add_shape(cells: c.Cells, shape: Shape) -> None:
+    """A segment's outcomes into its start cell."""
+    minute, store, counters, views, duration = shape
+    cell = cells.get((minute, store))
+    if cell is None:  # nearly always: the only segment starting in that minute
+        cell = cells[(minute, store)] = counters.copy()
     else:
-        cell[c.SESSIONS_OPEN] = get(c.SESSIONS_OPEN, 0) + 1
+        for name, amount in counters.items():
+            cell[name] = cell.get(name, 0) + amount
+    if views:
+        cell[c.SESSIONS_CLOSED_PAGE_VIEWS] = cell.get(c.SESSIONS_CLOSED_PAGE_VIEWS, 0) + views
+    if duration:
+        cell[c.SESSIONS_DURATION] = cell.get(c.SESSIONS_DURATION, 0) + duration
+
+
+class Shapes:
+    """The head of a session record with nothing but segments: their shapes. Two heads of one
+    record compare without either's cells being built; most runs leave a record's shapes as
+    they were (an open session's start cell does not change as it grows)."""
+
+    __slots__ = ("_cells", "next_change", "shapes")
+    presence: ClassVar[frozenset[Presence]] = frozenset()
+    open_tickets: ClassVar[Mapping[tuple[str, str, str], int]] = MappingProxyType({})
+
+    def __init__(self, shapes: list[Shape], next_change: int) -> None:
+        self.shapes = shapes
+        self.next_change = next_change
+        self._cells: c.Cells | None = None
+
+    @property
+    def cells(self) -> c.Cells:
+        """Built once, when asked for: read only."""
+        if self._cells is None:
+            self._cells = {}
+            for shape in self.shapes:
+                _add_shape(self._cells, shape)
+        return self._cells
+
+    def contribution(self) -> Contribution:
+        """The same as a Contribution of its own, to add to."""
+        out = Contribution(next_change=self.next_change)
+        for shape in self.shapes:
+            _add_shape(out.cells, shape)
+        return out
+
+
+Head = Contribution | Shapes  # what a record adds but for its segments' bodies
 
 
 def _visitor_cells(out: Contribution, seen: dict[str, int], names: Names, *, known: bool) -> None:

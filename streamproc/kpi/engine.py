@@ -26,11 +26,13 @@ from streamproc.kpi.contrib import (
     NEVER,
     Contribution,
     Dims,
+    Head,
     Presence,
+    Shapes,
     Timeouts,
     add_body,
-    contribute_session,
     contribute_ticket,
+    session_head,
 )
 from streamproc.kpi.epoch import MINUTE_MS
 from streamproc.kpi.records import (
@@ -53,7 +55,7 @@ from streamproc.kpi.records import (
 
 Record = SessionRecord | TicketRecord
 # A record being worked on: it, its head contribution and its bodies as counted (bodies.py).
-Opened = tuple[Record, Contribution, list[bodies.Body]]
+Opened = tuple[Record, Head, list[bodies.Body]]
 CLICKSTREAM, CART, ORDERS, TICKETS = range(TOPICS)
 ALL_TOPICS = frozenset(range(TOPICS))
 FAMILY_INDEX = {m.Family.CLICKSTREAM: 0, m.Family.CART: 1, m.Family.ORDERS: 2, m.Family.TICKETS: 3}
@@ -196,19 +198,19 @@ class PartitionEngine:
     def contribution(self, key: str, record: Record, watermark: int) -> Contribution:
         """All a record adds to the partials at ``watermark``."""
         segments: list[tuple[Segment, Dims]] = []
-        out = self._head(key, record, watermark, segments)
+        out = self._head(key, record, watermark, segments).contribution()
         for segment, dims in segments:
             add_body(out, segment, dims)
         return out
 
     def _head(
         self, key: str, record: Record, watermark: int, segments: list[tuple[Segment, Dims]]
-    ) -> Contribution:
+    ) -> Head:
         """The contribution but for the bodies of the record's segments, which go to
         ``segments`` with their dimensions (bodies.py)."""
         if isinstance(record, SessionRecord):
             sessionless = key.startswith("o:")
-            return contribute_session(
+            return session_head(
                 record, watermark, self.timeouts, sessionless=sessionless, bodies=segments
             )
         return contribute_ticket(record)
@@ -300,7 +302,7 @@ class PartitionEngine:
     # --- bookkeeping -----------------------------------------------------------------------
 
     def _count(
-        self, contrib: Contribution, sign: int, without: set[c.CellKey] | None = None
+        self, contrib: Head, sign: int, without: set[c.CellKey] | None = None
     ) -> set[c.CellKey]:
         """Add (or remove) a contribution to the projection, but for the cells ``without``;
         returns the cells that changed."""
@@ -319,18 +321,17 @@ class PartitionEngine:
         return changed
 
     def _recount(
-        self,
-        before: Contribution,
-        after: Contribution,
-        changed: set[c.CellKey],
-        without: Set[c.CellKey],
+        self, before: Head, after: Head, changed: set[c.CellKey], without: Set[c.CellKey]
     ) -> None:
-        """Replace a record's contribution ``before`` by ``after`` in the projection, but for the
-        cells ``without``; adds the cells whose sums changed to ``changed``.
+        """Replace a record's head ``before`` by ``after`` in the projection, but for the cells
+        ``without``; adds the cells whose sums changed to ``changed``.
 
         The same as counting ``before`` out and ``after`` in, touching only the cells that differ:
         most of a touched record's cells (its earlier minutes) are the same before and after.
+        The same shapes are the same cells: nothing to do, and none built.
         """
+        if type(after) is Shapes and type(before) is Shapes and after.shapes == before.shapes:
+            return
         sums, refs, old_cells = self.sums, self.refs, before.cells
         for cell, new in after.cells.items():
             old = old_cells.get(cell)
@@ -354,10 +355,10 @@ class PartitionEngine:
                 c.add_difference(sums.setdefault(cell, {}), {}, old)
                 changed.add(cell)
         if before.open_tickets != after.open_tickets:
-            self._count(Contribution(open_tickets=before.open_tickets), -1)
-            self._count(Contribution(open_tickets=after.open_tickets), +1)
+            self._count(Contribution(open_tickets=dict(before.open_tickets)), -1)
+            self._count(Contribution(open_tickets=dict(after.open_tickets)), +1)
 
-    def _schedule(self, full: str, contrib: Contribution, deadline: int) -> None:
+    def _schedule(self, full: str, contrib: Head, deadline: int) -> None:
         """Look at the record (its state key ``full``) again when its contribution changes or
         it may be evicted (at its ``deadline``).
 
@@ -533,7 +534,7 @@ class PartitionEngine:
         frozen: dict[c.CellKey, Frozen] = {}
         records, deletes = [], []
         open_before = dict(self.open_tickets)
-        evictions: list[tuple[int, str, Contribution, list[tuple[Segment, Dims]]]] = []
+        evictions: list[tuple[int, str, Head, list[tuple[Segment, Dims]]]] = []
         for key, (record, before, counted) in work.items():
             segments: list[tuple[Segment, Dims]] = []
             after = self._head(key, record, watermark, segments)
@@ -565,7 +566,8 @@ class PartitionEngine:
                 else:  # the input has ended: nothing can change it, never look at it again
                     self.scheduled.pop(full, None)
         for deadline, key, after, segments in sorted(evictions, key=lambda e: (e[0], e[1])):
-            self._freeze(state, frozen, key, deadline, after, segments)  # in cursor order
+            # in cursor order
+            self._freeze(state, frozen, key, deadline, after.contribution(), segments)
         outcome.evicted = len(evictions)
         outcome.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
         outcome.writes = [
