@@ -9,7 +9,14 @@ from helpers import T0_MS, decoded
 
 from streamproc.events import models as m
 from streamproc.kpi import absorb
-from streamproc.kpi.contrib import NEVER, Contribution, Timeouts, contribute_session
+from streamproc.kpi.contrib import (
+    NEVER,
+    Contribution,
+    Shapes,
+    Timeouts,
+    contribute_session,
+    session_head,
+)
 from streamproc.kpi.contrib import contribute_ticket as ticket_contribution
 from streamproc.kpi.epoch import minute_of
 from streamproc.kpi.records import SessionRecord, TicketRecord, new_offsets
@@ -80,6 +87,33 @@ def test_closed_session_has_outcomes_and_changes_when_settled() -> None:
     settled = at(record_of(*BOUNCE), SETTLE)
     assert settled.next_change == NEVER
     assert settled.cells == out.cells
+
+
+def head(record: SessionRecord, watermark: int) -> Any:
+    return session_head(record, watermark, TIMEOUTS, sessionless=False, bodies=[])
+
+
+def test_a_growing_open_session_keeps_its_head_shapes_and_closing_changes_them() -> None:
+    """The engine skips a record's recount when its head's shapes are equal before and after a
+    run: equal shapes must be equal cells, and every change of the start cell a change of shape."""
+    record = record_of(*BOUNCE)
+    before = head(record, CLOSE - 1)
+    assert isinstance(before, Shapes)
+    # the head leaves out the session's body: its page views and visitor marks
+    started = {k: v for k, v in SESSION_STARTED.items() if k.startswith("sessions")}
+    assert before.cells == {CELL: {**started, "sessions_open": 1}}
+    grown = record_of(*BOUNCE, ev("page_view", END + 60_000, "e3"))
+    after = head(grown, CLOSE - 1)
+    assert after.shapes == before.shapes
+    assert after.cells == before.cells
+    assert after.next_change == CLOSE + 60_000  # its end moved on: it closes later
+    closed = head(record, CLOSE)
+    assert closed.shapes != before.shapes
+    assert closed.cells != before.cells
+    bigger = head(grown, CLOSE + 60_000)  # two page views: no bounce, a longer duration
+    assert bigger.shapes != closed.shapes
+    assert bigger.cells[CELL]["sessions_closed_page_views"] == 2
+    assert "sessions_bounced" not in bigger.cells[CELL]
 
 
 def test_bounce_is_one_page_view_and_nothing_but_starts_and_pings() -> None:
