@@ -12,7 +12,6 @@ publishes ``outcome`` (Redis) and then stores ``outcome.writes`` in order.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,6 +51,7 @@ from streamproc.kpi.records import (
     first_sight,
     new_offsets,
 )
+from streamproc.kpi.schedule import Schedule
 
 Record = SessionRecord | TicketRecord
 # A record being worked on: it, its head contribution and its bodies as counted (bodies.py).
@@ -189,7 +189,7 @@ class PartitionEngine:
         self.sums: dict[c.CellKey, c.Counters] = {}
         self.refs: dict[c.CellKey, int] = {}
         self.open_tickets: dict[tuple[str, str, str], int] = {}
-        self.heap: list[tuple[int, str]] = []
+        self.schedule = Schedule()  # when to look at each record again (by its state key)
         self.last_event_wall_ms = wall_ms
         self._load(state)
 
@@ -252,9 +252,6 @@ class PartitionEngine:
     # --- loading ----------------------------------------------------------------------------
 
     def _load(self, state: State) -> None:
-        # The state's key of each record (the partition's prefix and its key: the string the
-        # state holds, not one more per record) -> when to look at the record again.
-        self.scheduled: dict[str, int] = {}
         frozen: dict[c.CellKey, Frozen] = {}
         records: list[tuple[str, str, Record]] = []
         for full in state.scan():
@@ -297,7 +294,7 @@ class PartitionEngine:
             for segment, dims in segments:
                 body = (segment.cells, dims)
                 bodies.count(self.sums, self.refs, body, +1, changed=changed, without=frozen_in)
-            self._schedule(full, contrib, deadline)
+            self.schedule.set(full, min(contrib.next_change, deadline))
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -357,30 +354,6 @@ class PartitionEngine:
         if before.open_tickets != after.open_tickets:
             self._count(Contribution(open_tickets=dict(before.open_tickets)), -1)
             self._count(Contribution(open_tickets=dict(after.open_tickets)), +1)
-
-    def _schedule(self, full: str, contrib: Head, deadline: int) -> None:
-        """Look at the record (its state key ``full``) again when its contribution changes or
-        it may be evicted (at its ``deadline``).
-
-        ``scheduled`` holds when; the heap holds, for every scheduled record, an entry at or
-        before that time (``apply`` queues it again when it comes too early). A record is
-        scheduled anew by nearly every run that touches it, nearly always later (its session's
-        end moves on): that needs no entry of its own, only one that moves it earlier does."""
-        when = min(contrib.next_change, deadline)
-        current = self.scheduled.get(full)
-        if current != when:
-            self.scheduled[full] = when
-            if current is None or when < current:
-                heapq.heappush(self.heap, (when, full))
-                if len(self.heap) > len(self.scheduled) * 5 // 4 + 1024:
-                    self._compact()
-
-    def _compact(self) -> None:
-        """The heap again without its superseded entries (those of records scheduled earlier
-        since, or no longer): one entry per scheduled record, at its time. Rebuilt once it holds
-        a quarter more entries than records, which costs a push O(1) more, amortised."""
-        self.heap = [(when, full) for full, when in self.scheduled.items()]
-        heapq.heapify(self.heap)
 
     # --- the batch --------------------------------------------------------------------------
 
@@ -480,17 +453,8 @@ class PartitionEngine:
         self.meta.duplicates += len(duplicates)
         watermark = self._advance(progress)
         cut = len(self.prefix)
-        heap = self.heap
         unchanged: set[str] = set()  # records due, not touched: the state holds them as they are
-        while heap and heap[0][0] <= watermark:
-            when, full = heapq.heappop(heap)
-            due = self.scheduled.get(full)
-            if due is None or due < when:
-                continue  # no longer scheduled, or an earlier entry of it came first
-            if due > when:  # scheduled later since, without an entry of its own
-                heapq.heappush(heap, (due, full))
-                continue
-            del self.scheduled[full]
+        for full in self.schedule.due(watermark):
             key = full[cut:]
             if key not in work:
                 opened = self._open(state, key, previous, create=False)
@@ -557,14 +521,14 @@ class PartitionEngine:
             if deadline < previous and watermark < NEVER:
                 evictions.append((deadline, key, after, segments))
                 deletes.append((full, None))
-                self.scheduled.pop(full, None)
+                self.schedule.drop(full)
             else:
                 if key not in unchanged:
                     records.append((full, encode(record)))
                 if watermark < NEVER:
-                    self._schedule(full, after, deadline)
+                    self.schedule.set(full, min(after.next_change, deadline))
                 else:  # the input has ended: nothing can change it, never look at it again
-                    self.scheduled.pop(full, None)
+                    self.schedule.drop(full)
         for deadline, key, after, segments in sorted(evictions, key=lambda e: (e[0], e[1])):
             # in cursor order
             self._freeze(state, frozen, key, deadline, after.contribution(), segments)

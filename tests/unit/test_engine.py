@@ -113,14 +113,14 @@ def test_projection_equals_recomputation_after_every_batch(
         assert {cell: n for cell, n in engine.refs.items() if n} == references
         # nothing due is left but evictions (they come one batch after the deadline), and every
         # scheduled record has a heap entry at or before its time
-        for full, when in engine.scheduled.items():
+        for full, when in engine.schedule.when.items():
             if when <= engine.meta.watermark:
                 key = full.partition("|")[2]
                 assert when == engine.deadline(key, offline_decode(key, store[full]))
         first: dict[str, int] = {}
-        for when, full in engine.heap:
+        for when, full in engine.schedule.heap:
             first[full] = min(when, first.get(full, when))
-        assert all(first[full] <= when for full, when in engine.scheduled.items())
+        assert all(first[full] <= when for full, when in engine.schedule.when.items())
         checked += 1
 
     from streamproc.kpi.engine import _decode as offline_decode
@@ -209,7 +209,7 @@ def test_once_the_input_has_ended_records_are_not_looked_at_again() -> None:
     final = engine.apply([], ended, store)
     store.apply(final.writes)
     assert final.watermark == NEVER and final.cells
-    assert not engine.scheduled
+    assert not engine.schedule.when
     again = engine.apply([], ended, store)
     assert again.writes == [(engine.prefix + "m", encode(engine.meta))] and not again.cells
 
@@ -227,9 +227,9 @@ def test_superseded_schedule_entries_do_not_pile_up() -> None:
         ]
         _feed(engine, store, items)
         # each is scheduled later than before: its first entry stands for it
-        assert len(engine.heap) == len(engine.scheduled)
-    assert len(engine.scheduled) == sessions
-    assert {key for _, key in engine.heap} == set(engine.scheduled)  # none lost
+        assert len(engine.schedule.heap) == len(engine.schedule.when)
+    assert len(engine.schedule.when) == sessions
+    assert {key for _, key in engine.schedule.heap} == set(engine.schedule.when)  # none lost
 
 
 def test_a_new_engine_is_not_idle_before_an_idle_timeout_has_passed() -> None:
