@@ -37,7 +37,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,9 @@ from aiokafka import AIOKafkaProducer
 
 from streamproc import broker, children, devstack, replay
 from streamproc.config import Settings, load_settings
-from streamproc.simulate import SimConfig, simulate
-from streamproc.simulate.config import Anomalies
 
 STORE = "bench-fresh"
 EVERY_S = 0.1  # markers and polls
-WARM_SIM_S = 120
 _EVENT_TIME = re.compile(rb'"event_time":"([^"]*)"')
 
 
@@ -106,19 +103,8 @@ def _warp(arrivals: list[int], rate: float) -> Any:
 
 
 def live_traffic(settings: Settings, rate: float, duration_s: float) -> Traffic:
-    start = datetime(2026, 11, 2, 8, tzinfo=UTC)
-    config = SimConfig(
-        start=start,
-        duration_seconds=None,
-        sessions_per_minute=rate * 60 / 5,  # ~5 events per session-minute after 2 minutes
-        diurnal_amplitude=0.0,
-        stores=5,
-        seed=11,
-        anomalies=Anomalies(duplicate_share=0.01, out_of_order_share=0.02, malformed_share=0.005),
-    )
-    begin = int(start.timestamp() * 1000) + WARM_SIM_S * 1000
     wanted = round(rate * duration_s)
-    kept = list(itertools.islice((r for r in simulate(config) if r.arrival_ms >= begin), wanted))
+    kept = list(itertools.islice(harness.live_records(rate), wanted))
     wall = _warp([r.arrival_ms for r in kept], rate)
     topics = settings.topics_by_family
     traffic = Traffic(rate)

