@@ -184,7 +184,7 @@ class OfflinePipeline:
             c.add_cells(result.cells, {(minute, cell_store): counters})
         for engine in engines.values():
             result.latest_ms = max(result.latest_ms, *engine.meta.max_ts)
-            for group, count in engine.open_tickets.items():
+            for group, count in engine.projection.open_tickets.items():
                 result.open_tickets[group] = result.open_tickets.get(group, 0) + count
         return result
 

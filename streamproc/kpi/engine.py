@@ -27,13 +27,13 @@ from streamproc.kpi.contrib import (
     Dims,
     Head,
     Presence,
-    Shapes,
     Timeouts,
     add_body,
     contribute_ticket,
     session_head,
 )
 from streamproc.kpi.epoch import MINUTE_MS
+from streamproc.kpi.projection import Projection
 from streamproc.kpi.records import (
     NONE,
     TOPICS,
@@ -186,9 +186,7 @@ class PartitionEngine:
         self.timeouts = settings.timeouts  # made once: contribution() runs for every record
         self.prefix = f"{partition}|"  # every state key of the partition: key_partition reads it
         self.meta = Meta([NONE] * TOPICS)
-        self.sums: dict[c.CellKey, c.Counters] = {}
-        self.refs: dict[c.CellKey, int] = {}
-        self.open_tickets: dict[tuple[str, str, str], int] = {}
+        self.projection = Projection()
         self.schedule = Schedule()  # when to look at each record again (by its state key)
         self.last_event_wall_ms = wall_ms
         self._load(state)
@@ -269,91 +267,24 @@ class PartitionEngine:
             else:
                 records.append((full, key, _decode(key, raw)))
         self.applied_watermark = self.meta.watermark
+        projection = self.projection
         for cell, value in frozen.items():
-            c.add_cells(self.sums, {cell: value.counters})
-            self.refs.setdefault(cell, 0)
-        self.frozen_cursor = {cell: (f.cursor_t, f.cursor_key) for cell, f in frozen.items()}
+            projection.add_frozen(cell, value)
         # A record whose eviction was cut short by a crash is already in some frozen sums.
         self.half_evicted: dict[str, set[c.CellKey]] = {}
-        changed: set[c.CellKey] = set()
         for full, key, record in records:
             segments: list[tuple[Segment, Dims]] = []
             contrib = self._head(key, record, self.meta.watermark, segments)
             deadline = self.deadline(key, record)
             frozen_in: set[c.CellKey] = set()
-            if self.frozen_cursor:
-                cursor = (deadline, key)
-                frozen_in = {
-                    cell
-                    for cell in bodies.references(contrib.cells, segments)
-                    if self.frozen_cursor.get(cell, (NONE, "")) >= cursor
-                }
+            if projection.frozen_cursor:
+                pieces = bodies.references(contrib.cells, segments)
+                frozen_in = projection.frozen_in(pieces, (deadline, key))
             if frozen_in:
                 self.half_evicted[key] = frozen_in
-            self._count(contrib, +1, frozen_in)
-            for segment, dims in segments:
-                body = (segment.cells, dims)
-                bodies.count(self.sums, self.refs, body, +1, changed=changed, without=frozen_in)
+            projection.count(contrib, +1, frozen_in)
+            projection.add_bodies(segments, frozen_in)
             self.schedule.set(full, min(contrib.next_change, deadline))
-
-    # --- bookkeeping -----------------------------------------------------------------------
-
-    def _count(
-        self, contrib: Head, sign: int, without: set[c.CellKey] | None = None
-    ) -> set[c.CellKey]:
-        """Add (or remove) a contribution to the projection, but for the cells ``without``;
-        returns the cells that changed."""
-        chosen = contrib.cells
-        if without:
-            chosen = {k: v for k, v in chosen.items() if k not in without}
-        changed = c.add_cells(self.sums, chosen, sign)
-        for cell in chosen:
-            self.refs[cell] = self.refs.get(cell, 0) + sign
-        for group, count in contrib.open_tickets.items():
-            total = self.open_tickets.get(group, 0) + sign * count
-            if total:
-                self.open_tickets[group] = total
-            else:
-                self.open_tickets.pop(group, None)
-        return changed
-
-    def _recount(
-        self, before: Head, after: Head, changed: set[c.CellKey], without: Set[c.CellKey]
-    ) -> None:
-        """Replace a record's head ``before`` by ``after`` in the projection, but for the cells
-        ``without``; adds the cells whose sums changed to ``changed``.
-
-        The same as counting ``before`` out and ``after`` in, touching only the cells that differ:
-        most of a touched record's cells (its earlier minutes) are the same before and after.
-        The same shapes are the same cells: nothing to do, and none built.
-        """
-        if type(after) is Shapes and type(before) is Shapes and after.shapes == before.shapes:
-            return
-        sums, refs, old_cells = self.sums, self.refs, before.cells
-        for cell, new in after.cells.items():
-            old = old_cells.get(cell)
-            if old == new or cell in without:
-                continue
-            if old is None:
-                refs[cell] = refs.get(cell, 0) + 1
-                if not new:
-                    continue
-                old = {}
-            into = sums.get(cell)
-            if into is None:
-                into = sums[cell] = {}
-            c.add_difference(into, new, old)
-            changed.add(cell)
-        for cell, old in old_cells.items():
-            if cell in after.cells or cell in without:
-                continue
-            refs[cell] = refs.get(cell, 0) - 1
-            if old:
-                c.add_difference(sums.setdefault(cell, {}), {}, old)
-                changed.add(cell)
-        if before.open_tickets != after.open_tickets:
-            self._count(Contribution(open_tickets=dict(before.open_tickets)), -1)
-            self._count(Contribution(open_tickets=dict(after.open_tickets)), +1)
 
     # --- the batch --------------------------------------------------------------------------
 
@@ -497,23 +428,18 @@ class PartitionEngine:
         changed: set[c.CellKey] = set()
         frozen: dict[c.CellKey, Frozen] = {}
         records, deletes = [], []
-        open_before = dict(self.open_tickets)
+        projection = self.projection
+        open_before = dict(projection.open_tickets)
         evictions: list[tuple[int, str, Head, list[tuple[Segment, Dims]]]] = []
         for key, (record, before, counted) in work.items():
             segments: list[tuple[Segment, Dims]] = []
             after = self._head(key, record, watermark, segments)
             # cells whose frozen sum already holds this record (an eviction cut short by a crash)
             frozen_in = self.half_evicted.pop(key, _NO_CELLS)
-            self._recount(before, after, changed, frozen_in)
+            projection.recount(before, after, changed, frozen_in)
             outcome.presence |= after.presence - before.presence
-            bodies.recount(
-                self.sums,
-                self.refs,
-                counted,
-                segments,
-                changed=changed,
-                presence=outcome.presence,
-                without=frozen_in,
+            projection.recount_bodies(
+                counted, segments, changed=changed, presence=outcome.presence, without=frozen_in
             )
             deadline = self.deadline(key, record)
             full = self.prefix + key  # one string for the write and the schedule
@@ -533,14 +459,14 @@ class PartitionEngine:
             # in cursor order
             self._freeze(state, frozen, key, deadline, after.contribution(), segments)
         outcome.evicted = len(evictions)
-        outcome.cells = {cell: dict(self.sums.get(cell, {})) for cell in changed}
+        outcome.cells = {cell: dict(projection.sums.get(cell, {})) for cell in changed}
         outcome.writes = [
             (f"{self.prefix}f:{m_}:{s_}", encode(v)) for (m_, s_), v in frozen.items()
         ]
         outcome.writes += records + deletes + self._forget_idle_cells(previous)
         outcome.writes.append((self.prefix + "m", encode(self.meta)))
-        if self.open_tickets != open_before:
-            outcome.open_tickets = dict(self.open_tickets)
+        if projection.open_tickets != open_before:
+            outcome.open_tickets = dict(projection.open_tickets)
         return outcome
 
     def _freeze(
@@ -567,9 +493,8 @@ class PartitionEngine:
             if (current.cursor_t, current.cursor_key) < (deadline, key):
                 c.add_cells({cell: current.counters}, {cell: counters})
                 frozen[cell] = Frozen(deadline, key, current.counters)
-                self.frozen_cursor[cell] = (deadline, key)
-                self.refs[cell] = self.refs.get(cell, 0) - pieces[cell]  # counted until now
-        self._count(Contribution(open_tickets=contrib.open_tickets), -1)
+                self.projection.freeze(cell, (deadline, key), pieces[cell])  # counted until now
+        self.projection.count(Contribution(open_tickets=contrib.open_tickets), -1)
 
     def _read_frozen(self, state: State, cell: c.CellKey) -> Frozen:
         raw = state.get(f"{self.prefix}f:{cell[0]}:{cell[1]}")
@@ -578,14 +503,8 @@ class PartitionEngine:
     def _forget_idle_cells(self, watermark: int) -> list[tuple[str, bytes | None]]:
         """Cells no event can change any more leave memory, and their frozen sums the state."""
         horizon = watermark - self.settings.max_lateness_ms
-        gone = [cell for cell, refs in self.refs.items() if refs <= 0 and cell[0] < horizon]
-        deletes: list[tuple[str, bytes | None]] = []
-        for cell in gone:
-            self.refs.pop(cell, None)
-            self.sums.pop(cell, None)
-            if self.frozen_cursor.pop(cell, None) is not None:
-                deletes.append((f"{self.prefix}f:{cell[0]}:{cell[1]}", None))
-        return deletes
+        gone = self.projection.forget_idle(horizon)
+        return [(f"{self.prefix}f:{minute}:{store}", None) for minute, store in gone]
 
     def _absorb(self, record: Record, item: Item) -> None:
         event = item.event

@@ -107,10 +107,10 @@ def test_projection_equals_recomputation_after_every_batch(
                 watermark = engine.meta.watermark
                 c.add_cells(expected, engine.contribution(key, record, watermark).cells)
                 references.update(engine.references(key, record, watermark))
-        sums = {cell: v for cell, v in engine.sums.items() if v}
+        sums = {cell: v for cell, v in engine.projection.sums.items() if v}
         assert sums == {cell: v for cell, v in expected.items() if v}
         # what holds a cell in memory: no leak, and nothing forgotten that a record still holds
-        assert {cell: n for cell, n in engine.refs.items() if n} == references
+        assert {cell: n for cell, n in engine.projection.refs.items() if n} == references
         # nothing due is left but evictions (they come one batch after the deadline), and every
         # scheduled record has a heap entry at or before its time
         for full, when in engine.schedule.when.items():
@@ -185,7 +185,7 @@ def test_sessions_and_carts_close_when_traffic_stops() -> None:
     ]
     engine.read(items, Progress(wall_ms=T0), wall_ms=T0)
     store.apply(engine.apply(items, Progress(wall_ms=T0), store).writes)
-    assert engine.sums[(T0 - T0 % 60_000, "store-01")][c.SESSIONS_OPEN] == 1
+    assert engine.projection.sums[(T0 - T0 % 60_000, "store-01")][c.SESSIONS_OPEN] == 1
     # no further event: only the wall clock moves on past idle timeout + session timeout
     later = (
         T0 + SETTINGS.idle_timeout_ms + SETTINGS.session_timeout_ms + SETTINGS.allowed_lateness_ms
@@ -278,7 +278,9 @@ def test_late_event_amends_a_closed_window_and_too_late_is_refused() -> None:
     assert verdicts.on_time == [late] and verdicts.too_late == [too_late]
     assert verdicts.late == 1
     on_time = verdicts.on_time
-    before = engine.sums.get((late.event.event_time - late.event.event_time % 60_000, "store-01"))
+    before = engine.projection.sums.get(
+        (late.event.event_time - late.event.event_time % 60_000, "store-01")
+    )
     plan = engine.apply(on_time, Progress(), store)
     after = plan.cells[(late.event.event_time - late.event.event_time % 60_000, "store-01")]
     assert before is None and after[c.SESSIONS] == 1 and after[c.PAGE_VIEWS] == 1
@@ -323,7 +325,7 @@ def test_a_meta_written_before_read_to_decodes_with_nothing_judged() -> None:
 
 
 def _views(engine: PartitionEngine) -> int:
-    return sum(counters.get(c.PAGE_VIEWS, 0) for counters in engine.sums.values())
+    return sum(counters.get(c.PAGE_VIEWS, 0) for counters in engine.projection.sums.values())
 
 
 def test_a_repeated_event_id_is_dropped_in_its_batch_and_in_later_ones() -> None:
