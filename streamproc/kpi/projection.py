@@ -19,6 +19,8 @@ OpenTickets = Mapping[tuple[str, str, str], int]
 
 
 class Projection:
+    """The partials of one partition's engine, and the references that keep their cells."""
+
     def __init__(self) -> None:
         self.sums: dict[c.CellKey, c.Counters] = {}
         self.refs: dict[c.CellKey, int] = {}
