@@ -185,10 +185,7 @@ def contribute_session(
     """All a session id's record (or, ``sessionless``, an order id's) adds at ``watermark``."""
     segments: list[tuple[Segment, Dims]] = []
     head = session_head(record, watermark, timeouts, sessionless=sessionless, bodies=segments)
-    out = head.contribution()
-    for segment, dims in segments:
-        add_body(out, segment, dims)
-    return out
+    return whole(head, segments)
 
 
 def _placed(orders: list[Order]) -> list[Order]:
@@ -215,9 +212,13 @@ def _segment_head(
     return _shape(segment, dims, watermark >= close_at, orders), dims, moment
 
 
-def add_body(out: Contribution, segment: Segment, dims: Dims) -> None:
-    """A segment's body (its visitor cells, bodies.py) into ``out``."""
-    _visitor_cells(out, segment.cells, names_of(dims[0], dims[1]), known=dims[2])
+def whole(head: Head, segments: list[tuple[Segment, Dims]]) -> Contribution:
+    """A record's whole contribution: its ``head`` (a Contribution head is added to, not
+    copied) and the bodies of its ``segments`` (bodies.py: their visitor cells)."""
+    out = head.contribution()
+    for segment, dims in segments:
+        _visitor_cells(out, segment.cells, names_of(dims[0], dims[1]), known=dims[2])
+    return out
 
 
 def _marks(out: Contribution, marks: dict[str, int]) -> None:
@@ -280,11 +281,12 @@ def _shape(segment: Segment, dims: Dims, closed: bool, orders: int) -> Shape:
     if segment.adds:
         flags |= _WITH_CART
     if start_event is not None and start_event.number != NONE:
-        flags |= _WITH_INDEX | _NEW_VISITOR if start_event.number == 1 else _WITH_INDEX
+        flags |= (_WITH_INDEX | _NEW_VISITOR) if start_event.number == 1 else _WITH_INDEX
     views = duration = 0
     if closed:
         views, duration = segment.page_views, segment.end - start
-        flags |= _CLOSED | _BOUNCED if views == 1 and segment.others + orders == 0 else _CLOSED
+        bounced = views == 1 and segment.others + orders == 0
+        flags |= (_CLOSED | _BOUNCED) if bounced else _CLOSED
     kind = (dims[0], dims[1], flags)
     found = _TEMPLATES.get(kind)
     if found is None:
@@ -334,17 +336,19 @@ class Shapes:
     def cells(self) -> c.Cells:
         """Built once, when asked for: read only."""
         if self._cells is None:
-            self._cells = {}
-            for shape in self.shapes:
-                _add_shape(self._cells, shape)
+            self._cells = _cells_of(self.shapes)
         return self._cells
 
     def contribution(self) -> Contribution:
         """The same as a Contribution of its own, to add to."""
-        out = Contribution(next_change=self.next_change)
-        for shape in self.shapes:
-            _add_shape(out.cells, shape)
-        return out
+        return Contribution(cells=_cells_of(self.shapes), next_change=self.next_change)
+
+
+def _cells_of(shapes: list[Shape]) -> c.Cells:
+    cells: c.Cells = {}
+    for shape in shapes:
+        _add_shape(cells, shape)
+    return cells
 
 
 Head = Contribution | Shapes  # what a record adds but for its segments' bodies

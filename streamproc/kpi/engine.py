@@ -28,9 +28,9 @@ from streamproc.kpi.contrib import (
     Head,
     Presence,
     Timeouts,
-    add_body,
     contribute_ticket,
     session_head,
+    whole,
 )
 from streamproc.kpi.epoch import MINUTE_MS
 from streamproc.kpi.projection import Projection
@@ -196,10 +196,7 @@ class PartitionEngine:
     def contribution(self, key: str, record: Record, watermark: int) -> Contribution:
         """All a record adds to the partials at ``watermark``."""
         segments: list[tuple[Segment, Dims]] = []
-        out = self._head(key, record, watermark, segments).contribution()
-        for segment, dims in segments:
-            add_body(out, segment, dims)
-        return out
+        return whole(self._head(key, record, watermark, segments), segments)
 
     def _head(
         self, key: str, record: Record, watermark: int, segments: list[tuple[Segment, Dims]]
@@ -456,8 +453,7 @@ class PartitionEngine:
                 else:  # the input has ended: nothing can change it, never look at it again
                     self.schedule.drop(full)
         for deadline, key, after, segments in sorted(evictions, key=lambda e: (e[0], e[1])):
-            # in cursor order
-            self._freeze(state, frozen, key, deadline, after.contribution(), segments)
+            self._freeze(state, frozen, key, deadline, after, segments)  # in cursor order
         outcome.evicted = len(evictions)
         outcome.cells = {cell: dict(projection.sums.get(cell, {})) for cell in changed}
         outcome.writes = [
@@ -475,14 +471,13 @@ class PartitionEngine:
         frozen: dict[c.CellKey, Frozen],
         key: str,
         deadline: int,
-        contrib: Contribution,
+        head: Head,
         segments: list[tuple[Segment, Dims]],
     ) -> None:
-        """Move an evicted record's contribution (its head ``contrib`` and the bodies of its
-        ``segments``, added to the head here) from ``refs`` into the frozen sums."""
-        pieces = bodies.references(contrib.cells, segments)
-        for segment, dims in segments:
-            add_body(contrib, segment, dims)
+        """Move an evicted record's contribution (its ``head`` and the bodies of its
+        ``segments``) from ``refs`` into the frozen sums."""
+        pieces = bodies.references(head.cells, segments)
+        contrib = whole(head, segments)
         if self.meta.evicted_t == NONE or (deadline, key) > (
             self.meta.evicted_t,
             self.meta.evicted_key,

@@ -36,8 +36,6 @@ class Projection:
     def frozen_in(self, cells: Iterable[c.CellKey], cursor: Cursor) -> set[c.CellKey]:
         """Of ``cells``, those whose frozen sum holds the record at ``cursor`` already (its
         eviction was cut short by a crash)."""
-        if not self.frozen_cursor:
-            return set()
         return {cell for cell in cells if self.frozen_cursor.get(cell, (NONE, "")) >= cursor}
 
     def count(self, head: Head, sign: int, without: Set[c.CellKey] = frozenset()) -> None:
