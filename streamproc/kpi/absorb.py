@@ -157,11 +157,17 @@ def add_session_event(
 ) -> None:
     """A clickstream or cart event: into its session (merging sessions it bridges) and cart."""
     t = event.event_time
-    reached = [
-        segment
-        for segment in record.segments
-        if segment.start - session_timeout_ms < t < segment.end + session_timeout_ms
-    ]
+    segments = record.segments
+    if len(segments) == 1 and (
+        segments[0].start - session_timeout_ms < t < segments[0].end + session_timeout_ms
+    ):
+        reached = segments  # the session's one segment (nearly every event): no list built
+    else:
+        reached = [
+            segment
+            for segment in segments
+            if segment.start - session_timeout_ms < t < segment.end + session_timeout_ms
+        ]
     if len(reached) == 1:
         moves = t < reached[0].start
         _absorb_into(reached[0], event, store)
