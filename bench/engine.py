@@ -35,7 +35,8 @@ from streamproc.errors import InvalidEvent
 from streamproc.eventfile import FileRecord, read_records
 from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
-from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
+from streamproc.kpi.batch import FAMILY_INDEX, EngineSettings, Item, Progress
+from streamproc.kpi.engine import PartitionEngine
 from streamproc.offline import MemoryState, partition_of
 from streamproc.worker.align import Aligner
 

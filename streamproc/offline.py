@@ -18,15 +18,9 @@ from streamproc.eventfile import FileRecord, read_records
 from streamproc.events.parse import EventDecoder, minor_unit_exponent
 from streamproc.kpi import counters as c
 from streamproc.kpi.aligned import VisitorKey, group_windows, rows, ticket_rows
+from streamproc.kpi.batch import FAMILY_INDEX, EngineSettings, Item, Outcome, Progress
 from streamproc.kpi.contrib import NEVER
-from streamproc.kpi.engine import (
-    FAMILY_INDEX,
-    EngineSettings,
-    Item,
-    Outcome,
-    PartitionEngine,
-    Progress,
-)
+from streamproc.kpi.engine import PartitionEngine
 from streamproc.kpi.report import Row
 
 

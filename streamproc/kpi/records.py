@@ -9,7 +9,7 @@ effect. ``seen`` holds the ids (hashed, ``event_hash``) of the events absorbed, 
 the messages dropped as their duplicates were read (``offset * TOPICS + topic``): a message read
 again after a restart is recognised as itself or as a duplicate (``PartitionEngine.apply``). A
 repeated event always meets its first occurrence here: its record key comes from its own fields
-(``engine.record_key``), and once a record leaves the state, every event it could hold is too
+(``batch.record_key``), and once a record leaves the state, every event it could hold is too
 late.
 
 The structs are not tracked by the garbage collector (``gc=False``): records are trees (no

@@ -24,14 +24,9 @@ from streamproc.deadletter import DeadLetter
 from streamproc.errors import BrokerError
 from streamproc.events.parse import Reason
 from streamproc.ingest import BatchDecoder, Message
+from streamproc.kpi.batch import FAMILY_INDEX, EngineSettings, Item, Outcome
 from streamproc.kpi.contrib import NEVER
-from streamproc.kpi.engine import (
-    FAMILY_INDEX,
-    EngineSettings,
-    Item,
-    Outcome,
-    PartitionEngine,
-)
+from streamproc.kpi.engine import PartitionEngine
 from streamproc.store import PartitionStatus, PipelineStore
 from streamproc.worker.contracts import (
     DeadLetterSink,

@@ -9,7 +9,7 @@ from typing import Literal
 
 from streamproc.errors import TopicsChanged
 from streamproc.ingest import Message
-from streamproc.kpi.engine import Progress
+from streamproc.kpi.batch import Progress
 from streamproc.worker.contracts import Highwater, Owned, ReadFrom
 
 State = Literal["ended", "backlog", "read"]

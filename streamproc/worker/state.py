@@ -16,7 +16,7 @@ from typing import Any, cast
 import faust
 from aiokafka.errors import KafkaError
 
-from streamproc.kpi.engine import key_partition
+from streamproc.kpi.batch import key_partition
 from streamproc.worker.changelog import ChangelogWriter, Record
 from streamproc.worker.contracts import Lease
 

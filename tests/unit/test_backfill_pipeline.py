@@ -13,8 +13,8 @@ from streamproc.deadletter import DeadLetter
 from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.ingest import BatchDecoder, Message
+from streamproc.kpi.batch import FAMILY_INDEX
 from streamproc.kpi.contrib import NEVER
-from streamproc.kpi.engine import FAMILY_INDEX
 from streamproc.worker.contracts import Highwater, ReadFrom
 from streamproc.worker.pipeline import Pipeline
 

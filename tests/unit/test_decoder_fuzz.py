@@ -24,7 +24,8 @@ from streamproc.errors import InvalidEvent
 from streamproc.events import models as m
 from streamproc.events.parse import MAX_DEPTH, MAX_EPOCH_MS, MIN_EPOCH_MS, EventDecoder, Reason
 from streamproc.kpi import records
-from streamproc.kpi.engine import FAMILY_INDEX, EngineSettings, Item, PartitionEngine, Progress
+from streamproc.kpi.batch import FAMILY_INDEX, EngineSettings, Item, Progress
+from streamproc.kpi.engine import PartitionEngine
 from streamproc.offline import MemoryState
 
 # A failing example can hold a 60 KB string: hypothesis warns that its repr is large.

@@ -16,8 +16,9 @@ from streamproc import offline
 from streamproc.events.models import Family
 from streamproc.events.parse import EventDecoder
 from streamproc.kpi import counters as c
+from streamproc.kpi.batch import EngineSettings, Item, Progress
 from streamproc.kpi.contrib import NEVER
-from streamproc.kpi.engine import EngineSettings, Item, PartitionEngine, Progress
+from streamproc.kpi.engine import PartitionEngine
 from streamproc.kpi.records import (
     NONE,
     SCAN_BYTES,
