@@ -13,13 +13,12 @@ and gives (settings, items, progress, verdicts, outcomes) is defined in ``batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Iterable, Set
 
 from streamproc.events import models as m
 from streamproc.kpi import absorb, bodies
 from streamproc.kpi import counters as c
 from streamproc.kpi.batch import (
-    ALL_TOPICS,
     EngineSettings,
     Item,
     Outcome,
@@ -57,6 +56,7 @@ from streamproc.kpi.records import (
     new_offsets,
 )
 from streamproc.kpi.schedule import Schedule
+from streamproc.kpi.watermark import advance, judge
 
 Record = SessionRecord | TicketRecord
 # A record being worked on: it, its head contribution and its bodies as counted (bodies.py).
@@ -200,63 +200,13 @@ class PartitionEngine:
     # --- the batch --------------------------------------------------------------------------
 
     def read(self, items: Iterable[Item], progress: Progress, *, wall_ms: int = 0) -> Verdicts:
-        """Judge valid events read: on time (late ones included) or too late, in order.
-
-        Each event is judged against the watermark as it stands, then moves its topic's
-        progress and the watermark on, so the verdicts do not depend on batch sizes. An event
-        judged before a restart or rebalance (``Meta.read_to``) is skipped: what its verdict
-        called for is done, provided its dead letter (if it was too late) was delivered before
-        the meta that records it (``Pipeline``).
-        """
-        verdicts = Verdicts([], [])
-        on_time, too_late = verdicts.on_time, verdicts.too_late
-        meta, max_lateness = self.meta, self.settings.max_lateness_ms
-        max_ts, move = meta.max_ts, self._mover(progress)
-        wm, late, read_to = meta.watermark, 0, meta.read_to
-        for item in items:
-            if item.offset <= read_to[item.topic]:
-                verdicts.again += 1
-                continue
-            read_to[item.topic] = item.offset
-            t = item.event.event_time
-            if wm != NONE and t < wm - max_lateness:
-                too_late.append(item)
-            else:
-                on_time.append(item)
-                if wm != NONE and t - t % MINUTE_MS + MINUTE_MS <= wm:
-                    late += 1  # its minute is closed: it amends it
-            if t > max_ts[item.topic]:
-                max_ts[item.topic] = int(t)
-                wm = move()
-        verdicts.late = late
-        if on_time or too_late:
+        """Judge valid events read (``watermark.judge``). ``wall_ms``: when they were read; a
+        partition without an event for the idle timeout moves its watermark with the wall clock
+        (``watermark.advance``)."""
+        verdicts = judge(self.meta, self.settings, items, progress)
+        if verdicts.on_time or verdicts.too_late:
             self.last_event_wall_ms = wall_ms
         return verdicts
-
-    def _mover(self, progress: Progress) -> Callable[[], int]:
-        """``_advance(progress, idle=False)`` for the events of one ``read``, with what depends
-        only on ``progress`` worked out once (it runs for most events); returns the watermark."""
-        meta, allowed = self.meta, self.settings.allowed_lateness_ms
-        max_ts, ended = meta.max_ts, progress.ended
-        if ended.issuperset(ALL_TOPICS):
-
-            def move_to_end() -> int:
-                meta.watermark = NEVER
-                return NEVER
-
-            return move_to_end
-        held = tuple(topic for topic in progress.backlog if topic not in ended)
-
-        def move() -> int:
-            frontier = max(max_ts)
-            for topic in held:  # a topic with unread messages holds the watermark back
-                if max_ts[topic] < frontier:
-                    frontier = max_ts[topic]
-            if frontier != NONE and frontier - allowed > meta.watermark:
-                meta.watermark = frontier - allowed
-            return meta.watermark
-
-        return move
 
     def apply(self, items: list[Item], progress: Progress, state: State) -> Outcome:
         """Absorb the events judged on time but for duplicates, advance the watermark,
@@ -293,7 +243,7 @@ class PartitionEngine:
             # else this very message, absorbed before a restart
         self.meta.accepted += len(items) - len(duplicates)
         self.meta.duplicates += len(duplicates)
-        watermark = self._advance(progress)
+        watermark = advance(self.meta, self.settings, progress, self.last_event_wall_ms)
         cut = len(self.prefix)
         unchanged: set[str] = set()  # records due, not touched: the state holds them as they are
         for full in self.schedule.due(watermark):
@@ -426,23 +376,3 @@ class PartitionEngine:
                 absorb.add_order_event(record, event, item.store)  # type: ignore[arg-type]
         else:
             absorb.add_ticket_event(record, event, item.store)  # type: ignore[arg-type]
-
-    def _advance(self, progress: Progress, *, idle: bool = True) -> int:
-        """Move the watermark on from the topics' progress (and the wall clock when idle)."""
-        meta, s = self.meta, self.settings
-        ended, max_ts = progress.ended, meta.max_ts  # (called for most events: kept lean)
-        if ended.issuperset(ALL_TOPICS):
-            frontier = NEVER
-        else:
-            frontier = max(max_ts)
-            for topic in progress.backlog:
-                if topic not in ended and max_ts[topic] < frontier:
-                    frontier = max_ts[topic]
-            quiet = progress.wall_ms - self.last_event_wall_ms >= s.idle_timeout_ms
-            if idle and not progress.backlog and quiet and progress.wall_ms:
-                frontier = max(frontier, progress.wall_ms - s.idle_timeout_ms)
-        if frontier == NONE:
-            return meta.watermark
-        candidate = NEVER if frontier == NEVER else frontier - s.allowed_lateness_ms
-        meta.watermark = max(meta.watermark, candidate)
-        return meta.watermark
