@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 
 from streamproc.events import models as m
-from streamproc.kpi import absorb, bodies
+from streamproc.kpi import absorb, bodies, retention
 from streamproc.kpi import counters as c
 from streamproc.kpi.batch import (
     EngineSettings,
@@ -36,7 +36,6 @@ from streamproc.kpi.contrib import (
     session_head,
     whole,
 )
-from streamproc.kpi.epoch import MINUTE_MS
 from streamproc.kpi.projection import Projection
 from streamproc.kpi.records import (
     NONE,
@@ -61,14 +60,6 @@ from streamproc.kpi.watermark import advance, judge
 Record = SessionRecord | TicketRecord
 # A record being worked on: it, its head contribution and its bodies as counted (bodies.py).
 Opened = tuple[Record, Head, list[bodies.Body]]
-
-
-def _latest_mark(marks: dict[str, int]) -> int:
-    """The end of the latest minute with a marked event (absorb.mark), NONE without any: no
-    event a record absorbed may outlive it."""
-    if not marks:
-        return NONE
-    return max(absorb.mark_cell(key)[0] for key in marks) + MINUTE_MS - 1
 
 
 # What a record not yet in the state contributes; shared, so never changed (a ``before`` is only
@@ -132,31 +123,7 @@ class PartitionEngine:
 
     def deadline(self, key: str, record: Record) -> int:
         """After this watermark no accepted event can change the record: it may be evicted."""
-        s = self.settings
-        if isinstance(record, SessionRecord):
-            latest = _latest_mark(record.marks)
-            for segment in record.segments:  # (loops, not lists: this runs for every record)
-                if segment.end > latest:
-                    latest = segment.end
-            for cart in record.carts:
-                for event in cart.events:
-                    if event.t > latest:
-                        latest = event.t
-            for refund in record.refunds:
-                if refund.t > latest:
-                    latest = refund.t
-            latest += max(s.session_timeout_ms, s.abandonment_timeout_ms)
-            for order in record.orders:
-                for moment in (order.placed, order.cancelled):
-                    if moment is not None:
-                        latest = max(latest, moment.t + s.order_retention_ms)
-            return latest + s.max_lateness_ms
-        times = [o.t for o in record.openings] + record.agent_replies + record.resolutions
-        times += [sv.t for sv in record.surveys] + [record.escalated, _latest_mark(record.marks)]
-        if record.lifecycle is not None:
-            times.append(record.lifecycle.t)
-        retention = s.ticket_retention_ms if key.startswith("t:") else 0
-        return max(times, default=NONE) + retention + s.max_lateness_ms
+        return retention.deadline(key, record, self.settings)
 
     # --- loading ----------------------------------------------------------------------------
 
