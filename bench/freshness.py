@@ -140,10 +140,7 @@ async def send_traffic(
     0.47-0.50 at 20 ms): loads a shop's producers and brokers put on other machines."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
-    partitions: dict[str, list[int]] = {}
-    for topic in sorted(set(traffic.topics)):
-        await producer.client._wait_on_metadata(topic)
-        partitions[topic] = sorted(producer.client.cluster.partitions_for_topic(topic) or ())
+    partitions = {t: sorted(await producer.partitions_for(t)) for t in set(traffic.topics)}
     partitioner = DefaultPartitioner()
     sends: list[asyncio.Future[Any]] = []
     t0_ms, sent, behind = round(t0 * 1000), 0, 0.0
