@@ -19,6 +19,7 @@ from streamproc.events import models as m
 from streamproc.kpi import absorb, bodies, retention
 from streamproc.kpi import counters as c
 from streamproc.kpi.batch import (
+    CART,
     EngineSettings,
     Item,
     Outcome,
@@ -189,16 +190,30 @@ class PartitionEngine:
         work: dict[str, Opened] = {}
         duplicates: list[Item] = []
         sets: dict[int, set[bytes]] = {}  # the event hashes of big records (first_sight)
+        # Clickstream and cart events, nearly all: their record key and absorbing, without a call
+        # each to ``record_key`` and ``_absorb`` (this loop runs for every event).
+        session_timeout_ms = self.settings.session_timeout_ms
+        add_session_event = absorb.add_session_event
         for item in items:
-            key = record_key(item)
+            event, topic, offset = item.event, item.topic, item.offset
+            web = topic <= CART
+            key = "s:" + event.session_id if web else record_key(item)  # type: ignore[operator]
             opened = work.get(key)
             if opened is None:
                 opened = work[key] = self._open(state, key, previous, create=True)
-            record, topic, offset = opened[0], item.topic, item.offset
-            if first_sight(record.seen, event_hash(item.event.event_id), sets):
+            record = opened[0]
+            if first_sight(record.seen, event_hash(event.event_id), sets):
                 if record.off[topic] < offset:
                     record.off[topic] = offset
-                    self._absorb(record, item)
+                    if web:
+                        add_session_event(
+                            record,  # type: ignore[arg-type]
+                            event,  # type: ignore[arg-type]
+                            item.store,
+                            session_timeout_ms=session_timeout_ms,
+                        )
+                    else:
+                        self._absorb(record, item)
                 # else absorbed before its record kept the ids of its events
                 continue
             read_at = offset * TOPICS + topic  # where it was read (records.py)
