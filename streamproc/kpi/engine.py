@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Set
 
-from streamproc.events import models as m
 from streamproc.kpi import absorb, bodies, retention
 from streamproc.kpi import counters as c
 from streamproc.kpi.batch import (
     CART,
+    ORDERS,
     EngineSettings,
     Item,
     Outcome,
@@ -190,8 +190,8 @@ class PartitionEngine:
         work: dict[str, Opened] = {}
         duplicates: list[Item] = []
         sets: dict[int, set[bytes]] = {}  # the event hashes of big records (first_sight)
-        # Clickstream and cart events, nearly all: their record key and absorbing, without a call
-        # each to ``record_key`` and ``_absorb`` (this loop runs for every event).
+        # Clickstream and cart events, nearly all, get their record key here, without a call to
+        # ``record_key`` (this loop runs for every event); each event is absorbed by its topic.
         session_timeout_ms = self.settings.session_timeout_ms
         add_session_event = absorb.add_session_event
         for item in items:
@@ -212,8 +212,10 @@ class PartitionEngine:
                             item.store,
                             session_timeout_ms=session_timeout_ms,
                         )
+                    elif topic == ORDERS:  # into a session's record, or an order's own
+                        absorb.add_order_event(record, event, item.store)  # type: ignore[arg-type]
                     else:
-                        self._absorb(record, item)
+                        absorb.add_ticket_event(record, event, item.store)  # type: ignore[arg-type]
                 # else absorbed before its record kept the ids of its events
                 continue
             read_at = offset * TOPICS + topic  # where it was read (records.py)
@@ -346,15 +348,3 @@ class PartitionEngine:
         horizon = watermark - self.settings.max_lateness_ms
         gone = self.projection.forget_idle(horizon)
         return [(f"{self.prefix}f:{minute}:{store}", None) for minute, store in gone]
-
-    def _absorb(self, record: Record, item: Item) -> None:
-        event = item.event
-        if isinstance(record, SessionRecord):
-            if isinstance(event, m.WebEvent):
-                absorb.add_session_event(
-                    record, event, item.store, session_timeout_ms=self.settings.session_timeout_ms
-                )
-            else:
-                absorb.add_order_event(record, event, item.store)  # type: ignore[arg-type]
-        else:
-            absorb.add_ticket_event(record, event, item.store)  # type: ignore[arg-type]
