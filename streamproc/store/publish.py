@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -17,6 +18,8 @@ from streamproc.store.contracts import ExactVisitors
 
 # A key's retention is set again at most this often (seconds; or a quarter of it).
 EXPIRE_EVERY_S = 3600.0
+# Keys whose retention was set that a publisher remembers, at most (about 100 bytes each).
+REMEMBERED_MAX = 100_000
 
 Sketches = dict[tuple[int, str, str], set[str]]  # (minute, store, dimension) -> visitors
 
@@ -121,7 +124,18 @@ class PublishCommands:
         now, every = time.monotonic(), self._every_s
         if now - self._expired.get(key, -every) < every:
             return False
-        if len(self._expired) > 100_000:  # bounded: forget keys not refreshed within the hour
-            self._expired = {k: t for k, t in self._expired.items() if now - t < every}
+        if len(self._expired) > REMEMBERED_MAX:
+            self._forget(now)
         self.expiring.append(key)
         return True
+
+    def _forget(self, now: float) -> None:
+        """Keep the keys whose retention was set within the hour, the latest ``REMEMBERED_MAX``
+        // 2 of them at most. A key forgotten gets its EXPIRE again when next written: nothing
+        but a command. (Keys are per minute of event time: a backfill makes an hour's worth of
+        them in seconds. Keeping every key of the hour, this ran for each new key once there
+        were that many: a copy of 100 k entries each time.)"""
+        young = [(t, k) for k, t in self._expired.items() if now - t < self._every_s]
+        if len(young) > REMEMBERED_MAX // 2:
+            young = heapq.nlargest(REMEMBERED_MAX // 2, young)
+        self._expired = {k: t for t, k in young}
