@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -79,6 +80,13 @@ class Traffic:
     tails: list[bytes | None] = field(default_factory=list)  # what follows it (None: no time)
     event_ms: list[int] = field(default_factory=list)  # event time in the value, from the start
     stamp_ms: list[int] = field(default_factory=list)  # Kafka timestamp, from the start
+
+    def outgoing(self, t0_ms: int) -> Iterator[Outgoing]:
+        """The records, their times from ``t0_ms`` on."""
+        for i, head in enumerate(self.heads):
+            tail = self.tails[i]
+            value = head if tail is None else head + _iso(t0_ms + self.event_ms[i]) + tail
+            yield self.topics[i], self.keys[i], value, t0_ms + self.stamp_ms[i]
 
 
 def _iso(ms: int) -> bytes:
@@ -127,10 +135,12 @@ def live_traffic(settings: Settings, rate: float, duration_s: float) -> Traffic:
     return traffic
 
 
-async def send_traffic(
-    traffic: Traffic, bootstrap: str, t0: float, *, linger_s: float
-) -> dict[str, float]:
-    """Send record i at t0 + i / rate; returns how it went (the sender can fall behind).
+Outgoing = tuple[str, bytes | None, bytes, int]  # topic, key, value, Kafka timestamp (ms)
+
+
+@dataclass
+class Sender:
+    """Sends records at a fixed rate, record i at t0 + i / rate (it can fall behind).
 
     What is due every ``linger_s`` (a producer's ``linger.ms``) goes as one record batch per topic
     partition, built here (to the partition ``producer.send`` would pick). The sender shares the
@@ -138,42 +148,48 @@ async def send_traffic(
     at 20 k events/s (and fell seconds behind its schedule), and the broker's CPU goes by the
     batches it takes (at 5 ms, 8 partitions x 4 topics x 200 batches/s, 0.61 of a core against
     0.47-0.50 at 20 ms): loads a shop's producers and brokers put on other machines."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
-    await producer.start()
-    partitions = {t: sorted(await producer.partitions_for(t)) for t in set(traffic.topics)}
-    partitioner = DefaultPartitioner()
-    sends: list[asyncio.Future[Any]] = []
-    t0_ms, sent, behind = round(t0 * 1000), 0, 0.0
-    try:
-        while sent < len(traffic.heads):
-            now = time.time()
-            due = min(int((now - t0) * traffic.rate) + 1, len(traffic.heads))
-            behind = max(behind, now - (t0 + sent / traffic.rate))
-            batches: dict[tuple[str, int], Any] = {}
-            for i in range(sent, due):
-                topic, key = traffic.topics[i], traffic.keys[i]
-                every = partitions[topic]
-                where = (topic, partitioner(key, every, every))
-                value = traffic.heads[i]
-                if (tail := traffic.tails[i]) is not None:
-                    value += _iso(t0_ms + traffic.event_ms[i]) + tail
-                stamp = t0_ms + traffic.stamp_ms[i]
-                batch = batches.get(where)
-                if batch is None:
-                    batch = batches[where] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=stamp) is None:  # full
-                    sends.append(await producer.send_batch(batch, where[0], partition=where[1]))
-                    batch = batches[where] = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=stamp)
-            for (topic, partition), batch in batches.items():
-                sends.append(await producer.send_batch(batch, topic, partition=partition))
-            sent = due
-            sends = [future for future in sends if not future.done() or future.exception()]
-            await asyncio.sleep(linger_s)
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
-    return {"sent": sent, "seconds": time.time() - t0, "max_behind_s": behind}
+
+    rate: float
+    linger_s: float
+    sent: int = 0  # so far
+    max_behind_s: float = 0.0
+
+    async def run(
+        self, records: Iterator[Outgoing], count: int, bootstrap: str, t0: float
+    ) -> dict[str, float]:
+        """Send ``count`` of ``records`` from ``t0`` on; returns how it went."""
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        await producer.start()
+        partitions: dict[str, list[int]] = {}
+        partitioner = DefaultPartitioner()
+        sends: list[asyncio.Future[Any]] = []
+        try:
+            while self.sent < count:
+                now = time.time()
+                due = max(self.sent, min(int((now - t0) * self.rate) + 1, count))
+                self.max_behind_s = max(self.max_behind_s, now - (t0 + self.sent / self.rate))
+                batches: dict[tuple[str, int], Any] = {}
+                for topic, key, value, stamp in itertools.islice(records, due - self.sent):
+                    every = partitions.get(topic)
+                    if every is None:
+                        every = partitions[topic] = sorted(await producer.partitions_for(topic))
+                    where = (topic, partitioner(key, every, every))
+                    batch = batches.get(where)
+                    if batch is None:
+                        batch = batches[where] = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=stamp) is None:  # full
+                        sends.append(await producer.send_batch(batch, topic, partition=where[1]))
+                        batch = batches[where] = producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=stamp)
+                for (topic, partition), batch in batches.items():
+                    sends.append(await producer.send_batch(batch, topic, partition=partition))
+                self.sent = due
+                sends = [future for future in sends if not future.done() or future.exception()]
+                await asyncio.sleep(self.linger_s)
+            await asyncio.gather(*sends)
+        finally:
+            await producer.stop()
+        return {"sent": self.sent, "seconds": time.time() - t0, "max_behind_s": self.max_behind_s}
 
 
 @dataclass
@@ -329,7 +345,7 @@ async def _measure(
     done = asyncio.Event()
     await _until_answers(f"{exporter_url}/healthz", workers)
     poller = asyncio.create_task(poll(f"{exporter_url}/api/kpis", markers, done))
-    sender = asyncio.create_task(markers.send(info.bootstrap_servers))
+    marking = asyncio.create_task(markers.send(info.bootstrap_servers))
     while not any(m.seen_at for m in markers.markers):  # warm-up: worker joined, reads
         workers.check()
         if time.time() - spawned > 180:
@@ -341,14 +357,14 @@ async def _measure(
     rss: list[tuple[float, int]] = []  # (seconds into the run, worker RSS)
     sampler = asyncio.create_task(_sample_rss(probe, rss, every_s=5.0))
     t0 = time.time() + 0.05
-    sending = await send_traffic(
-        traffic, info.bootstrap_servers, t0, linger_s=args.linger_ms / 1000
-    )
+    sender = Sender(traffic.rate, args.linger_ms / 1000)
+    records = traffic.outgoing(round(t0 * 1000))
+    sending = await sender.run(records, len(traffic.heads), info.bootstrap_servers, t0)
     markers.stopped = True
     sampler.cancel()
     end = probe.snap()
     counted = harness.counted(metrics_url) or 0.0
-    await sender
+    await marking
     behind = sending["sent"] + len(markers.markers) - counted
     return {
         "rate": traffic.rate,
@@ -358,7 +374,7 @@ async def _measure(
         "sending": sending,
         "cores": harness.cpu_shares(first, end),
         "worker_rss_mib_at_end": end.rss["worker"] / 2**20,
-        "worker_rss": _rss_figures(rss),
+        "worker_rss": harness.rss_figures(rss),
         "behind_at_end": behind,
         "kept_up": behind < 2 * traffic.rate,
         **await _drain(args, info, settings, markers, done, poller),
@@ -372,19 +388,6 @@ async def _sample_rss(
     while True:
         out.append((time.monotonic() - started, probe.snap().rss["worker"]))
         await asyncio.sleep(every_s)
-
-
-def _rss_figures(samples: list[tuple[float, int]]) -> dict[str, Any]:
-    """The worker's RSS over the run, and how far it moved over the second half (after the
-    sessions and windows of a steady state have built up) around that half's mean."""
-    late = [rss for t, rss in samples if t >= samples[-1][0] / 2] if samples else []
-    mean = sum(late) / len(late) if late else 0.0
-    return {
-        "samples_mib": [(round(t, 1), round(rss / 2**20, 1)) for t, rss in samples],
-        "second_half_min_mib": min(late) / 2**20 if late else None,
-        "second_half_max_mib": max(late) / 2**20 if late else None,
-        "second_half_spread": (max(late) - min(late)) / 2 / mean if late else None,
-    }
 
 
 async def _until_answers(url: str, workers: replay.Workers) -> None:

