@@ -5,7 +5,7 @@ answer now) or ``StoreRefused``, never redis-py's errors."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,26 @@ from streamproc.store import scripts
 from streamproc.store.client import connect, mapped, pack, text, unpack
 from streamproc.store.contracts import ExactVisitors, PartitionStatus, VisitorKey
 from streamproc.store.publish import PublishCommands, sketch_keys
+
+# Visitor unions are counted in round trips of at most this many minutes in all (a union's
+# minutes, summed; a larger union goes alone). A report of days of data asks for hundreds of
+# thousands: in one pipeline, Redis took longer to read it than a reply may take
+# (STREAMPROC_REDIS_TIMEOUT_SECONDS), and a 3-day replay's report failed.
+UNION_MINUTES_PER_TRIP = 20_000
+
+
+def _by_minutes(keys: Iterable[VisitorKey], most: int) -> Iterator[list[VisitorKey]]:
+    """``keys`` in order, in lists of at most ``most`` minutes in all (or of one key)."""
+    chunk: list[VisitorKey] = []
+    minutes = 0
+    for key in keys:
+        if chunk and minutes + len(key[0]) > most:
+            yield chunk
+            chunk, minutes = [], 0
+        chunk.append(key)
+        minutes += len(key[0])
+    if chunk:
+        yield chunk
 
 
 def _ends(raw: Mapping[Any, Any]) -> dict[tuple[str, int], int]:
@@ -234,23 +254,26 @@ class KpiStore:
 
     @mapped
     async def visitor_counts(self, keys: Iterable[VisitorKey]) -> dict[VisitorKey, int]:
-        """Distinct visitors of many (minutes, store, dimension) unions, in one round trip."""
-        ordered = list(keys)
+        """Distinct visitors of many (minutes, store, dimension) unions, in as few round trips
+        as ``UNION_MINUTES_PER_TRIP`` allows."""
+        counts: dict[VisitorKey, int] = {}
+        for chunk in _by_minutes(keys, UNION_MINUTES_PER_TRIP):
 
-        def commands(pipe: Any) -> None:
-            for minutes, store, dimension in ordered:
-                sketches = [self.key("hll", m, store, dimension or "") for m in minutes]
-                if not sketches:
-                    pipe.echo(0)
-                elif self.exact.union and len(sketches) <= scripts.MAX_EXACT_MINUTES:
-                    sets = [self.key("vis", m, store, dimension or "") for m in minutes]
-                    keys = [*sets, *sketches]
-                    pipe.evalsha(self._count_visitors.sha, len(keys), *keys, self.exact.union)
-                else:
-                    pipe.pfcount(*sketches)
+            def commands(pipe: Any, chunk: list[VisitorKey] = chunk) -> None:
+                for minutes, store, dimension in chunk:
+                    sketches = [self.key("hll", m, store, dimension or "") for m in minutes]
+                    if not sketches:
+                        pipe.echo(0)
+                    elif self.exact.union and len(sketches) <= scripts.MAX_EXACT_MINUTES:
+                        sets = [self.key("vis", m, store, dimension or "") for m in minutes]
+                        keys = [*sets, *sketches]
+                        pipe.evalsha(self._count_visitors.sha, len(keys), *keys, self.exact.union)
+                    else:
+                        pipe.pfcount(*sketches)
 
-        results = await self._run(commands) if ordered else []
-        return {key: int(value) for key, value in zip(ordered, results, strict=True)}
+            results = await self._run(commands)
+            counts.update((key, int(value)) for key, value in zip(chunk, results, strict=True))
+        return counts
 
     @mapped
     async def open_tickets(self) -> dict[tuple[str, str, str], int]:

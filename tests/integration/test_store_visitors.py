@@ -9,11 +9,12 @@ sketch used.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from streamproc.devstack import StackInfo
-from streamproc.store import ExactVisitors, KpiStore, visitor_hash
+from streamproc.store import ExactVisitors, KpiStore, kpistore, visitor_hash
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +141,28 @@ async def test_a_redis_that_forgot_the_scripts_gets_them_again(store: KpiStore) 
     assert await count(store, MINUTE) == 20
     await store.client.script_flush()
     assert await count(store, MINUTE, store_id="s1") == 20
+
+
+async def test_many_unions_are_counted_in_round_trips_of_bounded_size(
+    store: KpiStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report of days of data asks for hundreds of thousands of unions: they go in round trips
+    of at most ``UNION_MINUTES_PER_TRIP`` minutes (a larger union alone), and count the same."""
+    minutes = [MINUTE + i for i in range(12)]
+    for i, minute in enumerate(minutes):
+        await publish(store, minute, range(i * 10, i * 10 + 15))  # 5 shared with the next
+    keys = [(tuple(minutes[i : i + size]), "all", None) for size in (1, 3, 12) for i in range(12)]
+    one_trip = await store.visitor_counts(keys)
+    trips: list[int] = []
+    run = store._run
+
+    async def counted_run(commands: Any) -> list[Any]:
+        trips.append(1)
+        return await run(commands)
+
+    monkeypatch.setattr(kpistore, "UNION_MINUTES_PER_TRIP", 5)
+    monkeypatch.setattr(store, "_run", counted_run)
+    assert await store.visitor_counts(keys) == one_trip
+    assert one_trip[((MINUTE,), "all", None)] == 15
+    assert one_trip[(tuple(minutes), "all", None)] == 125
+    assert len(trips) == len(list(kpistore._by_minutes(keys, 5))) > 1
