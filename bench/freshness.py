@@ -50,7 +50,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from streamproc import broker, children, devstack, replay
-from streamproc.config import Settings, load_settings
+from streamproc.config import Settings
 
 STORE = "bench-fresh"
 EVERY_S = 0.1  # markers and polls
@@ -276,10 +276,7 @@ async def committed_lag(bootstrap: str, settings: Settings) -> int:
 
 
 async def run(args: argparse.Namespace, info: devstack.StackInfo) -> dict[str, Any]:
-    base = load_settings(env_file=None, partitions=args.partitions)
-    settings = harness.run_settings(base, f"bench-fresh-{uuid.uuid4().hex[:8]}")
-    topics = {name: args.partitions for name in (*settings.input_topics, settings.topic_dlq)}
-    await broker.ensure_topics(info.bootstrap_servers, topics, co_partitioned=settings.input_topics)
+    settings = await harness.fresh_run(info, args.partitions, "bench-fresh")
     began = time.monotonic()
     traffic = live_traffic(settings, args.freshness, args.duration)
     print(
@@ -305,13 +302,12 @@ async def run(args: argparse.Namespace, info: devstack.StackInfo) -> dict[str, A
     try:
         with replay.Workers(env, 0, logs) as workers:
             (metrics_url,) = harness.start_workers(workers, 1)
-            probe = harness.Probe()
-            probe.watch("worker", workers.procs[0][0].pid)
-            probe.watch("exporter", exporter.proc.pid)
-            probe.watch("bench", os.getpid())
-            probe.watch("broker", info.broker_pid)
-            if info.redis_pid is not None:
-                probe.watch("redis", info.redis_pid)
+            probe = harness.stack_probe(
+                info,
+                worker=[workers.procs[0][0].pid],
+                exporter=[exporter.proc.pid],
+                bench=[os.getpid()],
+            )
             figures = await _measure(
                 args,
                 info,

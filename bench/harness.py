@@ -16,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamproc import broker, devstack, metrics, replay
-from streamproc.config import TOPIC_FIELDS, Settings
+from streamproc.config import TOPIC_FIELDS, Settings, load_settings
 from streamproc.simulate import SimConfig, simulate
 from streamproc.simulate.config import Anomalies
 from streamproc.simulate.output import write_jsonl
@@ -136,6 +137,16 @@ def run_settings(base: Settings, namespace: str, input_from: Settings | None = N
 CHECKOUT_FROM_PATH = {"PYTHONSAFEPATH": "1"}
 
 
+async def fresh_run(info: devstack.StackInfo, partitions: int, prefix: str) -> Settings:
+    """Settings of a new namespace (``prefix`` and a random part) whose input and dead-letter
+    topics are created on ``info``'s broker, co-partitioned, ``partitions`` each."""
+    base = load_settings(env_file=None, partitions=partitions)
+    settings = run_settings(base, f"{prefix}-{uuid.uuid4().hex[:8]}")
+    topics = {name: partitions for name in (*settings.input_topics, settings.topic_dlq)}
+    await broker.ensure_topics(info.bootstrap_servers, topics, co_partitioned=settings.input_topics)
+    return settings
+
+
 def worker_env(settings: Settings, info: devstack.StackInfo) -> dict[str, str]:
     where = {"bootstrap_servers": info.bootstrap_servers, "redis_url": info.redis_url}
     env = settings.model_copy(update=where).env(*TOPIC_FIELDS, *where, "partitions")
@@ -222,6 +233,17 @@ class Probe:
         total = psutil.cpu_times()
         busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
         return Snap(time.time(), cpu, rss, busy)
+
+
+def stack_probe(info: devstack.StackInfo, **groups: Iterable[int]) -> Probe:
+    """A probe of the named process groups, then of the stack's broker and Redis (if its own)."""
+    probe = Probe()
+    for name, pids in groups.items():
+        probe.watch(name, *pids)
+    probe.watch("broker", info.broker_pid)
+    if info.redis_pid is not None:
+        probe.watch("redis", info.redis_pid)
+    return probe
 
 
 def cpu_shares(first: Snap, last: Snap) -> dict[str, float]:

@@ -42,7 +42,6 @@ import contextlib
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,8 +51,8 @@ from typing import Any
 import harness
 from freshness import Outgoing, Sender
 
-from streamproc import broker, devstack, replay
-from streamproc.config import Settings, load_settings
+from streamproc import devstack, replay
+from streamproc.config import Settings
 
 SAMPLE_S = 10.0
 # The simulated clock starts this many times the run's span of event time before now: the
@@ -124,10 +123,7 @@ def _settings_line(settings: Settings) -> str:
 
 
 async def run(args: argparse.Namespace, info: devstack.StackInfo) -> dict[str, Any]:
-    base = load_settings(env_file=None, partitions=args.partitions)
-    settings = harness.run_settings(base, f"bench-soak-{uuid.uuid4().hex[:8]}")
-    topics = {name: args.partitions for name in (*settings.input_topics, settings.topic_dlq)}
-    await broker.ensure_topics(info.bootstrap_servers, topics, co_partitioned=settings.input_topics)
+    settings = await harness.fresh_run(info, args.partitions, "bench-soak")
     count = round(args.soak * args.duration)
     print(
         f"soak: {count:,} events at {args.soak:,.0f}/s for {args.duration:g} s, event time "
@@ -138,12 +134,7 @@ async def run(args: argparse.Namespace, info: devstack.StackInfo) -> dict[str, A
     logs = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     with replay.Workers(harness.worker_env(settings, info), 0, logs) as workers:
         (metrics_url,) = harness.start_workers(workers, 1)
-        probe = harness.Probe()
-        probe.watch("worker", workers.procs[0][0].pid)
-        probe.watch("bench", os.getpid())
-        probe.watch("broker", info.broker_pid)
-        if info.redis_pid is not None:
-            probe.watch("redis", info.redis_pid)
+        probe = harness.stack_probe(info, worker=[workers.procs[0][0].pid], bench=[os.getpid()])
         figures = await _measure(args, info, settings, workers, probe, metrics_url, count)
     figures["logs"] = str(logs)
     report(figures)

@@ -275,11 +275,7 @@ async def worker_row(run: Run, workers: int) -> dict[str, Any]:
                     for proc, _ in procs.procs:
                         profilers.update([harness.py_spy(run.args.py_spy, proc.pid)])
 
-            probe = harness.Probe()
-            probe.watch("workers", *(p.pid for p, _ in procs.procs))
-            probe.watch("broker", run.info.broker_pid)
-            if run.info.redis_pid is not None:
-                probe.watch("redis", run.info.redis_pid)
+            probe = harness.stack_probe(run.info, workers=[p.pid for p, _ in procs.procs])
             points = await _follow(run, procs, urls, probe, redis, store, on_first=profile)
             batches = [harness.batch_messages(url) for url in urls]
         for profiler in profilers.values():
