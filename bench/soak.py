@@ -109,13 +109,21 @@ def simulator_rate(wanted: float) -> float:
 
 def traffic(settings: Settings, rate: float, speed: float, duration_s: float) -> Iterator[Outgoing]:
     """Live-shaped simulator records at ``rate / speed`` events per second of event time, its
-    clock starting ``HEADROOM`` spans of the run's event time before now."""
+    clock starting ``HEADROOM`` spans of the run's event time before now. The simulator's rate
+    is calibrated here, before sending starts (a few seconds)."""
     span = timedelta(seconds=duration_s * speed * HEADROOM + harness.WARM_SIM_S)
     start = datetime.now(UTC).replace(microsecond=0) - span
     topics = settings.topics_by_family
-    for record in harness.live_records(simulator_rate(rate / speed), start):
-        key = record.key.encode() if record.key is not None else None
-        yield topics[record.family], key, record.value, record.timestamp_ms
+    records = harness.live_records(simulator_rate(rate / speed), start)
+    return (
+        (
+            topics[r.family],
+            r.key.encode() if r.key is not None else None,
+            r.value,
+            r.timestamp_ms,
+        )
+        for r in records
+    )
 
 
 def _settings_line(settings: Settings) -> str:
