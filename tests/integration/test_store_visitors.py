@@ -105,6 +105,17 @@ async def test_one_publish_of_many_sketches_adds_every_visitor(store: KpiStore) 
         assert await store.client.pfcount(sketch) == await store.client.pfcount(whole)
 
 
+async def test_exact_sets_hold_every_bit_of_the_hashes_as_compact_integers(store: KpiStore) -> None:
+    """The hashes reach Redis through Lua, whose numbers hold 53 bits: they go as text, so every
+    bit arrives, and Redis keeps the set as an intset (8 bytes a member)."""
+    await publish(store, MINUTE, range(50))
+    for store_id in ("s1", "all"):
+        key = store.key("vis", MINUTE, store_id, "")
+        members = await store.client.smembers(key)
+        assert members == {str(visitor_hash(f"visitor-{n}")).encode() for n in range(50)}
+        assert await store.client.object("encoding", key) in (b"intset", "intset")
+
+
 def test_visitor_hash_is_stable_signed_64_bit_and_never_the_marker() -> None:
     assert visitor_hash("visitor-1") == visitor_hash("visitor-1")
     values = {visitor_hash(f"v{n}") for n in range(10_000)}
