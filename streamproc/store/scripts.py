@@ -18,25 +18,26 @@ return labels
 """
 
 
-# A publish's visitors, in one call: each sketch's HyperLogLog (PFADD, and its retention when
-# asked), then its exact set when those are kept. Exact sets: members are signed 64-bit hashes in
-# decimal (Redis keeps small integer sets as a compact intset, 8 bytes per member); 0 is never a
-# hash, it marks a set that outgrew its cap. KEYS: each sketch's HyperLogLog, then its exact set
-# when ARGV[3] is 1. ARGV: cap, ttl, exact, then one MessagePack array: per sketch n, expire (1 or
-# 0), its n visitors, and their n hashes when exact. (As separate commands, the replies alone took
-# the worker ~1.7 µs of CPU per event to read; as separate arguments, packing them took most of a
-# publish of many sketches.)
+# A publish's visitors, in one call: each sketch's HyperLogLog (PFADD), then its exact set when
+# those are kept. Exact sets: members are signed 64-bit hashes in decimal (Redis keeps small
+# integer sets as a compact intset, 8 bytes per member); 0 is never a hash, it marks a set that
+# outgrew its cap. KEYS: each sketch's HyperLogLog, then its exact set when ARGV[3] is 1. ARGV:
+# cap, ttl, exact, then one MessagePack array: per sketch n, expire (1 or 0), its n visitors,
+# and their n hashes when exact. A sketch's keys get their retention (EXPIRE) when asked, as every
+# key at most once an hour (publish.py), and a set made anew as outgrown gets it then. (As
+# separate commands, the replies alone took the worker ~1.7 µs of CPU per event to read; as
+# separate arguments, packing them took most of a publish of many sketches.)
 VISITORS_ADD = """
 local cap, ttl, exact = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
 local values = cmsgpack.unpack(ARGV[4])
 local pos, k = 1, 1
 while k <= #KEYS do
-  local n, first = values[pos], pos + 2
+  local n, first, expire = values[pos], pos + 2, values[pos + 1] == 1
   local last = first + n - 1
   for j = first, last, 1000 do
     redis.call('PFADD', KEYS[k], unpack(values, j, math.min(j + 999, last)))
   end
-  if values[pos + 1] == 1 then
+  if expire then
     redis.call('EXPIRE', KEYS[k], ttl)
   end
   pos, k = last + 1, k + 1
@@ -46,11 +47,14 @@ while k <= #KEYS do
       for j = pos, pos + n - 1, 1000 do
         redis.call('SADD', key, unpack(values, j, math.min(j + 999, pos + n - 1)))
       end
-      if redis.call('SCARD', key) > cap then
+      local outgrown = redis.call('SCARD', key) > cap
+      if outgrown then
         redis.call('DEL', key)
         redis.call('SADD', key, 0)
       end
-      redis.call('EXPIRE', key, ttl)
+      if expire or outgrown then
+        redis.call('EXPIRE', key, ttl)
+      end
     end
     pos, k = pos + n, k + 1
   end

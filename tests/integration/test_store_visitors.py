@@ -73,6 +73,16 @@ async def test_an_outgrown_set_gives_way_to_the_sketch(store: KpiStore) -> None:
     assert await store.client.smembers(store.key("vis", MINUTE, "all", "")) == {b"0"}
 
 
+async def test_a_set_that_outgrows_its_cap_later_keeps_its_retention(store: KpiStore) -> None:
+    """The second publish to a minute sets no retention (the first did, within the hour), yet
+    the set it makes anew as outgrown gets one."""
+    await publish(store, MINUTE, range(0, 200))
+    await publish(store, MINUTE, range(200, 301))  # over the cap of 300 now
+    key = store.key("vis", MINUTE, "all", "")
+    assert await store.client.smembers(key) == {b"0"}
+    assert 0 < await store.client.ttl(key) <= store.retention_s
+
+
 async def test_unions_beyond_the_limit_are_counted_by_the_sketch(store: KpiStore) -> None:
     minutes = [MINUTE + i for i in range(5)]
     for i, minute in enumerate(minutes):
