@@ -111,17 +111,8 @@ class PublishCommands:
             if exact:
                 keys.append(vis + where)
                 values += map(hash_of, visitors)
-        retention = self.retention_s
-        packed = msgspec.msgpack.encode(values)
-        pipe.evalsha(
-            self.add_visitors_sha,
-            len(keys),
-            *keys,
-            self.exact.per_minute,
-            retention,
-            int(exact),
-            packed,
-        )
+        args = (self.exact.per_minute, self.retention_s, int(exact), msgspec.msgpack.encode(values))
+        pipe.evalsha(self.add_visitors_sha, len(keys), *keys, *args)
 
     def cells(self, pipe: Any, partition: int, cells: Mapping[c.CellKey, c.Counters]) -> None:
         """One HSET (and HDEL) per minute's hash for all its changed cells."""
