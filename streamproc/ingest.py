@@ -8,6 +8,7 @@ with reason ``processing_error``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -18,6 +19,8 @@ from streamproc.events.models import Event, Family
 from streamproc.events.parse import EventDecoder, Reason
 
 logger = logging.getLogger(__name__)
+
+_NO_END = 2**63  # past any Kafka offset
 
 
 # Messages, decoded events and items (engine.py) are msgspec structs: one of each is made per
@@ -42,8 +45,19 @@ class Decoded(msgspec.Struct, frozen=True):
 
 @dataclass(slots=True)
 class DecodedBatch:
-    events: list[Decoded] = field(default_factory=list)
+    """A batch's valid events by partition (each partition's in message order), with what the
+    pipeline needs of them all: how many of each event type, and their store ids. Made in the
+    decoding pass: a run's events are many, and every further pass over them costs."""
+
+    parts: dict[int, list[Decoded]] = field(default_factory=dict)
     dead_letters: list[tuple[Message, DeadLetter]] = field(default_factory=list)
+    last: dict[int, int] = field(default_factory=dict)  # partition -> offset of its last message
+    kinds: dict[type[Event], int] = field(default_factory=dict)
+    stores: set[str] = field(default_factory=set)
+
+    @property
+    def events(self) -> list[Decoded]:
+        return [decoded for part in self.parts.values() for decoded in part]
 
 
 class BatchDecoder:
@@ -56,14 +70,31 @@ class BatchDecoder:
         self._logged: set[str] = set()
         self._logged_errors: set[type[Exception]] = set()
 
-    def decode(self, messages: list[Message], *, now_ms: int) -> DecodedBatch:
-        """Decode a batch. An event is "in the future" relative to when it was produced: its
-        record timestamp, capped at ``now_ms`` (the wall clock), so a replay of old topics
-        judges old events by their own time."""
+    def decode(
+        self, messages: list[Message], *, now_ms: int, ends: Mapping[int, int] | None = None
+    ) -> DecodedBatch:
+        """Decode a batch, each partition's messages in offset order. An event is "in the
+        future" relative to when it was produced: its record timestamp, capped at ``now_ms``
+        (the wall clock), so a replay of old topics judges old events by their own time.
+
+        ``ends``: the offset where each partition's input ends (a replay's or a backfill's). Its
+        topics are live and keep growing past the end it was given: the messages from there on
+        count nowhere. They are read (``DecodedBatch.last``), neither decoded nor dead letters.
+        """
         batch = DecodedBatch()
         decode = self._decoder.decode
         family = self._family
+        parts, kinds, stores = batch.parts, batch.kinds, batch.stores
+        part: list[Decoded] = []
+        partition, end, mixed = None, _NO_END, False
         for message in messages:
+            if message.partition != partition:  # a batch is mostly one partition's
+                mixed = partition is not None or mixed
+                partition = message.partition
+                part = parts.setdefault(partition, [])
+                end = ends.get(partition, _NO_END) if ends else _NO_END
+            if message.offset >= end:
+                continue
             produced = message.timestamp_ms
             try:
                 if message.value is None:
@@ -81,7 +112,16 @@ class BatchDecoder:
             except Exception as exc:  # a bug: the message must not stop the partition
                 batch.dead_letters.append((message, self._processing_error(message, exc)))
                 continue
-            batch.events.append(Decoded(event, message))
+            part.append(Decoded(event, message))
+            kind = type(event)
+            kinds[kind] = kinds.get(kind, 0) + 1
+            stores.add(event.store_id)
+        for empty in [p for p, events in parts.items() if not events]:
+            del parts[empty]
+        if mixed:
+            batch.last = {message.partition: message.offset for message in messages}
+        elif messages:
+            batch.last = {messages[-1].partition: messages[-1].offset}
         return batch
 
     def _processing_error(self, message: Message, exc: Exception) -> DeadLetter:

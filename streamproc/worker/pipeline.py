@@ -166,14 +166,11 @@ class Pipeline:
                 slices,
                 owned=self.owned(),
                 decode=lambda topic, messages: decoders[topic].decode(
-                    positions.before_end(topic, messages), now_ms=wall_ms
+                    messages, now_ms=wall_ms, ends=positions.ends_by_topic.get(topic)
                 ),
             )
             counts, letters, runs = run.counts, run.letters, run.pieces
-            labels = await self.store.labels(
-                (d.event.store_id for pieces in runs.values() for p in pieces for d in p.events),
-                cap=self.settings.max_stores,
-            )
+            labels = await self.store.labels(run.stores, cap=self.settings.max_stores)
             for partition, pieces in sorted(runs.items()):
                 part = Part(partition, labels, wall_ms, generation)
                 try:
@@ -185,8 +182,8 @@ class Pipeline:
                     done = await self._one_by_one(part, pieces, exc)
                 for index, part_counts in done.counts.items():
                     counts[index].add(part_counts)
-            for topic, messages in run.read:  # also partitions whose messages were all bad
-                self.positions.read(topic, messages)
+            for topic, last in run.read:  # also partitions whose messages were all bad
+                self.positions.read(topic, last)
             for index, message, letter in letters:
                 await self.dead_letter(message, letter)
                 counts[index].dead_letter(letter.reason)

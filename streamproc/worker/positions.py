@@ -5,10 +5,10 @@ was read."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Literal
 
 from streamproc.errors import TopicsChanged
-from streamproc.ingest import Message
 from streamproc.kpi.batch import Progress
 from streamproc.worker.contracts import Highwater, Owned, ReadFrom
 
@@ -30,6 +30,8 @@ class InputPositions:
         self.owned = owned
         self.processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset
         self.ends: dict[tuple[str, int], int] = {}
+        # the same by topic, as the decoder takes them (``BatchDecoder.decode``)
+        self.ends_by_topic: dict[str, dict[int, int]] = {}
         self.ends_loaded = False  # a replay's or backfill's known ends hold the watermark back
         self.ends_expected = False  # a replay still producing: every partition has more to come
         self.shrunk: dict[tuple[str, int], int] = {}  # partitions seen ending before what was read
@@ -41,6 +43,9 @@ class InputPositions:
         """The input's known ends; None while they are expected (a replay still producing)."""
         self.ends_expected = ends is None
         self.ends = ends or {}
+        self.ends_by_topic = {}
+        for (topic, partition), end in self.ends.items():
+            self.ends_by_topic.setdefault(topic, {})[partition] = end
         self.ends_loaded = not self.ends_expected  # else read again with every batch and tick
 
     def forget(self, partitions: set[int]) -> None:
@@ -53,25 +58,13 @@ class InputPositions:
         key = (topic, partition)
         self.processed[key] = max(self.processed.get(key, -1), offset)
 
-    def read(self, topic: str, messages: list[Message]) -> None:
-        """Messages of ``topic`` were read (processed or dead-lettered), each partition's in
-        offset order."""
-        last = {message.partition: message.offset for message in messages}
+    def read(self, topic: str, last: Mapping[int, int]) -> None:
+        """Messages of ``topic`` were read (processed or dead-lettered), up to offset ``last``
+        of each partition."""
         for partition, offset in last.items():
             key = (topic, partition)
             self.processed[key] = max(self.processed.get(key, -1), offset)
             self.read_max[key] = max(self.read_max.get(key, 0), offset + 1)
-
-    def before_end(self, topic: str, messages: list[Message]) -> list[Message]:
-        """The messages before their partition's known end. A backfill's input is a live topic
-        that keeps growing past the end it was given: what lies beyond counts nowhere."""
-        if not self.ends:
-            return messages
-        return [
-            m
-            for m in messages
-            if (end := self.ends.get((topic, m.partition))) is None or m.offset < end
-        ]
 
     def progress(self, partition: int, wall_ms: int) -> Progress:
         backlog, ended = set(), set()

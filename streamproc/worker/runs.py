@@ -102,7 +102,8 @@ class Run:
     counts: list[BatchCounts]  # by slice
     letters: Letters  # the slices' bad input
     pieces: dict[int, list[Piece]]  # partition -> its pieces, in slice order
-    read: list[tuple[str, list[Message]]]  # each slice's messages of owned partitions
+    read: list[tuple[str, dict[int, int]]]  # each slice's last offset read by owned partition
+    stores: set[str] = field(default_factory=set)  # the store ids of the valid events
 
 
 def cut(
@@ -117,14 +118,14 @@ def cut(
     run = Run([BatchCounts(topic) for topic, _ in slices], [], defaultdict(list), [])
     for index, (topic, messages) in enumerate(slices):
         mine = [m for m in messages if m.partition in owned]
-        run.read.append((topic, mine))
         batch = decode(topic, mine)
+        run.read.append((topic, batch.last))
         run.letters += [(index, message, letter) for message, letter in batch.dead_letters]
-        by_partition: dict[int, list[Decoded]] = defaultdict(list)
         valid = run.counts[index].valid
-        for decoded in batch.events:
-            by_partition[decoded.message.partition].append(decoded)
-            valid[decoded.event.event_type] = valid.get(decoded.event.event_type, 0) + 1
-        for partition, group in by_partition.items():
+        for kind, n in batch.kinds.items():
+            name: str = kind.__struct_config__.tag  # type: ignore[assignment]  # event_type
+            valid[name] = valid.get(name, 0) + n
+        run.stores |= batch.stores
+        for partition, group in batch.parts.items():
             run.pieces[partition].append(Piece(index, topic, group))
     return run

@@ -42,6 +42,57 @@ def test_valid_and_bad_messages_are_split_in_order() -> None:
     )
 
 
+def test_a_batch_is_grouped_by_partition_with_its_types_stores_and_last_offsets() -> None:
+    """What the pipeline needs of a batch comes from the decoding pass: the valid events of each
+    partition in order (a partition whose messages were all bad has none), the count of each
+    event type, the store ids, and how far each partition was read, bad messages included."""
+    decoder = BatchDecoder(EventDecoder(), Family.CLICKSTREAM)
+
+    def at(partition: int, offset: int, value: bytes) -> Message:
+        return Message("shop.clickstream", partition, offset, T0_MS, b"s-1", value)
+
+    view, ping = make_event("page_view"), make_event("page_ping", store_id="eu")
+    batch = decoder.decode(
+        [
+            at(0, 5, dumps(view)),
+            at(1, 7, dumps(ping)),
+            at(0, 6, dumps(ping)),
+            at(3, 2, b"nope"),
+            at(1, 8, b"nope"),
+        ],
+        now_ms=T0_MS + DAY_MS,
+    )
+    offsets = {p: [d.message.offset for d in events] for p, events in batch.parts.items()}
+    assert offsets == {0: [5, 6], 1: [7]}
+    assert {kind.__name__: n for kind, n in batch.kinds.items()} == {"PageView": 1, "PagePing": 2}
+    assert batch.stores == {view["store_id"], "eu"}
+    assert batch.last == {0: 6, 1: 8, 3: 2}
+    assert [m.offset for m, _ in batch.dead_letters] == [2, 8]
+
+
+def test_messages_from_a_partitions_end_on_are_read_but_count_nowhere() -> None:
+    """A backfill's input keeps growing past the end it was given: what lies beyond is neither
+    an event nor a dead letter, and was read all the same."""
+    decoder = BatchDecoder(EventDecoder(), Family.CLICKSTREAM)
+    view = dumps(make_event("page_view"))
+    batch = decoder.decode(
+        [
+            message(view, offset=9, timestamp_ms=T0_MS),
+            message(view, offset=10, timestamp_ms=T0_MS),
+            message(b"nope", offset=11, timestamp_ms=T0_MS),
+        ],
+        now_ms=T0_MS + DAY_MS,
+        ends={2: 10, 5: 0},
+    )
+    assert [d.message.offset for d in batch.events] == [9]
+    assert batch.dead_letters == []
+    assert batch.last == {2: 11}
+    beyond = decoder.decode(
+        [message(view, offset=10, timestamp_ms=T0_MS)], now_ms=T0_MS, ends={2: 10}
+    )
+    assert (beyond.parts, beyond.dead_letters, beyond.last) == ({}, [], {2: 10})
+
+
 def test_future_is_judged_against_when_the_message_was_produced() -> None:
     """Replaying old topics: an event a day ahead of its own record timestamp is in the future,
     although the wall clock is far later still; an event at its record time is fine."""
