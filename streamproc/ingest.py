@@ -57,6 +57,7 @@ class DecodedBatch:
 
     @property
     def events(self) -> list[Decoded]:
+        """The valid events, a partition's after another's."""
         return [decoded for part in self.parts.values() for decoded in part]
 
 
