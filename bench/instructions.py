@@ -31,15 +31,15 @@ from pathlib import Path
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
 
-def collected(tree: Path, bench: str, events: int, passes: int, scratch: Path) -> int:
-    """Instructions of one run of ``tree``'s bench making ``passes`` passes."""
+def collected(tree: Path, bench: str, events: int, passes: int, out: Path) -> int:
+    """Instructions of one run of ``tree``'s bench making ``passes`` passes (callgrind writes
+    its file to ``out``)."""
     env = {
         **os.environ,
         "PYTHONHASHSEED": "0",
         "PYTHONSAFEPATH": "1",
         "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'bench'}",
     }
-    out = scratch / f"{abs(hash(tree))}-{passes}.callgrind"
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -75,9 +75,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(2) as pool:
         jobs = {
             (tree, passes): pool.submit(
-                collected, tree, args.bench, args.events, passes, Path(scratch)
+                collected, tree, args.bench, args.events, passes, Path(scratch) / f"{i}-{passes}"
             )
-            for tree in trees
+            for i, tree in enumerate(trees)
             for passes in (1, 2)
         }
         first = None

@@ -87,10 +87,9 @@ class BatchDecoder:
         family = self._family
         parts, kinds, stores = batch.parts, batch.kinds, batch.stores
         part: list[Decoded] = []
-        partition, end, mixed = None, _NO_END, False
+        partition, end = None, _NO_END
         for message in messages:
             if message.partition != partition:  # a batch is mostly one partition's
-                mixed = partition is not None or mixed
                 partition = message.partition
                 part = parts.setdefault(partition, [])
                 end = ends.get(partition, _NO_END) if ends else _NO_END
@@ -117,12 +116,12 @@ class BatchDecoder:
             kind = type(event)
             kinds[kind] = kinds.get(kind, 0) + 1
             stores.add(event.store_id)
-        for empty in [p for p, events in parts.items() if not events]:
-            del parts[empty]
-        if mixed:
+        if len(parts) > 1:  # every partition of the batch has its entry, empty or not
             batch.last = {message.partition: message.offset for message in messages}
         elif messages:
             batch.last = {messages[-1].partition: messages[-1].offset}
+        for empty in [p for p, events in parts.items() if not events]:
+            del parts[empty]
         return batch
 
     def _processing_error(self, message: Message, exc: Exception) -> DeadLetter:

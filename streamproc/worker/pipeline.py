@@ -166,7 +166,7 @@ class Pipeline:
                 slices,
                 owned=self.owned(),
                 decode=lambda topic, messages: decoders[topic].decode(
-                    messages, now_ms=wall_ms, ends=positions.ends_by_topic.get(topic)
+                    messages, now_ms=wall_ms, ends=positions.ends.get(topic)
                 ),
             )
             counts, letters, runs = run.counts, run.letters, run.pieces

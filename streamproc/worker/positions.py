@@ -29,9 +29,8 @@ class InputPositions:
         self.read_from = read_from
         self.owned = owned
         self.processed: dict[tuple[str, int], int] = {}  # (topic, partition) -> last offset
-        self.ends: dict[tuple[str, int], int] = {}
-        # the same by topic, as the decoder takes them (``BatchDecoder.decode``)
-        self.ends_by_topic: dict[str, dict[int, int]] = {}
+        # topic -> partition -> its end, as the decoder takes them (``BatchDecoder.decode``)
+        self.ends: dict[str, dict[int, int]] = {}
         self.ends_loaded = False  # a replay's or backfill's known ends hold the watermark back
         self.ends_expected = False  # a replay still producing: every partition has more to come
         self.shrunk: dict[tuple[str, int], int] = {}  # partitions seen ending before what was read
@@ -42,10 +41,9 @@ class InputPositions:
     def set_ends(self, ends: dict[tuple[str, int], int] | None) -> None:
         """The input's known ends; None while they are expected (a replay still producing)."""
         self.ends_expected = ends is None
-        self.ends = ends or {}
-        self.ends_by_topic = {}
-        for (topic, partition), end in self.ends.items():
-            self.ends_by_topic.setdefault(topic, {})[partition] = end
+        self.ends = {}
+        for (topic, partition), end in (ends or {}).items():
+            self.ends.setdefault(topic, {})[partition] = end
         self.ends_loaded = not self.ends_expected  # else read again with every batch and tick
 
     def forget(self, partitions: set[int]) -> None:
@@ -94,7 +92,7 @@ class InputPositions:
         if self.ends_expected:
             return "backlog"
         done = self._done(topic, partition)
-        end = self.ends.get((topic, partition))
+        end = self.ends.get(topic, {}).get(partition)
         if end is not None and done >= end:
             return "ended"
         high = self.highwater(topic, partition)
