@@ -30,7 +30,7 @@ def judge(
     verdicts = Verdicts([], [])
     on_time, too_late = verdicts.on_time, verdicts.too_late
     max_lateness = settings.max_lateness_ms
-    max_ts, move = meta.max_ts, _mover(meta, settings, progress)
+    max_ts, (frontier, move) = meta.max_ts, _mover(meta, settings, progress)
     wm, late, read_to = meta.watermark, 0, meta.read_to
     for item in items:
         if item.offset <= read_to[item.topic]:
@@ -44,17 +44,31 @@ def judge(
             on_time.append(item)
             if wm != NONE and t - t % MINUTE_MS + MINUTE_MS <= wm:
                 late += 1  # its minute is closed: it amends it
-        if t > max_ts[item.topic]:
+        latest = max_ts[item.topic]
+        if t > latest:
             max_ts[item.topic] = int(t)
-            wm = move()
+            # A topic whose latest time was past the frontier did not hold it (_mover).
+            if latest <= frontier:
+                frontier = move()
+                wm = meta.watermark
     verdicts.late = late
     return verdicts
 
 
-def _mover(meta: Meta, settings: EngineSettings, progress: Progress) -> Callable[[], int]:
+def _mover(
+    meta: Meta, settings: EngineSettings, progress: Progress
+) -> tuple[int, Callable[[], int]]:
     """``advance`` without the wall clock (an event was just read), for the events of one
-    ``judge``, with what depends only on ``progress`` worked out once (it runs for most events);
-    returns the watermark."""
+    ``judge``, with what depends only on ``progress`` worked out once: the frontier (the time
+    the watermark trails by the allowed lateness) as the topics' latest times stand, and a
+    function that moves the watermark to the frontier they make now and returns that frontier.
+
+    The frontier is the earliest latest time of the held topics (those with unread messages),
+    or with none held the latest time of all. A topic whose latest time was past the frontier
+    was not the earliest held one, and the frontier with none held is at least its time: its
+    moving on leaves the frontier where it was, and ``move`` need not run (it runs for the
+    others, most events of a topic read in time order).
+    """
     allowed, max_ts, ended = settings.allowed_lateness_ms, meta.max_ts, progress.ended
     if ended.issuperset(ALL_TOPICS):
 
@@ -62,19 +76,23 @@ def _mover(meta: Meta, settings: EngineSettings, progress: Progress) -> Callable
             meta.watermark = NEVER
             return NEVER
 
-        return move_to_end
+        return NEVER, move_to_end
     held = tuple(topic for topic in progress.backlog if topic not in ended)
 
-    def move() -> int:
-        frontier = max(max_ts)
+    def frontier() -> int:
+        earliest = max(max_ts)
         for topic in held:  # a topic with unread messages holds the watermark back
-            if max_ts[topic] < frontier:
-                frontier = max_ts[topic]
-        if frontier != NONE and frontier - allowed > meta.watermark:
-            meta.watermark = frontier - allowed
-        return meta.watermark
+            if max_ts[topic] < earliest:
+                earliest = max_ts[topic]
+        return earliest
 
-    return move
+    def move() -> int:
+        earliest = frontier()
+        if earliest != NONE and earliest - allowed > meta.watermark:
+            meta.watermark = earliest - allowed
+        return earliest
+
+    return frontier(), move
 
 
 def advance(
