@@ -40,12 +40,13 @@ How each figure is taken (resolutions matter at high rates; see also the JSON):
 - events/s: events handled between the first and the last observation of progress, over the time
   between them. (a) observes itself per fetch of at most 2000 records; (b) the agent stamps its
   first and last event; (c)/(d) poll each worker's ``/metrics`` (events + dead letters): every
-  0.1 s until the first count and when the rest is due within 4 s at the rate so far, every 2 s
-  in between. A scrape costs a worker 10-15 ms of CPU under its GIL (py-spy: polled every 0.5 s,
-  the scrapes took 3.6 % of a worker's samples; Prometheus scrapes every 15 s). The counter
-  moves once per processed batch (≤ 2000 events per topic), so a span is exact to about one poll
-  interval plus one batch at each end. The last observation is the first poll at the final count
-  (a rebalance that re-reads events shows as ``repeated`` in the JSON).
+  0.1 s until the first count, every 0.2 s once the rest is due within 4 s at the rate so far,
+  every 2 s in between. A scrape costs a worker 10-15 ms of CPU under its GIL (py-spy: polled
+  every 0.5 s and every 0.1 s at the end, the scrapes took 3.6 % of a worker's samples; a
+  Prometheus scrapes every 15 s). The counter moves once per processed batch (≤ 2000 events per
+  topic), so a span is exact to about one poll interval plus one batch at each end. The last
+  observation is the first poll at the final count (a rebalance that re-reads events shows as
+  ``repeated`` in the JSON).
 - start-up: process start (consumer creation for (a)) to that first observation; for (c)/(d) it
   includes the first batch's processing.
 - CPU µs/event: user + system CPU of the measured process(es) over the span, all threads, per
@@ -332,14 +333,14 @@ async def _follow(
                 done_at = time.monotonic()
         if time.monotonic() > deadline:
             raise TimeoutError(f"workers: {count:,.0f} of {run.total:,} events")
-        interval = 0.1 if _due_soon(points, run.total) else 2.0
+        interval = (0.2 if count else 0.1) if _due_soon(points, run.total) else 2.0
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))
     return points
 
 
 def _due_soon(points: list[Point], total: int) -> bool:
     """No count yet, or the rest is due within 4 s at the rate so far (polled every 2 s in
-    between, the last 2 s at least are polled every 0.1 s)."""
+    between, the last 2 s at least are polled often)."""
     first = next((p for p in points if p.count > 0), None)
     if first is None:
         return True
