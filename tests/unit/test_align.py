@@ -18,7 +18,7 @@ class TP(NamedTuple):
 
 class Record(NamedTuple):
     offset: int
-    timestamp_ms: int
+    timestamp: int
 
 
 class Batch(NamedTuple):
