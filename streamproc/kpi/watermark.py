@@ -66,8 +66,7 @@ def _mover(
     The frontier is the earliest latest time of the held topics (those with unread messages),
     or with none held the latest time of all. A topic whose latest time was past the frontier
     was not the earliest held one, and the frontier with none held is at least its time: its
-    moving on leaves the frontier where it was, and ``move`` need not run (it runs for the
-    others, most events of a topic read in time order).
+    moving on leaves the frontier where it was, and ``judge`` does not run ``move`` for it.
     """
     allowed, max_ts, ended = settings.allowed_lateness_ms, meta.max_ts, progress.ended
     if ended.issuperset(ALL_TOPICS):
