@@ -55,7 +55,7 @@ def lines(events: int, traffic: str) -> list[bytes]:
 
 class _Record(NamedTuple):
     offset: int
-    timestamp: int
+    timestamp_ms: int
     item: Item
 
 

@@ -55,14 +55,6 @@ class _Fetched(NamedTuple):
     generation: int = 1
 
 
-class _Record(NamedTuple):
-    """A message as the aligner reads it (``offset``, ``timestamp``)."""
-
-    offset: int
-    timestamp: int
-    message: Message
-
-
 class DictTable(MemoryState):
     """The pipeline's state table over a dict: writes stored, no changelog."""
 
@@ -74,7 +66,7 @@ def runs(settings: Settings, events: int, partitions: int) -> tuple[list[Run], i
     """The traffic's messages, cut into the runs a worker processes; and how many there are."""
     out = io.BytesIO()
     harness.write_traffic(out, events)
-    logs: dict[_TP, list[_Record]] = defaultdict(list)
+    logs: dict[_TP, list[Message]] = defaultdict(list)
     counter = iter(range(10**12))
     total = 0
     for record in read_records(out.getvalue().splitlines()):
@@ -84,15 +76,14 @@ def runs(settings: Settings, events: int, partitions: int) -> tuple[list[Run], i
         tp = _TP(settings.topics_by_family[record.family], partition)
         offset, produced = len(logs[tp]), record.timestamp_ms or 0
         key = record.key.encode() if record.key is not None else None
-        message = Message(tp.topic, tp.partition, offset, produced, key, record.value)
-        logs[tp].append(_Record(offset, produced, message))
+        logs[tp].append(Message(tp.topic, tp.partition, offset, produced, key, record.value))
         total += 1
     aligner = Aligner(sorted(settings.topics_by_family.values()), lambda topic, partition: False)
     for tp, records in logs.items():
         aligner.add(_Fetched(tp, records))  # type: ignore[arg-type]
     found: list[Run] = []
     while run := aligner.next_run(settings.run_max_events):
-        found.append([(piece.tp.topic, [r.message for r in piece.records]) for piece in run])
+        found.append([(piece.tp.topic, piece.records) for piece in run])
     return found, total
 
 

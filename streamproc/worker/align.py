@@ -32,7 +32,7 @@ class Fetched(Protocol):
     @property
     def tp(self) -> Any: ...  # .topic, .partition
     @property
-    def records(self) -> list[Any]: ...  # .offset, .timestamp (ms), in offset order
+    def records(self) -> list[Any]: ...  # .offset, .timestamp_ms, in offset order
     @property
     def generation(self) -> int: ...
 
@@ -169,5 +169,5 @@ class Aligner:
 
 
 def _timestamp(record: Any) -> int:
-    timestamp = record.timestamp
+    timestamp = record.timestamp_ms
     return int(timestamp) if timestamp is not None and timestamp >= 0 else 0

@@ -29,7 +29,8 @@ from mode.utils.futures import notify
 
 from streamproc.broker import OffsetReader
 from streamproc.connection import KafkaConnection
-from streamproc.worker import recovery
+from streamproc.ingest import Message
+from streamproc.worker import fetch, recovery
 from streamproc.worker.membership import Membership
 
 # How long a stopping worker waits for the batch in hand (it may be held by a Redis outage: its
@@ -42,7 +43,7 @@ class Batch:
     """The records of one input partition from one fetch, in offset order."""
 
     tp: TP
-    records: list[Any]  # aiokafka ConsumerRecords
+    records: list[Message]
     generation: int  # the consumer group generation they were fetched in
 
 
@@ -282,14 +283,17 @@ class Consumer(faust_aiokafka.Consumer):
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the consumer's ``fetch_max_wait_ms`` (Faust fixes 1.5 s:
-    how long a fetch may wait for data; the broker answers at once when it has some), and its
-    group coordinator's heartbeats renewing the worker's ``Membership``."""
+    how long a fetch may wait for data; the broker answers at once when it has some), its
+    group coordinator's heartbeats renewing the worker's ``Membership``, and the input's records
+    fetched as ``Message``s (``fetch.py``)."""
 
     async def on_start(self) -> None:
         await super().on_start()
-        membership = cast(Consumer, self.consumer).membership
-        if membership is not None and self._consumer is not None:
-            membership.watch(self._consumer._coordinator)
+        consumer = cast(Consumer, self.consumer)
+        if self._consumer is not None:
+            fetch.install(self._consumer._fetcher, lambda topic: topic in consumer.batched)
+            if consumer.membership is not None:
+                consumer.membership.watch(self._consumer._coordinator)
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)

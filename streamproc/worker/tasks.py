@@ -20,7 +20,6 @@ from typing import Any, NoReturn, TypeVar, cast
 import faust
 
 from streamproc.errors import ConfigError, Fenced, StoreUnavailable, TopicsChanged
-from streamproc.ingest import Message
 from streamproc.metrics import WorkerMetrics
 from streamproc.worker.align import Aligner, Slice
 from streamproc.worker.consumer import Consumer
@@ -125,16 +124,7 @@ def wire_batches(
 
     async def process(run: list[Slice]) -> None:
         started = time.perf_counter()
-        slices = [
-            (
-                piece.tp.topic,
-                [
-                    Message(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
-                    for r in piece.records
-                ],
-            )
-            for piece in run
-        ]
+        slices = [(piece.tp.topic, piece.records) for piece in run]
         what = f"a batch of partition {run[0].tp.partition}"
         try:
             counts = await hold(partial(pipeline.on_slices, slices), what)

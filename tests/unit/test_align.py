@@ -18,7 +18,7 @@ class TP(NamedTuple):
 
 class Record(NamedTuple):
     offset: int
-    timestamp: int
+    timestamp_ms: int
 
 
 class Batch(NamedTuple):
