@@ -3,7 +3,9 @@ the same bytes: the same records, and the consumer's position moved the same way
 
 from __future__ import annotations
 
+import gc
 import struct
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -114,3 +116,25 @@ async def test_a_batch_whose_crc_fails_raises_where_aiokafka_does() -> None:
     fetched, _ = result(bytes(raw), 0, faster=True)
     with pytest.raises(CorruptRecordException, match="Invalid CRC"):
         fetched.getall(None)
+
+
+async def test_a_fetch_is_freed_without_the_garbage_collector() -> None:
+    """A cycle around a fetch (aiokafka's own reading holds its ``PartitionRecords``; a reading
+    that refers back to its records) would keep the fetch's buffer, up to a partition's backlog,
+    until the collector gets to it: at a worker's collector thresholds, hundreds of MiB."""
+    big = b"".join(batch(base, list(range(base, base + 100))) for base in range(0, 5000, 100))
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for read in (0, 3, None):  # not read, read in part, read through
+            before = tracemalloc.get_traced_memory()[0]
+            fetched, _ = result(bytes(bytearray(big)), 0, faster=True)  # a buffer of its own
+            assert tracemalloc.get_traced_memory()[0] - before > len(big) // 2
+            if read != 0:
+                fetched.getall(read)
+            del fetched
+            assert tracemalloc.get_traced_memory()[0] - before < len(big) // 10
+    finally:
+        tracemalloc.stop()
+        gc.enable()
