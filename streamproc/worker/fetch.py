@@ -46,19 +46,21 @@ class _Position:
 
 class Messages:
     """A ``PartitionRecords`` whose records are ``Message``s, made a record batch at a time as
-    they are read (a fetch can hold a partition's whole backlog: the embedded broker does not
-    keep to the fetch size). Its reading holds no reference back to it: a cycle would keep each
-    fetch's buffer until the garbage collector's next full pass."""
+    they are read (a whole fetch, up to the fetch size of 1 MiB a partition, made at once would
+    hold its objects until the last is read). Its reading holds no reference back to it: a
+    cycle would keep each fetch's buffer until the garbage collector got to it."""
 
     __slots__ = ("_position", "_read")
 
     def __init__(self, stock: aiokafka_fetcher.PartitionRecords) -> None:
         self._position = _Position(stock.next_fetch_offset)
-        self._read = _messages(stock, self._position)
         if stock._isolation_level == aiokafka_fetcher.READ_UNCOMMITTED:
+            self._read = _messages(stock, self._position)
             # aiokafka's own reading, never started, holds the PartitionRecords (and the fetch's
             # buffer) in a cycle that only the garbage collector would break
             stock._records_iterator = None
+        else:  # read committed (never the worker's): aborted transactions are aiokafka's business
+            self._read = _converted(stock, self._position)
 
     def __iter__(self) -> Iterator[Message]:
         return self._read
@@ -75,13 +77,6 @@ class Messages:
 
 def _messages(stock: aiokafka_fetcher.PartitionRecords, position: _Position) -> Iterator[Message]:
     topic, partition = stock._tp.topic, stock._tp.partition
-    if stock._isolation_level != aiokafka_fetcher.READ_UNCOMMITTED:
-        # read committed (never the worker's): aborted transactions are aiokafka's business
-        for r in stock:
-            position.floor = r.offset + 1
-            yield Message(topic, partition, r.offset, r.timestamp, r.key, r.value)
-        position.floor = stock.next_fetch_offset
-        return
     records, floor = stock._records, position.floor
     while records.has_next():
         batch = records.next_batch()
@@ -99,6 +94,15 @@ def _messages(stock: aiokafka_fetcher.PartitionRecords, position: _Position) -> 
             yield from position.left
         position.floor = floor = batch.next_offset
         position.batch = []
+
+
+def _converted(stock: aiokafka_fetcher.PartitionRecords, position: _Position) -> Iterator[Message]:
+    """aiokafka's own reading, its records made into ``Message``s one at a time."""
+    topic, partition = stock._tp.topic, stock._tp.partition
+    for r in stock:
+        position.floor = r.offset + 1
+        yield Message(topic, partition, r.offset, r.timestamp, r.key, r.value)
+    position.floor = stock.next_fetch_offset
 
 
 class Results(OrderedDict[Any, Any]):

@@ -100,13 +100,10 @@ async def test_records_and_positions_are_aiokafkas(most: int | None, fetch_offse
 
 
 async def test_other_topics_keep_aiokafkas_records() -> None:
-    assignment = Assignment([TP])
-    assignment.state_value(TP).seek(0)
-    records = PartitionRecords(
-        TP, MemoryRecords(FETCH), None, 0, None, None, True, READ_UNCOMMITTED
-    )
+    fetched, _ = result(FETCH, 0, faster=False)
+    records = fetched._partition_records
     store = Results(lambda topic: topic == "shop.cart")
-    store[TP] = FetchResult(TP, assignment=assignment, partition_records=records, backoff=0)
+    store[TP] = fetched
     assert store[TP]._partition_records is records
 
 
@@ -120,7 +117,7 @@ async def test_a_batch_whose_crc_fails_raises_where_aiokafka_does() -> None:
 
 async def test_a_fetch_is_freed_without_the_garbage_collector() -> None:
     """A cycle around a fetch (aiokafka's own reading holds its ``PartitionRecords``; a reading
-    that refers back to its records) would keep the fetch's buffer, up to a partition's backlog,
+    that refers back to its records) would keep the fetch's buffer, up to 1 MiB a partition,
     until the collector gets to it: at a worker's collector thresholds, hundreds of MiB."""
     big = b"".join(batch(base, list(range(base, base + 100))) for base in range(0, 5000, 100))
     gc.collect()
