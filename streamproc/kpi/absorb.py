@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from streamproc.events import models as m
-from streamproc.kpi.epoch import minute_of
+from streamproc.kpi.epoch import MINUTE_MS, minute_of
 from streamproc.kpi.records import (
     ADD,
     CHECKOUT,
@@ -139,7 +139,7 @@ def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
         device is None or t < device.t or (t == device.t and eid < device.eid)
     ):
         segment.device = Earliest(t, eid, text=event.device_type)
-    traits = _traits(type(event))
+    traits = _TRAITS.get(type(event)) or _traits(type(event))  # (a call saved per event)
     if traits.start:
         segment.start_event = earlier(segment.start_event, _start_event(event))  # type: ignore[arg-type]
     if traits.view:
@@ -148,8 +148,10 @@ def _absorb_into(segment: Segment, event: m.WebEvent, store: str) -> None:
         segment.others += 1
     if traits.add:
         segment.adds += 1
-    key = cell_key(minute_of(t), store, event.visitor_id)
-    segment.cells[key] = segment.cells.get(key, 0) + traits.view
+    # ``cell_key(minute_of(t), store, visitor)`` inlined: two calls fewer for every event.
+    key = f"{t - t % MINUTE_MS}|{store}|{event.visitor_id}"
+    cells = segment.cells
+    cells[key] = cells.get(key, 0) + traits.view
 
 
 def add_session_event(

@@ -51,7 +51,6 @@ from streamproc.kpi.records import (
     decode_session,
     decode_ticket,
     encode,
-    event_hash,
     first_sight,
     new_offsets,
 )
@@ -202,7 +201,7 @@ class PartitionEngine:
             if opened is None:
                 opened = work[key] = self._open(state, key, previous, create=True)
             record = opened[0]
-            if first_sight(record.seen, event_hash(event.event_id), sets):
+            if first_sight(record.seen, event.event_id, sets):
                 if record.off[topic] < offset:
                     record.off[topic] = offset
                     if web:

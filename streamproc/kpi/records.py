@@ -188,11 +188,14 @@ def new_offsets() -> list[int]:
     return [NONE] * TOPICS
 
 
+_blake2b = hashlib.blake2b
+
+
 def event_hash(event_id: str) -> bytes:
     """A 64-bit hash of an event id: a record keeps 8 bytes per event, whatever the id's length
     (up to 128 characters). Two ids of one record collide with a chance of n²/2⁶⁵ for n events:
     3·10⁻¹⁶ for a session of 100."""
-    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return _blake2b(event_id.encode(), digest_size=8).digest()
 
 
 def has_seen(seen: bytes | bytearray, digest: bytes) -> bool:
@@ -209,16 +212,19 @@ def has_seen(seen: bytes | bytearray, digest: bytes) -> bool:
 SCAN_BYTES = 1024
 
 
-def first_sight(seen: bytearray, digest: bytes, sets: dict[int, set[bytes]]) -> bool:
-    """Whether ``digest`` is new to a record's ``seen``; packed into it if so.
+def first_sight(seen: bytearray, event_id: str, sets: dict[int, set[bytes]]) -> bool:
+    """Whether the event ``event_id`` is new to a record's ``seen``; its hash (``event_hash``)
+    packed into it if so.
 
     The hashes are one bytes object per record, searched in C: a set of ints cost a Python
     object per event at every decode of the record. A record past ``SCAN_BYTES`` (a crawler's
     session) is looked up in a set instead, made once per batch and kept in ``sets`` (by the
     ``seen`` object's id): scanned, each of its events would cost a pass over all of them.
     """
+    digest = _blake2b(event_id.encode(), digest_size=8).digest()  # event_hash, without a call
     if len(seen) < SCAN_BYTES:
-        if has_seen(seen, digest):
+        # Nearly every event is new: one search that finds nothing, and no call.
+        if seen.find(digest) >= 0 and has_seen(seen, digest):
             return False
     else:
         known = sets.get(id(seen))

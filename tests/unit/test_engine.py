@@ -400,13 +400,19 @@ def test_an_event_hash_is_found_only_where_one_was_packed() -> None:
 @pytest.mark.parametrize("events", [3, SCAN_BYTES // 8 - 1, SCAN_BYTES // 8, 3 * SCAN_BYTES])
 def test_first_sight_packs_each_hash_once_whatever_the_records_size(events: int) -> None:
     seen, sets = bytearray(), {}
-    digests = [event_hash(f"e{n}") for n in range(events)]
-    assert all(first_sight(seen, digest, sets) for digest in digests)
-    assert len(seen) == 8 * events and bytes(seen[-8:]) == digests[-1]
-    assert not any(first_sight(seen, digest, sets) for digest in (digests[0], digests[-1]))
-    assert first_sight(seen, event_hash("new"), sets) and len(seen) == 8 * events + 8
-    assert not first_sight(seen, event_hash("new"), sets)
+    ids = [f"e{n}" for n in range(events)]
+    assert all(first_sight(seen, event_id, sets) for event_id in ids)
+    assert len(seen) == 8 * events and bytes(seen[-8:]) == event_hash(ids[-1])
+    assert not any(first_sight(seen, event_id, sets) for event_id in (ids[0], ids[-1]))
+    assert first_sight(seen, "new", sets) and len(seen) == 8 * events + 8
+    assert not first_sight(seen, "new", sets)
     assert bool(sets) == (len(seen) >= SCAN_BYTES)  # big records are looked up in a set
+
+
+def test_first_sight_is_not_fooled_by_a_hash_across_two_others() -> None:
+    straddled = bytearray(4) + event_hash("x") + bytearray(4)  # its bytes, but not as a hash
+    assert first_sight(straddled, "x", {}) and straddled[16:] == event_hash("x")
+    assert not first_sight(straddled, "x", {})
 
 
 def test_store_label_cap_folds_later_stores_into_other() -> None:
