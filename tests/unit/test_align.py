@@ -117,3 +117,17 @@ def test_a_run_is_one_partitions_slices_in_order_up_to_its_size() -> None:
     backlog.clear()
     assert run(1) == [("click", 1, [0, 1])]  # a slice is never cut
     assert aligner.next_run(100) == [] and aligner.records == 0
+
+
+def test_a_slice_ends_at_the_first_record_of_a_later_minute_not_at_the_last_in_time() -> None:
+    """Timestamps need not grow with offsets (a producer's clock, retries): a slice is cut at
+    the first record of a later minute in offset order; records without a time (None or -1) are
+    taken as the earliest."""
+    stamps = [1_000, None, 2_000, MINUTE + 5, 500, -1, 2 * MINUTE]
+    fetched = [Record(n, t) for n, t in enumerate(stamps)]  # type: ignore[arg-type]
+    aligner = Aligner(["a"], backlogged=lambda topic, partition: False)
+    aligner.add(Batch(TP("a", 0), fetched))
+    cuts = []
+    while (piece := aligner.next_slice()) is not None:
+        cuts.append([r.offset for r in piece.records])
+    assert cuts == [[0, 1, 2], [3, 4, 5], [6]]
