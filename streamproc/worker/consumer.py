@@ -173,7 +173,10 @@ class Consumer(faust_aiokafka.Consumer):
         """The records at or after the read offset, as Faust delivers them; a jump over offsets
         (compaction, transaction markers) is recorded as a gap, so commits can pass it."""
         read = self._read_offset[tp]
-        fresh = fetched if read is None else [r for r in fetched if r.offset >= read]
+        if read is None or not fetched or fetched[0].offset >= read:
+            fresh = fetched  # (in offset order: nearly always all of it, and no pass over it)
+        else:
+            fresh = [r for r in fetched if r.offset >= read]
         if (
             fresh
             and read
